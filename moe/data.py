@@ -1,0 +1,154 @@
+"""The seed's data contract (``load_jsonl``, ``TimeSeriesDataset``) and rolling-origin windows.
+
+Shapes: a window pairs ``context`` ``(input_length,)`` with ``target`` ``(pred_length,)``;
+stacked windows are ``(N, input_length)`` and ``(N, pred_length)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["load_jsonl", "TimeSeriesDataset", "Windows", "rolling_windows"]
+
+
+def load_jsonl(path: str | Path) -> list[list[float]]:
+    """Read ``{"sequence": [floats...]}`` lines; return the sequences in file order.
+
+    Strict by design (the seed's contract): a bad line raises ``ValueError`` naming the file
+    and line. The tolerant, recording ingest lives in ``storage.ingest``.
+    """
+    sequences: list[list[float]] = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                sequence = record["sequence"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{line_number}: field 'sequence': {error}") from error
+            if not isinstance(sequence, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in sequence
+            ):
+                raise ValueError(f"{path}:{line_number}: field 'sequence' must be a list of numbers")
+            sequences.append([float(v) for v in sequence])
+    return sequences
+
+
+class TimeSeriesDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """One window per series, exactly as the seed: ``inp = seq[:L]``, ``tgt = seq[L:L+H]``.
+
+    Series shorter than ``input_length + pred_length`` are left out. Items are float32
+    tensors of shapes ``(input_length,)`` and ``(pred_length,)``.
+    """
+
+    def __init__(
+        self, sequences: Sequence[Sequence[float]], input_length: int, pred_length: int
+    ) -> None:
+        if input_length < 1 or pred_length < 1:
+            raise ValueError(
+                f"input_length and pred_length must be >= 1, got {input_length}, {pred_length}"
+            )
+        self.input_length = input_length
+        self.pred_length = pred_length
+        need = input_length + pred_length
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (
+                torch.tensor(seq[:input_length], dtype=torch.float32),
+                torch.tensor(seq[input_length:need], dtype=torch.float32),
+            )
+            for seq in sequences
+            if len(seq) >= need
+        ]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pairs[index]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Stacked rolling-origin windows.
+
+    ``context``: ``(N, input_length)`` float32, NaN = missing.
+    ``target``: ``(N, pred_length)`` float32, NaN = missing.
+    ``series_index``: ``(N,)`` int64, which input series each window came from.
+    ``origin``: ``(N,)`` int64, index in the series of the first target point.
+    ``is_holdout``: ``(N,)`` bool, True for the last ``holdout`` windows of each series.
+    """
+
+    context: np.ndarray
+    target: np.ndarray
+    series_index: np.ndarray
+    origin: np.ndarray
+    is_holdout: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.context.shape[0])
+
+
+def rolling_windows(
+    sequences: Sequence[np.ndarray | Sequence[float]],
+    input_length: int,
+    pred_length: int,
+    *,
+    stride: int | None = None,
+    max_windows_per_series: int | None = None,
+    holdout: int = 1,
+) -> Windows:
+    """Rolling-origin windows over each series, newest first when capped.
+
+    Origins step back from the end of each series by ``stride`` (default ``pred_length``),
+    so the last window always ends at the last observation. ``max_windows_per_series``
+    keeps the newest ones. The newest ``holdout`` windows of each series are flagged for
+    validation/backtests; the others are for training.
+    """
+    if input_length < 1 or pred_length < 1:
+        raise ValueError(f"input_length and pred_length must be >= 1, got {input_length}, {pred_length}")
+    step = pred_length if stride is None else stride
+    if step < 1:
+        raise ValueError(f"stride must be >= 1, got {step}")
+    if holdout < 0:
+        raise ValueError(f"holdout must be >= 0, got {holdout}")
+    width = input_length + pred_length
+    contexts: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    series_index: list[int] = []
+    origins: list[int] = []
+    holdout_flags: list[bool] = []
+    for index, raw in enumerate(sequences):
+        values = np.asarray(raw, dtype=np.float32)
+        n_windows = 0 if len(values) < width else (len(values) - width) // step + 1
+        if max_windows_per_series is not None:
+            n_windows = min(n_windows, max_windows_per_series)
+        for rank in range(n_windows):  # rank 0 is the newest window
+            end = len(values) - rank * step
+            contexts.append(values[end - width : end - pred_length])
+            targets.append(values[end - pred_length : end])
+            series_index.append(index)
+            origins.append(end - pred_length)
+            holdout_flags.append(rank < holdout)
+    if not contexts:
+        return Windows(
+            context=np.empty((0, input_length), np.float32),
+            target=np.empty((0, pred_length), np.float32),
+            series_index=np.empty(0, np.int64),
+            origin=np.empty(0, np.int64),
+            is_holdout=np.empty(0, bool),
+        )
+    return Windows(
+        context=np.stack(contexts),
+        target=np.stack(targets),
+        series_index=np.asarray(series_index, np.int64),
+        origin=np.asarray(origins, np.int64),
+        is_holdout=np.asarray(holdout_flags, bool),
+    )

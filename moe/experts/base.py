@@ -1,0 +1,111 @@
+"""The one protocol every forecasting expert implements.
+
+Layout contract (documented once, used everywhere):
+
+* context: ``torch.Tensor`` of shape ``(B, L)``, float32, ``NaN`` marks a missing value.
+  The most recent observation is the last column. Adapters never modify it in place.
+* ``ExpertForecast.point``: ``(B, H)`` float32.
+* ``ExpertForecast.quantiles``: ``(B, H, Q)`` float32 with ``Q == len(QUANTILE_LEVELS)``,
+  axis order (series, horizon, quantile), levels ascending as in ``QUANTILE_LEVELS``.
+  A level the model cannot produce is ``NaN`` in every entry; ``None`` when the model has
+  no probabilistic output at all.
+* Outputs live on the same device as the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "QUANTILE_LEVELS",
+    "ExpertCapabilities",
+    "ExpertConfig",
+    "ExpertForecast",
+    "Expert",
+    "ExpertLoadError",
+    "MissingExtraError",
+]
+
+#: Quantile levels of the cached/stored layout, ascending. 0.05 and 0.95 give a 90% interval.
+QUANTILE_LEVELS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+class ExpertConfig(BaseModel):
+    """How to load and run one expert. Decided by the caller, never inside a constructor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    checkpoint: str | None = Field(
+        default=None,
+        description="Hub id or local directory of the weights; None means the expert's default.",
+    )
+    revision: str | None = Field(
+        default=None, description="Pinned hub revision (commit or tag); None means 'main'."
+    )
+    device: str = Field(default="cpu", description="torch device string, e.g. 'cpu' or 'cuda:0'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Compute dtype; bfloat16 only where the model allows."
+    )
+    batch_size: int = Field(default=256, ge=1, description="Rows per forward call.")
+    season_length: int = Field(
+        default=1, ge=1, description="Seasonal period for statistical experts (12 = monthly)."
+    )
+
+
+@dataclass(frozen=True)
+class ExpertCapabilities:
+    """What generic code may rely on; plain attributes, read by the router and the cache."""
+
+    max_context: int | None
+    """Longest context the model uses; longer contexts are truncated on the left."""
+    min_context: int
+    """Shortest context the model accepts; shorter ones are left-padded with a mask."""
+    native_horizon: int | None
+    """Steps produced by one forward pass; longer horizons go autoregressive."""
+    quantile_levels: tuple[float, ...]
+    """Subset of ``QUANTILE_LEVELS`` the model produces (empty: point forecasts only)."""
+    handles_missing: bool
+    """True when NaN in the context is passed to the model as a mask."""
+
+
+@dataclass(frozen=True)
+class ExpertForecast:
+    """Output of one batched forecast call; shapes in the module docstring."""
+
+    point: torch.Tensor  # (B, H)
+    quantiles: torch.Tensor | None  # (B, H, Q) or None
+
+
+@runtime_checkable
+class Expert(Protocol):
+    """A frozen forecaster. ``forecast`` is pure: same input, same output, input untouched."""
+
+    name: str
+    capabilities: ExpertCapabilities
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies the exact model: name, checkpoint, revision and output-relevant settings."""
+        ...
+
+    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
+        """Forecast ``horizon`` steps for each row of ``context`` ``(B, L)``."""
+        ...
+
+
+class ExpertLoadError(RuntimeError):
+    """Weights for an expert could not be found or loaded; the message says how to fix it."""
+
+
+class MissingExtraError(ImportError):
+    """An expert's optional library is not installed; the message names the extra."""
+
+    def __init__(self, expert: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"expert {expert!r} needs the Python package {module!r}; "
+            f"install it with: pip install -e '.[{extra}]'"
+        )

@@ -1,0 +1,187 @@
+"""The ``moe`` command line: one subcommand per thing users do every week.
+
+``moe demo``            the main job on the embedded default (bundled sample, local store)
+``moe ingest FILE...``  JSONL / JSONL.gz into the store
+``moe sql "SELECT ..."`` read-only SQL over the store's views
+``moe store catalog``   (re)write catalog.duckdb for the DuckDB CLI
+``moe train`` / ``moe predict``  the seed's command line (same flags as main.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+
+import pyarrow as pa
+
+from storage import IngestError, IngestReport, Store, ingest_jsonl
+from storage.sql import ReadOnlyViolation, query
+
+__all__ = ["main", "format_table", "sample_path"]
+
+_MAX_REJECTS_SHOWN = 20
+
+
+def sample_path() -> Path:
+    """The bundled real sample: 300 M3 monthly series (see tools/make_sample_data.py)."""
+    return Path(str(resources.files("pipeline") / "sample_data" / "m3_monthly_sample.jsonl.gz"))
+
+
+def format_table(table: pa.Table, max_rows: int = 50, max_width: int = 40) -> str:
+    """Render an Arrow table as aligned text (what ``moe sql`` prints)."""
+    names = table.column_names
+    rows = table.slice(0, max_rows).to_pylist()
+
+    def cell(value: object) -> str:
+        text = "NULL" if value is None else str(value)
+        return text if len(text) <= max_width else text[: max_width - 3] + "..."
+
+    body = [[cell(row[name]) for name in names] for row in rows]
+    widths = [max([len(name)] + [len(r[i]) for r in body]) for i, name in enumerate(names)]
+    lines = [
+        "  ".join(name.ljust(width) for name, width in zip(names, widths, strict=True)),
+        "  ".join("-" * width for width in widths),
+    ]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body]
+    shown = f"{len(rows)} of {table.num_rows} rows" if table.num_rows > len(rows) else None
+    lines.append(f"({shown or f'{table.num_rows} rows'})")
+    return "\n".join(lines)
+
+
+def _print_ingest(report: IngestReport, out: Callable[[str], None]) -> None:
+    for rejected in report.rejects[:_MAX_REJECTS_SHOWN]:
+        out(f"rejected {rejected.describe(report.source_file)}")
+    if report.rejected > _MAX_REJECTS_SHOWN:
+        more = report.rejected - _MAX_REJECTS_SHOWN
+        out(f"... and {more} more (SELECT * FROM ingest_rejects WHERE ingest_id = '{report.ingest_id}')")
+    records = report.accepted + report.rejected
+    out(
+        f"{report.source_file}: {report.lines_read} lines read = {report.blank_lines} blank + "
+        f"{report.accepted} accepted + {report.rejected} rejected "
+        f"(accepted: {report.new_series} new series, {report.new_versions} new versions, "
+        f"{report.unchanged} unchanged)"
+    )
+    if report.lines_read == 0:
+        out(f"{report.source_file}: the file is empty")
+    elif records == 0:
+        out(f"{report.source_file}: only blank lines")
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    store = Store.open(args.store)
+    status = 0
+    for path in args.files:
+        try:
+            report = ingest_jsonl(store, path, chunk_lines=args.chunk_lines)
+        except IngestError as error:
+            print(f"error: {error}", file=sys.stderr)
+            status = 2
+            continue
+        _print_ingest(report, print)
+        if report.rejected and args.strict:
+            status = max(status, 3)
+    return status
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    store = Store.open(args.store)
+    try:
+        table = query(store, args.query, [json.loads(p) for p in args.param])
+    except ReadOnlyViolation as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # DuckDB's own message (unknown column, syntax) is the best one
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(table.column_names)
+        writer.writerows([list(row.values()) for row in table.to_pylist()])
+    elif args.format == "json":
+        print(json.dumps(table.to_pylist(), default=str, indent=1))
+    else:
+        print(format_table(table, max_rows=args.max_rows))
+    return 0
+
+
+def _cmd_store(args: argparse.Namespace) -> int:
+    store = Store.open(args.store)
+    path = store.write_catalog()
+    print(f"wrote {path}; open it with: duckdb -readonly {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    store = Store.open(args.store)
+    print(f"store: {store.root}")
+    report = ingest_jsonl(store, sample_path())
+    _print_ingest(report, print)
+    summary = query(
+        store,
+        """
+        SELECT count(*) AS series, sum(n_points) AS points, min(n_points) AS shortest,
+               max(n_points) AS longest, sum(n_missing) AS missing
+        FROM series
+        """,
+    )
+    print(format_table(summary))
+    return 0
+
+
+def _cmd_seed(mode: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from moe.seed_cli import run as run_seed  # torch is imported only for these commands
+
+        return run_seed(["--mode", mode, *args.seed_args])
+
+    return run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moe", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--store", default=None, help="store folder (default: $MOE_STORE or ./moe_store)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the main job on the bundled sample")
+    demo.set_defaults(run=_cmd_demo)
+
+    ingest = commands.add_parser("ingest", help="ingest JSONL or JSONL.gz files")
+    ingest.add_argument("files", nargs="+")
+    ingest.add_argument("--chunk-lines", type=int, default=10_000)
+    ingest.add_argument("--strict", action="store_true", help="exit 3 when a line is rejected")
+    ingest.set_defaults(run=_cmd_ingest)
+
+    sql = commands.add_parser("sql", help="run one read-only SQL query")
+    sql.add_argument("query")
+    sql.add_argument(
+        "--param", action="append", default=[], help="a JSON value bound to $1, $2, ... in order"
+    )
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--max-rows", type=int, default=50)
+    sql.set_defaults(run=_cmd_sql)
+
+    store = commands.add_parser("store", help="store maintenance")
+    store.add_argument("action", choices=["catalog"])
+    store.set_defaults(run=_cmd_store)
+
+    for mode in ("train", "predict"):
+        seed = commands.add_parser(mode, help=f"the seed's --mode {mode} (see main.py --help)")
+        seed.add_argument("seed_args", nargs=argparse.REMAINDER)
+        seed.set_defaults(run=_cmd_seed(mode))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""Streaming JSONL ingest into the store (``.jsonl`` or ``.jsonl.gz``).
+
+Guarantees:
+
+* Streaming: lines are processed in chunks of ``chunk_lines``; memory does not grow with
+  the file (only with the number of distinct series ids, to detect duplicates).
+* Nothing is lost: every non-blank line is accepted or rejected; rejects are stored in
+  ``ingest_rejects`` with file, line number, field, reason and the raw line.
+  ``lines_read = blank_lines + accepted + rejected`` for every ingest, recorded in
+  ``ingest_runs``.
+* Idempotent: a series is written only when its content differs from the latest stored
+  version of its id, and reject parts are named after the file's SHA-256, the chunk size
+  and the chunk index. Re-ingesting a file adds no rows; a rerun after ``kill -9`` writes
+  only what had not landed. (Two ingests of the same file at the same moment are not
+  guarded against.)
+* Series ids: ``series_id`` when present, else ``<file stem>:<line number>``. A duplicate id
+  inside one file is rejected (the first occurrence wins). A different content under an
+  id already stored becomes a new version; the ``series`` view shows the latest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from storage.records import LineError, SeriesRecord, parse_line
+from storage.store import Store
+
+__all__ = ["IngestError", "IngestReport", "RejectedLine", "ingest_jsonl", "content_hash"]
+
+_BOM = b"\xef\xbb\xbf"
+_MAX_RAW_LINE_CHARS = 1_000_000  # a reject keeps its raw text up to this length
+
+
+class IngestError(RuntimeError):
+    """The file as a whole cannot be ingested (missing, a directory, unreadable)."""
+
+
+@dataclass(frozen=True)
+class RejectedLine:
+    line_number: int
+    field: str
+    reason: str
+
+    def describe(self, source: str) -> str:
+        return f"{source}:{self.line_number}: field '{self.field}': {self.reason}"
+
+
+@dataclass
+class IngestReport:
+    """Counts of one ingest. ``lines_read == blank_lines + accepted + rejected``."""
+
+    ingest_id: str
+    source_file: str
+    file_sha256: str
+    lines_read: int = 0
+    blank_lines: int = 0
+    accepted: int = 0
+    new_series: int = 0
+    new_versions: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejects: list[RejectedLine] = field(default_factory=list)  # first ``max_listed`` only
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["rejects"] = [r.describe(self.source_file) for r in self.rejects]
+        return data
+
+
+def content_hash(record: SeriesRecord) -> str:
+    """Identity of a series' content: values (NaN canonicalised), start and freq."""
+    values = record.values
+    if record.n_missing:
+        values = np.where(np.isnan(values), np.nan, values)
+    digest = hashlib.blake2b(values.astype("<f8", copy=False).tobytes(), digest_size=16)
+    digest.update(f"|{record.start}|{record.freq}".encode())
+    return digest.hexdigest()
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if path.is_dir():
+        raise IngestError(f"{path}: is a directory, expected a .jsonl or .jsonl.gz file")
+    if not os.access(path, os.R_OK):
+        raise IngestError(f"{path}: permission denied")
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _open_lines(path: Path) -> Iterator[bytes]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            first = True
+            for line in handle:
+                if first and line.startswith(_BOM):
+                    line = line[len(_BOM) :]
+                first = False
+                yield line.rstrip(b"\r\n")
+    except (gzip.BadGzipFile, EOFError, OSError) as error:
+        raise IngestError(f"{path}: cannot read: {error}") from error
+
+
+def _derived_id_prefix(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _latest_hashes(store: Store) -> dict[str, str]:
+    connection = store.connect()
+    try:
+        rows = connection.execute("SELECT series_id, content_hash FROM series").fetchall()
+    finally:
+        connection.close()
+    return dict(rows)
+
+
+class _Chunk:
+    """Rows of one chunk, columnar, ready to become a Parquet part."""
+
+    def __init__(self) -> None:
+        self.series: list[tuple[str, str, SeriesRecord, int]] = []
+        self.rejects: list[tuple[int, LineError, bytes]] = []
+
+    def series_table(self, source: str, ingest_id: str, ingested_at: datetime) -> pa.Table:
+        lengths = np.fromiter((len(r.values) for _, _, r, _ in self.series), np.int64)
+        offsets = np.zeros(len(lengths) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.concatenate([r.values for _, _, r, _ in self.series])
+        values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, from_pandas=True))
+        missing = np.fromiter((r.n_missing for _, _, r, _ in self.series), np.int64)
+        n = len(self.series)
+        return pa.table(
+            {
+                "series_id": [sid for sid, _, _, _ in self.series],
+                "content_hash": [digest for _, digest, _, _ in self.series],
+                "n_points": pa.array(lengths, pa.int32()),
+                "n_missing": pa.array(missing, pa.int32()),
+                "start": [r.start for _, _, r, _ in self.series],
+                "freq": [r.freq for _, _, r, _ in self.series],
+                "values": values,
+                "source_file": [source] * n,
+                "source_line": [line for _, _, _, line in self.series],
+                "ingest_id": [ingest_id] * n,
+                "ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
+            }
+        )
+
+    def rejects_table(self, source: str, sha: str, ingest_id: str) -> pa.Table:
+        raw = [
+            line.decode("utf-8", errors="backslashreplace")[:_MAX_RAW_LINE_CHARS]
+            for _, _, line in self.rejects
+        ]
+        n = len(self.rejects)
+        return pa.table(
+            {
+                "file_sha256": [sha] * n,
+                "source_file": [source] * n,
+                "line_number": [line for line, _, _ in self.rejects],
+                "field": [error.field for _, error, _ in self.rejects],
+                "reason": [error.reason for _, error, _ in self.rejects],
+                "raw_line": raw,
+                "ingest_id": [ingest_id] * n,
+            }
+        )
+
+
+def ingest_jsonl(
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    chunk_lines: int = 10_000,
+    max_listed: int = 1000,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Ingest one JSONL file into ``store``; returns the counts (also stored).
+
+    Raises ``IngestError`` when the file itself cannot be read; bad lines never raise.
+    ``on_progress`` is called with the number of lines read after each chunk.
+    """
+    if chunk_lines < 1:
+        raise ValueError(f"chunk_lines must be >= 1, got {chunk_lines}")
+    file_path = Path(path)
+    _check_readable(file_path)
+    source = str(file_path.resolve())
+    sha = _file_sha256(file_path)
+    started_at = datetime.now(UTC)
+    report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256=sha)
+    latest = _latest_hashes(store)
+    first_line_of: dict[str, int] = {}
+    prefix = _derived_id_prefix(file_path)
+
+    def flush(chunk: _Chunk, index: int) -> None:
+        if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
+            table = chunk.series_table(source, report.ingest_id, started_at)
+            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table)
+        # Rejects carry no content key: name their part after the file and the chunking.
+        rejects_part = f"{sha[:24]}-c{chunk_lines}-{index:06d}"
+        if chunk.rejects and not store.has_part("ingest_rejects", rejects_part):
+            rejects = chunk.rejects_table(source, sha, report.ingest_id)
+            store.write_part("ingest_rejects", rejects_part, rejects)
+
+    def reject(chunk: _Chunk, line_number: int, error: LineError, raw: bytes) -> None:
+        report.rejected += 1
+        chunk.rejects.append((line_number, error, raw))
+        if len(report.rejects) < max_listed:
+            report.rejects.append(RejectedLine(line_number, error.field, error.reason))
+
+    def take(chunk: _Chunk, line_number: int, raw: bytes) -> None:
+        """Account for one non-blank line: accepted (new, new version, unchanged) or rejected."""
+        parsed = parse_line(raw)
+        if isinstance(parsed, LineError):
+            return reject(chunk, line_number, parsed, raw)
+        series_id = parsed.series_id or f"{prefix}:{line_number}"
+        first = first_line_of.setdefault(series_id, line_number)
+        if first != line_number:
+            message = f"duplicate series_id {series_id!r} (first at line {first})"
+            return reject(chunk, line_number, LineError("series_id", message), raw)
+        report.accepted += 1
+        digest = content_hash(parsed)
+        known = latest.get(series_id)
+        if known == digest:
+            report.unchanged += 1
+            return None
+        if known is None:
+            report.new_series += 1
+        else:
+            report.new_versions += 1
+        chunk.series.append((series_id, digest, parsed, line_number))
+        return None
+
+    # One writer thread: Arrow/Parquet encoding releases the GIL, so writing chunk k overlaps
+    # parsing chunk k+1. At most two chunks are in memory at once.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+        pending: Future[None] | None = None
+        chunk, chunk_index = _Chunk(), 0
+        for line_number, raw in enumerate(_open_lines(file_path), start=1):
+            report.lines_read += 1
+            if raw.strip():
+                take(chunk, line_number, raw)
+            else:
+                report.blank_lines += 1
+            if line_number % chunk_lines == 0:
+                if pending is not None:
+                    pending.result()  # surface a write error now; bound memory to two chunks
+                pending = writer.submit(flush, chunk, chunk_index)
+                chunk, chunk_index = _Chunk(), chunk_index + 1
+                if on_progress is not None:
+                    on_progress(report.lines_read)
+        if pending is not None:
+            pending.result()
+        flush(chunk, chunk_index)
+
+    finished_at = datetime.now(UTC)
+    run = {key: [value] for key, value in report.as_dict().items() if key != "rejects"}
+    run["started_at"] = [started_at]
+    run["finished_at"] = [finished_at]
+    store.write_part("ingest_runs", report.ingest_id, pa.table(run))
+    return report

@@ -1,0 +1,165 @@
+"""The store: Parquet parts as the record, DuckDB views as the SQL surface.
+
+Writers never open a DuckDB file: they write a complete Parquet part into ``<root>/tmp/``
+and ``os.replace`` it into its table folder, so a crash leaves either the whole part or
+nothing, and any number of readers (``moe sql``, the DuckDB CLI on ``catalog.duckdb``)
+work while flows write. Readers get an in-memory DuckDB whose views glob the folders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.schemas import HIVE_PARTITIONED, TABLE_SCHEMAS, VIEW_SQL
+
+__all__ = ["Store", "DEFAULT_STORE_DIR", "STORE_ENV_VAR", "resolve_store_root"]
+
+STORE_ENV_VAR = "MOE_STORE"
+DEFAULT_STORE_DIR = "moe_store"
+_EMPTY_PART = "_empty.parquet"  # a zero-row part so a view over an empty table has columns
+_CATALOG = "catalog.duckdb"
+
+
+def resolve_store_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The store's folder: ``root`` if given, else ``$MOE_STORE``, else ``./moe_store``."""
+    chosen = root if root is not None else os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE_DIR
+    return Path(chosen).expanduser().resolve()
+
+
+class Store:
+    """A folder of Parquet tables. Cheap to construct; ``open`` creates the layout."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tables_dir = root / "tables"
+        self.tmp_dir = root / "tmp"
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str] | None = None) -> Store:
+        """Open (creating if needed) the store at ``resolve_store_root(root)``."""
+        store = cls(resolve_store_root(root))
+        store._ensure_layout()
+        return store
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _ensure_layout(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"store path {self.root} exists and is not a directory")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for table, schema in TABLE_SCHEMAS.items():
+            folder = self.table_dir(table)
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / _EMPTY_PART).exists():
+                self._write_atomic(schema.empty_table(), folder / _EMPTY_PART)
+        if not (self.root / _CATALOG).exists():
+            self.write_catalog()
+
+    def table_dir(self, table: str) -> Path:
+        """Folder of ``table``'s parts; ``table`` must be declared in ``storage.schemas``."""
+        if table not in TABLE_SCHEMAS:
+            raise KeyError(f"unknown table {table!r}; known: {sorted(TABLE_SCHEMAS)}")
+        return self.tables_dir / table
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _write_atomic(self, data: pa.Table, destination: Path) -> None:
+        staging = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+        try:
+            pq.write_table(data, staging, compression="zstd")
+            with open(staging, "rb") as handle:
+                os.fsync(handle.fileno())
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, destination)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def part_path(self, table: str, part_name: str, partition: dict[str, str] | None = None) -> Path:
+        """Where part ``part_name`` of ``table`` lives (inside ``key=value`` folders if any)."""
+        if not part_name or "/" in part_name or part_name.startswith((".", "_")):
+            raise ValueError(f"invalid part name {part_name!r}")
+        folder = self.table_dir(table)
+        for key, value in (partition or {}).items():
+            folder = folder / f"{key}={value}"
+        return folder / f"{part_name}.parquet"
+
+    def has_part(self, table: str, part_name: str, partition: dict[str, str] | None = None) -> bool:
+        return self.part_path(table, part_name, partition).exists()
+
+    def write_part(
+        self,
+        table: str,
+        part_name: str,
+        data: pa.Table,
+        partition: dict[str, str] | None = None,
+    ) -> Path:
+        """Write ``data`` as one whole part; replaces a part of the same name (idempotent).
+
+        ``data`` is cast to the table's declared schema, so a wrong column fails here, not
+        later in a reader.
+        """
+        schema = TABLE_SCHEMAS[table]
+        try:
+            data = data.select(schema.names).cast(schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise ValueError(f"rows for table {table!r} do not match its schema: {error}") from error
+        destination = self.part_path(table, part_name, partition)
+        self._write_atomic(data, destination)
+        return destination
+
+    def drop_partition(self, table: str, partition: dict[str, str]) -> None:
+        """Remove every part of one hive partition (used to rewrite a run's rows)."""
+        folder = self.table_dir(table)
+        for key, value in partition.items():
+            folder = folder / f"{key}={value}"
+        shutil.rmtree(folder, ignore_errors=True)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _scan_sql(self, table: str) -> str:
+        folder = self.table_dir(table).as_posix().replace("'", "''")
+        if table in HIVE_PARTITIONED:
+            return (
+                f"read_parquet('{folder}/**/*.parquet', union_by_name=true, "
+                "hive_partitioning=true)"
+            )
+        return f"read_parquet('{folder}/*.parquet', union_by_name=true)"
+
+    def _create_views(self, connection: duckdb.DuckDBPyConnection) -> None:
+        scans = {table: self._scan_sql(table) for table in TABLE_SCHEMAS}
+        for view, body in VIEW_SQL.items():
+            # View names and folder paths come from storage.schemas and the store, never users.
+            statement = f"CREATE OR REPLACE VIEW {view} AS {body.format(**scans)}"
+            connection.execute(statement)
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with every view; holds no lock on any file."""
+        connection = duckdb.connect(":memory:")
+        self._create_views(connection)
+        return connection
+
+    def write_catalog(self) -> Path:
+        """(Re)write ``catalog.duckdb``: the same views, for the DuckDB CLI and notebooks.
+
+        Views hold absolute paths: rerun ``moe store catalog`` after moving the store.
+        """
+        path = self.root / _CATALOG
+        staging = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.duckdb"
+        connection = duckdb.connect(str(staging))
+        try:
+            self._create_views(connection)
+        finally:
+            connection.close()
+        os.replace(staging, path)
+        return path
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / _CATALOG
