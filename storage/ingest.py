@@ -102,7 +102,8 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _open_lines(path: Path) -> Iterator[bytes]:
+def _open_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line without its ending, whether it had a line ending)``; BOM stripped."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
@@ -111,7 +112,8 @@ def _open_lines(path: Path) -> Iterator[bytes]:
                 if first and line.startswith(_BOM):
                     line = line[len(_BOM) :]
                 first = False
-                yield line.rstrip(b"\r\n")
+                stripped = line.rstrip(b"\r\n")
+                yield stripped, len(stripped) != len(line)
     except (gzip.BadGzipFile, EOFError, OSError) as error:
         raise IngestError(f"{path}: cannot read: {error}") from error
 
@@ -223,10 +225,12 @@ def ingest_jsonl(
         if len(report.rejects) < max_listed:
             report.rejects.append(RejectedLine(line_number, error.field, error.reason))
 
-    def take(chunk: _Chunk, line_number: int, raw: bytes) -> None:
+    def take(chunk: _Chunk, line_number: int, raw: bytes, ended: bool) -> None:
         """Account for one non-blank line: accepted (new, new version, unchanged) or rejected."""
         parsed = parse_line(raw)
         if isinstance(parsed, LineError):
+            if parsed.field == "line" and not ended:
+                parsed = LineError("line", parsed.reason + " (no line ending: truncated file?)")
             return reject(chunk, line_number, parsed, raw)
         series_id = parsed.series_id or f"{prefix}:{line_number}"
         first = first_line_of.setdefault(series_id, line_number)
@@ -251,10 +255,10 @@ def ingest_jsonl(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
         pending: Future[None] | None = None
         chunk, chunk_index = _Chunk(), 0
-        for line_number, raw in enumerate(_open_lines(file_path), start=1):
+        for line_number, (raw, ended) in enumerate(_open_lines(file_path), start=1):
             report.lines_read += 1
             if raw.strip():
-                take(chunk, line_number, raw)
+                take(chunk, line_number, raw, ended)
             else:
                 report.blank_lines += 1
             if line_number % chunk_lines == 0:

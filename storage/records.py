@@ -61,8 +61,7 @@ def _decode(raw: bytes) -> object | LineError:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        hint = " (truncated line?)" if error.pos >= len(text.rstrip()) else ""
-        return LineError("line", f"invalid JSON at column {error.colno}: {error.msg}{hint}")
+        return LineError("line", f"invalid JSON at column {error.colno}: {error.msg}")
     except RecursionError:
         return LineError("line", "invalid JSON: nesting too deep")
 

@@ -1,0 +1,101 @@
+"""Ingest throughput and peak memory: ours against DuckDB's own ``read_json`` into a table.
+
+Usage: ``python benchmarks/bench_ingest.py [--series 20000 100000] [--points 500]``
+
+Each measurement runs in a fresh subprocess so its peak RSS is its own. DuckDB's loader is
+the practical limit (multi-threaded C++ that records nothing about bad lines); ours
+validates every line, hashes content for idempotence and writes Parquet parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make_file(path: Path, n_series: int, n_points: int) -> None:
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as handle:
+        for index in range(n_series):
+            values = (rng.normal(size=n_points) * 100).round(3).tolist()
+            handle.write(orjson.dumps({"series_id": f"s{index}", "sequence": values}) + b"\n")
+
+
+def _worker(tool: str, data: Path, scratch: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    start = time.perf_counter()
+    if tool == "ours":
+        from storage import Store, ingest_jsonl
+
+        report = ingest_jsonl(Store.open(scratch / "store"), data)
+        rows = report.accepted
+    else:
+        import duckdb
+
+        connection = duckdb.connect(str(scratch / "duck.duckdb"))
+        connection.execute(
+            "CREATE TABLE series AS SELECT * FROM read_json($1, format='newline_delimited')",
+            [str(data)],
+        )
+        rows = connection.execute("SELECT count(*) FROM series").fetchone()[0]
+        connection.close()
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb}))
+
+
+def _measure(tool: str, data: Path) -> dict[str, float]:
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{tool}-"))
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", tool, str(data), str(scratch)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--series", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--points", type=int, default=500)
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker[0], Path(args.worker[1]), Path(args.worker[2]))
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    print(f"{'series':>8} {'points':>6} {'file MB':>8} {'tool':>12} {'seconds':>8} "
+          f"{'rows/s':>9} {'vs duckdb':>9} {'peak MB':>8}")
+    try:
+        for n_series in args.series:
+            data = workdir / f"s{n_series}.jsonl"
+            _make_file(data, n_series, args.points)
+            size_mb = data.stat().st_size / 2**20
+            duck = _measure("duckdb", data)
+            ours = _measure("ours", data)
+            for name, result in (("duckdb", duck), ("moe ingest", ours)):
+                ratio = duck["seconds"] / result["seconds"]
+                print(f"{n_series:>8} {args.points:>6} {size_mb:>8.0f} {name:>12} "
+                      f"{result['seconds']:>8.2f} {result['rows'] / result['seconds']:>9.0f} "
+                      f"{ratio:>8.2f}x {result['peak_mb']:>8.0f}")
+            data.unlink()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
