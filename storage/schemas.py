@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["TABLE_SCHEMAS", "VIEW_SQL", "TABLE_NAMES", "VIEW_NAMES", "HIVE_PARTITIONED"]
+__all__ = ["TABLE_SCHEMAS", "VIEW_SQL", "TABLE_NAMES", "VIEW_NAMES", "HIVE_KEY"]
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -58,12 +58,26 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
             ("ingest_id", pa.string()),
         ]
     ),
+    # One row per (expert model, input_length, pred_length, window content): the cache.
+    # Folders: expert_forecasts/cache=<expert>-<key digest>-L<input>-H<pred>/<part>.parquet
+    "expert_forecasts": pa.schema(
+        [
+            ("expert", pa.string()),
+            ("cache_key", pa.string()),  # exact model: checkpoint, revision, settings
+            ("input_length", pa.int32()),
+            ("pred_length", pa.int32()),
+            ("window_hash", pa.string()),  # blake2b of the float32 context, NaN canonical
+            ("point", pa.list_(pa.float32())),  # (H,)
+            ("quantiles", pa.list_(pa.float32())),  # (H * Q,) row-major (step, level); or null
+            ("computed_at", _TS),
+        ]
+    ),
 }
 
 TABLE_NAMES: tuple[str, ...] = tuple(TABLE_SCHEMAS)
 
-#: Tables whose parts live in hive folders (``key=value/``); empty for now.
-HIVE_PARTITIONED: frozenset[str] = frozenset()
+#: Tables whose parts live in hive folders (``key=value/``), and the folder key of each.
+HIVE_KEY: dict[str, str] = {"expert_forecasts": "cache"}
 
 #: View name -> SELECT over ``{table}`` placeholders, which ``Store`` replaces with
 #: ``read_parquet`` calls on the table folders (paths come from the store, never from users).
@@ -80,6 +94,7 @@ VIEW_SQL: dict[str, str] = {
     """,
     "ingest_runs": "SELECT * FROM {ingest_runs}",
     "ingest_rejects": "SELECT * FROM {ingest_rejects}",
+    "expert_forecasts": "SELECT * EXCLUDE (cache) FROM {expert_forecasts}",
 }
 
 VIEW_NAMES: tuple[str, ...] = tuple(VIEW_SQL)

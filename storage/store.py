@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schemas import HIVE_PARTITIONED, TABLE_SCHEMAS, VIEW_SQL
+from storage.schemas import HIVE_KEY, TABLE_SCHEMAS, VIEW_SQL
 
 __all__ = ["Store", "DEFAULT_STORE_DIR", "STORE_ENV_VAR", "resolve_store_root"]
 
@@ -57,8 +57,10 @@ class Store:
         for table, schema in TABLE_SCHEMAS.items():
             folder = self.table_dir(table)
             folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / _EMPTY_PART).exists():
-                self._write_atomic(schema.empty_table(), folder / _EMPTY_PART)
+            # Hive tables keep theirs in a placeholder partition so every file has the key.
+            empty = folder / f"{HIVE_KEY[table]}=_empty" if table in HIVE_KEY else folder
+            if not (empty / _EMPTY_PART).exists():
+                self._write_atomic(schema.empty_table(), empty / _EMPTY_PART)
         if not (self.root / _CATALOG).exists():
             self.write_catalog()
 
@@ -70,10 +72,10 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def _write_atomic(self, data: pa.Table, destination: Path) -> None:
+    def _write_atomic(self, data: pa.Table, destination: Path, compression: str = "zstd") -> None:
         staging = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
         try:
-            pq.write_table(data, staging, compression="zstd")
+            pq.write_table(data, staging, compression=compression)
             with open(staging, "rb") as handle:
                 os.fsync(handle.fileno())
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -99,11 +101,12 @@ class Store:
         part_name: str,
         data: pa.Table,
         partition: dict[str, str] | None = None,
+        compression: str = "zstd",
     ) -> Path:
         """Write ``data`` as one whole part; replaces a part of the same name (idempotent).
 
         ``data`` is cast to the table's declared schema, so a wrong column fails here, not
-        later in a reader.
+        later in a reader. ``compression="none"`` suits float arrays read back in bulk.
         """
         schema = TABLE_SCHEMAS[table]
         try:
@@ -111,7 +114,7 @@ class Store:
         except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise ValueError(f"rows for table {table!r} do not match its schema: {error}") from error
         destination = self.part_path(table, part_name, partition)
-        self._write_atomic(data, destination)
+        self._write_atomic(data, destination, compression)
         return destination
 
     def drop_partition(self, table: str, partition: dict[str, str]) -> None:
@@ -125,7 +128,7 @@ class Store:
 
     def _scan_sql(self, table: str) -> str:
         folder = self.table_dir(table).as_posix().replace("'", "''")
-        if table in HIVE_PARTITIONED:
+        if table in HIVE_KEY:
             return (
                 f"read_parquet('{folder}/**/*.parquet', union_by_name=true, "
                 "hive_partitioning=true)"

@@ -1,0 +1,131 @@
+"""Fill the expert-forecast cache: each expert runs once per distinct window, in batches.
+
+Every ``rows_per_part`` computed windows are written as one Parquet part, so a precompute
+killed midway resumes from the last part that landed; a rerun on the same data does no
+expert work at all.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from moe.experts.base import QUANTILE_LEVELS, Expert
+from moe.precompute import forecast_in_batches
+from storage.cache import (
+    CachedModel,
+    cached_window_hashes,
+    read_forecasts,
+    window_hashes,
+    write_forecasts,
+)
+from storage.store import Store
+
+__all__ = ["PrecomputeStats", "precompute_cache", "load_cached", "cached_model"]
+
+
+@dataclass(frozen=True)
+class PrecomputeStats:
+    """What one expert's precompute did."""
+
+    expert: str
+    windows: int  # windows asked for
+    distinct: int  # distinct window contents among them
+    already_cached: int
+    computed: int
+    seconds: float
+
+    @property
+    def windows_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def cached_model(expert: Expert, input_length: int, pred_length: int) -> CachedModel:
+    return CachedModel(expert.name, expert.cache_key, input_length, pred_length)
+
+
+def precompute_cache(
+    store: Store,
+    experts: Sequence[Expert],
+    context: np.ndarray,
+    pred_length: int,
+    *,
+    batch_size: int = 256,
+    rows_per_part: int = 8192,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[PrecomputeStats]:
+    """Forecast every window of ``context`` ``(N, L)`` not yet cached, for each expert."""
+    input_length = context.shape[1]
+    hashes = window_hashes(context)
+    first_row: dict[str, int] = {}
+    for row, digest in enumerate(hashes):
+        first_row.setdefault(digest, row)
+    stats: list[PrecomputeStats] = []
+    for expert in experts:
+        model = cached_model(expert, input_length, pred_length)
+        done = cached_window_hashes(store, model)
+        todo = [(digest, row) for digest, row in first_row.items() if digest not in done]
+        started = time.perf_counter()
+        run = uuid.uuid4().hex[:12]
+        bar = tqdm(
+            total=len(todo), unit="win", desc=f"{expert.name}", disable=not progress or not todo
+        )
+        for part, begin in enumerate(range(0, len(todo), rows_per_part)):
+            block = todo[begin : begin + rows_per_part]
+            rows = np.fromiter((row for _, row in block), np.int64, count=len(block))
+            point = np.empty((len(block), pred_length), np.float32)
+            quantiles: np.ndarray | None = None
+            for sl, result in forecast_in_batches(
+                expert, context[rows], pred_length, batch_size, device
+            ):
+                point[sl] = result.point.numpy()
+                if result.quantiles is not None:
+                    if quantiles is None:
+                        shape = (len(block), pred_length, len(QUANTILE_LEVELS))
+                        quantiles = np.full(shape, np.nan, np.float32)
+                    quantiles[sl] = result.quantiles.numpy()
+                bar.update(sl.stop - sl.start)
+            write_forecasts(
+                store, model, [digest for digest, _ in block], point, quantiles, f"{run}-{part:05d}"
+            )
+        bar.close()
+        stats.append(
+            PrecomputeStats(
+                expert=expert.name,
+                windows=len(hashes),
+                distinct=len(first_row),
+                already_cached=len(first_row) - len(todo),
+                computed=len(todo),
+                seconds=time.perf_counter() - started,
+            )
+        )
+    return stats
+
+
+def load_cached(
+    store: Store,
+    experts: Sequence[Expert],
+    context: np.ndarray,
+    pred_length: int,
+    *,
+    with_quantiles: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cached forecasts aligned with ``context`` ``(N, L)``.
+
+    Returns ``points`` ``(N, E, H)`` and ``quantiles`` ``(N, E, H, Q)`` (None unless
+    ``with_quantiles``); raises if any window is missing (run ``precompute_cache`` first).
+    """
+    models = [cached_model(e, context.shape[1], pred_length) for e in experts]
+    n_quantiles = len(QUANTILE_LEVELS) if with_quantiles else None
+    points, quantiles, found = read_forecasts(store, models, window_hashes(context), n_quantiles)
+    if not found.all():
+        missing = {experts[e].name: int((~found[:, e]).sum()) for e in range(len(experts))}
+        raise LookupError(f"windows missing from the expert cache: {missing}")
+    return torch.from_numpy(points), None if quantiles is None else torch.from_numpy(quantiles)
