@@ -58,7 +58,10 @@ def _print_ingest(report: IngestReport, out: Callable[[str], None]) -> None:
         out(f"rejected {rejected.describe(report.source_file)}")
     if report.rejected > _MAX_REJECTS_SHOWN:
         more = report.rejected - _MAX_REJECTS_SHOWN
-        out(f"... and {more} more (SELECT * FROM ingest_rejects WHERE ingest_id = '{report.ingest_id}')")
+        out(
+            f"... and {more} more: moe sql \"SELECT * FROM ingest_rejects WHERE ingest_id = "
+            f"'{report.ingest_id}'\""
+        )
     records = report.accepted + report.rejected
     out(
         f"{report.source_file}: {report.lines_read} lines read = {report.blank_lines} blank + "

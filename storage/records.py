@@ -100,7 +100,9 @@ def _parse_values(sequence: object, may_hold_booleans: bool) -> tuple[np.ndarray
                 return values, 0
     for index, value in enumerate(sequence):
         if type(value) not in _NUMBER_OR_NULL_TYPES:
-            return LineError("sequence", f"element {index} is {_describe(value)}, expected a number")
+            return LineError(
+                "sequence", f"element {index} is {_describe(value)}, expected a number"
+            )
     try:
         values = np.array(sequence, dtype=np.float64)  # None -> NaN (missing)
     except OverflowError:

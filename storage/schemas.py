@@ -8,9 +8,31 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["TABLE_SCHEMAS", "VIEW_SQL", "TABLE_NAMES", "VIEW_NAMES", "HIVE_KEY"]
+__all__ = [
+    "TABLE_SCHEMAS",
+    "VIEW_SQL",
+    "TABLE_NAMES",
+    "VIEW_NAMES",
+    "HIVE_KEY",
+    "QUANTILE_COLUMNS",
+]
 
 _TS = pa.timestamp("us", tz="UTC")
+
+#: Quantile columns of the forecast tables, for levels 0.05, 0.1, 0.2, ..., 0.9, 0.95.
+QUANTILE_COLUMNS: tuple[str, ...] = (
+    "q05",
+    "q10",
+    "q20",
+    "q30",
+    "q40",
+    "q50",
+    "q60",
+    "q70",
+    "q80",
+    "q90",
+    "q95",
+)
 
 TABLE_SCHEMAS: dict[str, pa.Schema] = {
     # One row per (series_id, content): a changed series under an existing id is a new version.
@@ -72,12 +94,87 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
             ("computed_at", _TS),
         ]
     ),
+    # Batch forecasts, long format: one row per (run, series, step).
+    # Folders: forecasts/run_id=<run>/<part>.parquet; a run's folder is replaced whole.
+    "forecasts": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("model_version", pa.string()),
+            ("series_id", pa.string()),
+            ("series_hash", pa.string()),  # content_hash of the series version forecast
+            ("origin_index", pa.int64()),  # points observed when forecasting
+            ("step", pa.int32()),  # 1..H
+            ("timestamp", _TS),  # when the series has start and freq, else null
+            ("point", pa.float64()),
+            *[(name, pa.float64()) for name in QUANTILE_COLUMNS],
+            ("expert_1", pa.string()),
+            ("weight_1", pa.float64()),
+            ("expert_2", pa.string()),
+            ("weight_2", pa.float64()),
+            ("created_at", _TS),
+        ]
+    ),
+    # Trained gates: one row per version, written once.
+    "model_versions": pa.schema(
+        [
+            ("model_version", pa.string()),
+            ("created_at", _TS),
+            ("artifact_path", pa.string()),
+            ("artifact_sha256", pa.string()),
+            ("gate_kind", pa.string()),
+            ("expert_keys", pa.list_(pa.string())),
+            ("input_length", pa.int32()),
+            ("pred_length", pa.int32()),
+            ("train_windows", pa.int64()),
+            ("backtest_mase", pa.float64()),  # mixture MASE on the retrain's backtest windows
+            ("metrics_json", pa.string()),
+        ]
+    ),
+    # Registry events; the champion is the target of the latest promote/rollback.
+    "model_events": pa.schema(
+        [
+            ("model_version", pa.string()),
+            ("event", pa.string()),  # registered | promoted | rejected | rolled_back
+            ("event_at", _TS),
+            ("reason", pa.string()),
+        ]
+    ),
+    # Backtest scores: per model (expert or mixture) overall and per series.
+    "backtest_metrics": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("model_version", pa.string()),
+            ("model", pa.string()),  # expert name, 'mixture', 'equal_weight', 'best_in_hindsight'
+            ("series_id", pa.string()),  # null for the overall row
+            ("n_windows", pa.int64()),
+            ("mase", pa.float64()),
+            ("smape", pa.float64()),
+            ("mape", pa.float64()),
+            ("rmse", pa.float64()),
+            ("wql", pa.float64()),  # weighted quantile loss (CRPS approximation)
+            ("created_at", _TS),
+        ]
+    ),
+    # Realised error of past forecasts once actuals arrived (monitoring).
+    "forecast_evaluations": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("model_version", pa.string()),
+            ("evaluated_at", _TS),
+            ("n_series", pa.int64()),
+            ("n_points", pa.int64()),
+            ("mape", pa.float64()),
+            ("smape", pa.float64()),
+            ("mase", pa.float64()),
+            ("coverage_90", pa.float64()),  # share of actuals inside [q05, q95]
+        ]
+    ),
 }
 
 TABLE_NAMES: tuple[str, ...] = tuple(TABLE_SCHEMAS)
 
 #: Tables whose parts live in hive folders (``key=value/``), and the folder key of each.
-HIVE_KEY: dict[str, str] = {"expert_forecasts": "cache"}
+HIVE_KEY: dict[str, str] = {"expert_forecasts": "cache", "forecasts": "run_id"}
 
 #: View name -> SELECT over ``{table}`` placeholders, which ``Store`` replaces with
 #: ``read_parquet`` calls on the table folders (paths come from the store, never from users).
@@ -95,6 +192,34 @@ VIEW_SQL: dict[str, str] = {
     "ingest_runs": "SELECT * FROM {ingest_runs}",
     "ingest_rejects": "SELECT * FROM {ingest_rejects}",
     "expert_forecasts": "SELECT * EXCLUDE (cache) FROM {expert_forecasts}",
+    "forecasts": "SELECT * FROM {forecasts} WHERE run_id <> '_empty'",
+    # For each series, the rows of the most recent run that forecast it.
+    "latest_forecasts": """
+        SELECT * FROM forecasts
+        QUALIFY created_at = max(created_at) OVER (PARTITION BY series_id)
+    """,
+    "model_events": "SELECT * FROM {model_events}",
+    "model_registry": """
+        WITH status AS (
+            SELECT model_version, arg_max(event, event_at) AS last_event
+            FROM {model_events} GROUP BY model_version
+        ),
+        champion AS (
+            SELECT arg_max(model_version, event_at) AS model_version
+            FROM {model_events} WHERE event IN ('promoted', 'rolled_back')
+        )
+        SELECT v.*, s.last_event,
+               CASE WHEN v.model_version = (SELECT model_version FROM champion)
+                    THEN 'champion' ELSE 'archived' END AS status
+        FROM {model_versions} v LEFT JOIN status s USING (model_version)
+    """,
+    "backtest_metrics": "SELECT * FROM {backtest_metrics}",
+    "leaderboard": """
+        SELECT model_version, run_id, model, n_windows, mase, smape, mape, rmse, wql,
+               rank() OVER (PARTITION BY run_id ORDER BY mase) AS rank
+        FROM {backtest_metrics} WHERE series_id IS NULL
+    """,
+    "forecast_evaluations": "SELECT * FROM {forecast_evaluations}",
 }
 
 VIEW_NAMES: tuple[str, ...] = tuple(VIEW_SQL)

@@ -34,7 +34,9 @@ def _split_values(column: pa.ChunkedArray) -> list[np.ndarray]:
         offsets = chunk.offsets.to_numpy()
         flat = pc.fill_null(chunk.flatten(), float("nan")).to_numpy(zero_copy_only=False)
         base = offsets[0]
-        arrays += [flat[a - base : b - base] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        arrays += [
+            flat[a - base : b - base] for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
     return arrays
 
 

@@ -8,6 +8,7 @@ work while flows write. Readers get an in-memory DuckDB whose views glob the fol
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -25,6 +26,9 @@ STORE_ENV_VAR = "MOE_STORE"
 DEFAULT_STORE_DIR = "moe_store"
 _EMPTY_PART = "_empty.parquet"  # a zero-row part so a view over an empty table has columns
 _CATALOG = "catalog.duckdb"
+_LAYOUT_DIGEST = hashlib.sha256(
+    repr((sorted(VIEW_SQL.items()), [(t, str(s)) for t, s in TABLE_SCHEMAS.items()])).encode()
+).hexdigest()
 
 
 def resolve_store_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -61,8 +65,16 @@ class Store:
             empty = folder / f"{HIVE_KEY[table]}=_empty" if table in HIVE_KEY else folder
             if not (empty / _EMPTY_PART).exists():
                 self._write_atomic(schema.empty_table(), empty / _EMPTY_PART)
-        if not (self.root / _CATALOG).exists():
+        # Rewrite the catalog when the declared views changed (a store made by an older
+        # version of this code gains the new views on the next open).
+        stamp = self.root / "catalog.version"
+        if (
+            not (self.root / _CATALOG).exists()
+            or not stamp.exists()
+            or stamp.read_text() != _LAYOUT_DIGEST
+        ):
             self.write_catalog()
+            stamp.write_text(_LAYOUT_DIGEST)
 
     def table_dir(self, table: str) -> Path:
         """Folder of ``table``'s parts; ``table`` must be declared in ``storage.schemas``."""
@@ -83,7 +95,9 @@ class Store:
         finally:
             staging.unlink(missing_ok=True)
 
-    def part_path(self, table: str, part_name: str, partition: dict[str, str] | None = None) -> Path:
+    def part_path(
+        self, table: str, part_name: str, partition: dict[str, str] | None = None
+    ) -> Path:
         """Where part ``part_name`` of ``table`` lives (inside ``key=value`` folders if any)."""
         if not part_name or "/" in part_name or part_name.startswith((".", "_")):
             raise ValueError(f"invalid part name {part_name!r}")
@@ -112,7 +126,9 @@ class Store:
         try:
             data = data.select(schema.names).cast(schema)
         except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise ValueError(f"rows for table {table!r} do not match its schema: {error}") from error
+            raise ValueError(
+                f"rows for table {table!r} do not match its schema: {error}"
+            ) from error
         destination = self.part_path(table, part_name, partition)
         self._write_atomic(data, destination, compression)
         return destination
@@ -130,8 +146,7 @@ class Store:
         folder = self.table_dir(table).as_posix().replace("'", "''")
         if table in HIVE_KEY:
             return (
-                f"read_parquet('{folder}/**/*.parquet', union_by_name=true, "
-                "hive_partitioning=true)"
+                f"read_parquet('{folder}/**/*.parquet', union_by_name=true, hive_partitioning=true)"
             )
         return f"read_parquet('{folder}/*.parquet', union_by_name=true)"
 

@@ -57,8 +57,9 @@ def test_interrupted_precompute_resumes(store: Store) -> None:
     context = _context(100)
     crashing = _CrashingExpert(fail_on_call=5)  # parts of 20 rows = 2 batches of 10
     with pytest.raises(RuntimeError, match="killed"):
-        precompute_cache(store, [crashing], context, 3, batch_size=10, rows_per_part=20,
-                         progress=False)
+        precompute_cache(
+            store, [crashing], context, 3, batch_size=10, rows_per_part=20, progress=False
+        )
     assert crashing.calls == 40  # two whole parts landed
     resumed = FakeExpert("moirai")
     stats = precompute_cache(store, [resumed], context, 3, batch_size=10, progress=False)

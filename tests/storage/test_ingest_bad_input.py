@@ -26,7 +26,9 @@ def _only_reject(store: Store, tmp_path: Path, bad: bytes):
     assert (report.accepted, report.rejected) == (1, 1)
     stored = query(store, "SELECT series_id FROM series").column("series_id").to_pylist()
     assert stored == ["good"]  # the good line of the same file is kept
-    rows = query(store, "SELECT line_number, field, reason, raw_line FROM ingest_rejects").to_pylist()
+    rows = query(
+        store, "SELECT line_number, field, reason, raw_line FROM ingest_rejects"
+    ).to_pylist()
     assert len(rows) == 1 and rows[0]["line_number"] == 2
     rejected = report.rejects[0]
     assert str(tmp_path / "data.jsonl") in rejected.describe(report.source_file)

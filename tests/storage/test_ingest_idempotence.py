@@ -86,8 +86,15 @@ def test_kill_during_ingest_then_rerun(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = Store.open(root)
     command = [
-        sys.executable, "-m", "pipeline.cli", "--store", str(root),
-        "ingest", str(path), "--chunk-lines", "100",
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "--store",
+        str(root),
+        "ingest",
+        str(path),
+        "--chunk-lines",
+        "100",
     ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
     parts = store.table_dir("series_versions")
@@ -110,8 +117,10 @@ def test_windows_from_store_holdout_and_cap(store: Store, tmp_path: Path) -> Non
 
     path = tmp_path / "d.jsonl"
     path.write_text(
-        json.dumps({"series_id": "a", "sequence": list(range(10))}) + "\n"
-        + json.dumps({"series_id": "b", "sequence": [1.0, None, 3.0, 4.0, 5.0, 6.0]}) + "\n"
+        json.dumps({"series_id": "a", "sequence": list(range(10))})
+        + "\n"
+        + json.dumps({"series_id": "b", "sequence": [1.0, None, 3.0, 4.0, 5.0, 6.0]})
+        + "\n"
     )
     ingest_jsonl(store, path)
     series, windows = windows_from_store(store, 4, 2, stride=1, max_windows_per_series=3)

@@ -82,10 +82,16 @@ def test_cli_sql_and_ingest(tmp_path: Path) -> None:
     assert f"rejected {data}:3: field 'sequence'" in ingest.stdout
     sql = subprocess.run(
         [*base, "sql", "SELECT count(*) AS n FROM series WHERE n_points = $1", "--param", "2"],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert sql.returncode == 0 and "(1 rows)" in sql.stdout
-    refused = subprocess.run([*base, "sql", "DROP VIEW series"], cwd=REPO, capture_output=True, text=True)
+    refused = subprocess.run(
+        [*base, "sql", "DROP VIEW series"], cwd=REPO, capture_output=True, text=True
+    )
     assert refused.returncode == 2 and "only SELECT" in refused.stderr
-    missing = subprocess.run([*base, "ingest", str(tmp_path / "no.jsonl")], cwd=REPO, capture_output=True, text=True)
+    missing = subprocess.run(
+        [*base, "ingest", str(tmp_path / "no.jsonl")], cwd=REPO, capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "no such file" in missing.stderr
