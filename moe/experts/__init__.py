@@ -1,0 +1,35 @@
+"""Forecasting experts behind one protocol, an explicit registry, and the seed's modules.
+
+Importing this package is cheap: expert libraries (statsforecast, fracast, uni2ts, sktime,
+transformers, timesfm) load only when ``build_expert`` builds an expert that needs them.
+"""
+
+from moe.experts.base import (
+    QUANTILE_LEVELS,
+    Expert,
+    ExpertCapabilities,
+    ExpertConfig,
+    ExpertForecast,
+    ExpertLoadError,
+    MissingExtraError,
+)
+from moe.experts.registry import EXPERT_NAMES, FOUNDATION_EXPERTS, OFFLINE_EXPERTS, build_expert
+from moe.experts.seed import ExpertModule, MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
+
+__all__ = [
+    "QUANTILE_LEVELS",
+    "Expert",
+    "ExpertCapabilities",
+    "ExpertConfig",
+    "ExpertForecast",
+    "ExpertLoadError",
+    "MissingExtraError",
+    "EXPERT_NAMES",
+    "FOUNDATION_EXPERTS",
+    "OFFLINE_EXPERTS",
+    "build_expert",
+    "ExpertModule",
+    "MoiraiMoEExpert",
+    "TimeMoEExpert",
+    "TimesFMExpert",
+]

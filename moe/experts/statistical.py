@@ -1,0 +1,274 @@
+"""Statistical experts from ``statsforecast``: SeasonalNaive, AutoETS, AutoTheta.
+
+They need no weights, so the pipeline forecasts for real anywhere. Each row of a batch is an
+independent series: the model is fitted on that row and forecast ``horizon`` steps with the
+model's ``forecast`` method (fit and predict in one call). A plain loop over rows was
+measured as fast as ``StatsForecast(n_jobs=1).forecast`` on a long-format frame (the fitting
+dominates; the frame only adds pandas overhead) and keeps the per-row fallbacks below simple.
+
+Per-row policy (part of ``cache_key`` through :data:`POLICY_VERSION`):
+
+* missing values: statsforecast models reject ``NaN``. Leading ``NaN`` are dropped (the series
+  starts at its first observation), interior gaps are filled by linear interpolation, and
+  trailing ``NaN`` carry the last observation forward (so the forecast origin stays at the
+  end of the window). A row without any observation gets ``NaN`` everywhere.
+* short rows: with fewer than ``2 * season_length`` points the non-seasonal variant
+  (``season_length=1``) is used. Below a model's minimum length (AutoETS: 7 points,
+  AutoTheta: 4; statsforecast raises "tiny datasets" under that) the row gets the Naive
+  method, i.e. ETS(A,N,N) with alpha = 1, with its normal intervals. So with the seed's
+  ``input_length=4`` AutoETS is Naive on every row.
+* a fit that raises or returns non-finite values also falls back to Naive for that row; one
+  warning per call names how many rows and the first error.
+
+Quantiles: ``QUANTILE_LEVELS`` are read from the models' prediction intervals, level
+``q < 0.5`` from ``lo-{100(1 - 2q)}``, ``q > 0.5`` from ``hi-{100(2q - 1)}``, and ``0.5`` is the
+point forecast (the mean; the intervals are symmetric normal intervals, so it is also their
+median). SeasonalNaive's intervals come from statsforecast too (normal, from the seasonal
+residuals, widening with each season). Rare quantile crossings are repaired by sorting.
+A row fitted on a single point has no spread estimate: its quantiles are ``NaN``.
+
+Compute runs in float64 numpy on the CPU; outputs are float32 on the context's device.
+``ExpertConfig.device``/``dtype``/``batch_size`` do not apply and are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertConfig, ExpertForecast
+
+__all__ = [
+    "POLICY_VERSION",
+    "StatisticalExpert",
+    "build_seasonal_naive",
+    "build_autoets",
+    "build_autotheta",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Bumped whenever the per-row policy above changes, so cached forecasts are recomputed.
+POLICY_VERSION = 1
+
+#: Shortest series each model is fitted on; shorter rows get the Naive method.
+_MIN_LENGTH = {"SeasonalNaive": 1, "AutoETS": 7, "AutoTheta": 4}
+
+#: Errors statsforecast raises for data a model cannot fit; any other error propagates.
+_FIT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    NotImplementedError,
+    ArithmeticError,
+    np.linalg.LinAlgError,
+)
+
+
+def _interval_keys(levels: tuple[float, ...]) -> tuple[list[int | float], list[str]]:
+    """Interval levels (0-100) to request and, per quantile level, the result key to read."""
+    keys: list[str] = []
+    wanted: set[int | float] = set()
+    for q in levels:
+        if q == 0.5:
+            keys.append("mean")
+            continue
+        coverage = round(100.0 * abs(1.0 - 2.0 * q), 6)
+        level: int | float = int(coverage) if coverage.is_integer() else coverage
+        wanted.add(level)
+        keys.append(f"{'lo' if q < 0.5 else 'hi'}-{level}")
+    return sorted(wanted), keys
+
+
+def _fill_gaps(row: np.ndarray) -> np.ndarray:
+    """``(L,)`` with NaN -> ``(n,)`` without: leading NaN dropped, gaps interpolated, tail held.
+
+    The caller guarantees at least one observed value.
+    """
+    observed = ~np.isnan(row)
+    first = int(np.argmax(observed))
+    values = row[first:]
+    observed = observed[first:]
+    if observed.all():
+        return values.copy()
+    positions = np.arange(values.shape[0])
+    # np.interp holds the last observed value beyond it: the trailing carry-forward.
+    return np.interp(positions, positions[observed], values[observed])
+
+
+class StatisticalExpert:
+    """One statsforecast model behind the ``Expert`` protocol, fitted per row."""
+
+    def __init__(
+        self,
+        name: str,
+        model_name: str,
+        factory: Callable[[int], Any],
+        *,
+        season_length: int,
+        version: str,
+    ) -> None:
+        """Wrap a statsforecast model (``build_*`` is the normal way in).
+
+        Args:
+            name: registry name, e.g. ``"autoets"``.
+            model_name: statsforecast class name; selects the minimum length, part of the key.
+            factory: ``season_length -> model`` (a statsforecast model instance).
+            season_length: seasonal period (1 = none); shorter rows use 1 (module docstring).
+            version: statsforecast version, part of ``cache_key``.
+        """
+        if season_length < 1:
+            raise ValueError(f"{name} season_length must be >= 1, got {season_length}")
+        from statsforecast.models import Naive
+
+        self.name = name
+        self._model_name = model_name
+        self._season_length = season_length
+        self._version = version
+        self._min_length = _MIN_LENGTH[model_name]
+        self._seasonal = factory(season_length)
+        self._plain = factory(1) if season_length > 1 else self._seasonal
+        self._naive = Naive()
+        self._levels, self._keys = _interval_keys(QUANTILE_LEVELS)
+        self.capabilities = ExpertCapabilities(
+            max_context=None,
+            min_context=1,
+            native_horizon=None,
+            quantile_levels=QUANTILE_LEVELS,
+            handles_missing=False,
+        )
+
+    @property
+    def cache_key(self) -> str:
+        """``<name>|statsforecast==<version>|<Model>|season_length=<m>|policy=<n>``."""
+        return (
+            f"{self.name}|statsforecast=={self._version}|{self._model_name}"
+            f"|season_length={self._season_length}|policy={POLICY_VERSION}"
+        )
+
+    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
+        """``context`` ``(B, L)`` -> ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)``."""
+        _check_inputs(self.name, context, horizon)
+        # A float64 copy on the CPU: the caller's tensor is never written to.
+        rows = np.array(context.detach().to("cpu", torch.float64).numpy(), copy=True)  # (B, L)
+        batch = rows.shape[0]
+        quantiles = np.full((batch, horizon, len(QUANTILE_LEVELS)), np.nan)  # (B, H, Q)
+        no_spread = np.zeros(batch, bool)  # rows fitted on one point: point only
+        failures: list[tuple[int, str]] = []
+        with warnings.catch_warnings():
+            # AutoTheta says so on every short row; the spread it then uses is documented.
+            warnings.filterwarnings("ignore", "Too few residuals", UserWarning)
+            for index in range(batch):
+                if np.isnan(rows[index]).all():
+                    continue
+                series = _fill_gaps(rows[index])
+                quantiles[index] = self._forecast_row(series, horizon, index, failures)
+                no_spread[index] = series.shape[0] < 2
+        if failures:
+            first_row, first_error = failures[0]
+            _log.warning(
+                "%s: %d of %d rows fell back to Naive after a failed fit (first: row %d, %s)",
+                self.name,
+                len(failures),
+                batch,
+                first_row,
+                first_error,
+            )
+        point = quantiles[:, :, QUANTILE_LEVELS.index(0.5)].copy()  # (B, H)
+        quantiles[no_spread] = np.nan
+        # Sort to repair rare crossings; all-NaN rows stay NaN (NaN sorts last).
+        quantiles = np.sort(quantiles, axis=-1)
+        return ExpertForecast(
+            point=torch.from_numpy(point.astype(np.float32)).to(context.device),
+            quantiles=torch.from_numpy(quantiles.astype(np.float32)).to(context.device),
+        )
+
+    def _forecast_row(
+        self, series: np.ndarray, horizon: int, index: int, failures: list[tuple[int, str]]
+    ) -> np.ndarray:
+        """``(n,)`` without NaN -> ``(H, Q)``: point at level 0.5, intervals elsewhere."""
+        length = series.shape[0]
+        if length < self._min_length:
+            model = self._naive
+        elif length < 2 * self._season_length:
+            model = self._plain
+        else:
+            model = self._seasonal
+        return self._run(model, series, horizon, index, failures)
+
+    def _run(
+        self,
+        model: Any,
+        series: np.ndarray,
+        horizon: int,
+        index: int,
+        failures: list[tuple[int, str]],
+    ) -> np.ndarray:
+        """One statsforecast call -> ``(H, Q)``; Naive when the fit fails or is non-finite."""
+        try:
+            # Degenerate fits (e.g. constant series) divide by zero inside statsforecast;
+            # the result is checked for finiteness below instead.
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                result = model.forecast(y=series, h=horizon, level=self._levels)
+            table = np.stack([np.asarray(result[key], np.float64) for key in self._keys], axis=-1)
+            if np.isfinite(table).all():
+                return table
+            reason = "non-finite forecast"
+        except _FIT_ERRORS as error:
+            reason = f"{type(error).__name__}: {error}"
+        if model is self._naive:
+            raise RuntimeError(f"{self.name}: Naive failed on row {index}: {reason}")
+        failures.append((index, reason))
+        return self._run(self._naive, series, horizon, index, failures)
+
+
+def _check_inputs(name: str, context: torch.Tensor, horizon: int) -> None:
+    """Raise ``ValueError`` naming the problem for a malformed call."""
+    if not isinstance(context, torch.Tensor) or context.ndim != 2:
+        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
+        raise ValueError(f"{name} context must be a 2-D tensor (B, L), got {shape}")
+    if not context.is_floating_point():
+        raise ValueError(f"{name} context must be floating point (float32), got {context.dtype}")
+    if context.shape[1] == 0:
+        raise ValueError(f"{name} context must have at least one column, got (B, 0)")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"{name} horizon must be a positive int, got {horizon!r}")
+    if torch.isinf(context).any():
+        raise ValueError(f"{name} context contains +-inf; only NaN may mark missing values")
+
+
+def _build(name: str, model_name: str, config: ExpertConfig) -> StatisticalExpert:
+    """Import statsforecast (the ``stats`` extra) and wrap ``model_name``."""
+    try:
+        import statsforecast
+        from statsforecast import models
+    except ImportError as error:
+        from moe.experts.base import MissingExtraError
+
+        raise MissingExtraError(name, "stats", "statsforecast") from error
+    model_class = getattr(models, model_name)
+    return StatisticalExpert(
+        name,
+        model_name,
+        lambda season_length: model_class(season_length=season_length),
+        season_length=config.season_length,
+        version=statsforecast.__version__,
+    )
+
+
+def build_seasonal_naive(config: ExpertConfig) -> StatisticalExpert:
+    """SeasonalNaive with ``config.season_length`` (Naive when it is 1 or the row is short)."""
+    return _build("seasonal_naive", "SeasonalNaive", config)
+
+
+def build_autoets(config: ExpertConfig) -> StatisticalExpert:
+    """AutoETS (model ``ZZZ``, AICc selection) with ``config.season_length``."""
+    return _build("autoets", "AutoETS", config)
+
+
+def build_autotheta(config: ExpertConfig) -> StatisticalExpert:
+    """AutoTheta (STM/OTM/DSTM/DOTM by MSE) with ``config.season_length``."""
+    return _build("autotheta", "AutoTheta", config)

@@ -1,0 +1,60 @@
+"""The shared expert contract, run against every registered expert and the fake expert."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from moe.experts import EXPERT_NAMES, FOUNDATION_EXPERTS, Expert, build_expert
+from tests.experts.contract import assert_expert_contract
+from tests.fake_experts import FakeExpert
+
+
+def _factory(name: str) -> Callable[[Path], Expert]:
+    """How the contract test gets expert ``name``: tiny real architectures for foundation ones."""
+    if name == "fake":
+        return lambda _: FakeExpert("fake", factor=1.5, offset=0.5)
+    if name in FOUNDATION_EXPERTS:
+        # Weights cannot be downloaded here: build a tiny random instance of the real
+        # architecture, saved and reloaded through the expert's own loading path.
+        return lambda directory: importlib.import_module(f"tests.experts.tiny_{name}").make_tiny(
+            directory
+        )
+    return lambda _: build_expert(name)
+
+
+@pytest.mark.parametrize("input_length", [4, 32])
+@pytest.mark.parametrize("name", [*EXPERT_NAMES, "fake"])
+def test_expert_contract(name: str, input_length: int, tmp_path: Path) -> None:
+    """Guards the protocol for every expert: shapes, purity, NaN handling, batch == rows."""
+    expert = _factory(name)(tmp_path)
+    assert_expert_contract(expert, input_length=input_length, horizon=6)
+
+
+def test_contract_catches_a_broken_expert() -> None:
+    """Guards the contract helper itself: an expert that writes into its input must fail."""
+
+    class Mutating(FakeExpert):
+        def forecast(self, context, horizon):  # type: ignore[no-untyped-def]
+            result = super().forecast(context, horizon)
+            context.nan_to_num_(0.0)
+            return result
+
+    with pytest.raises(AssertionError, match="modified the caller's context"):
+        assert_expert_contract(Mutating("mutating"), input_length=8)
+
+
+def test_contract_catches_batch_dependence() -> None:
+    """Guards the contract helper itself: forecasts that depend on the batch must fail."""
+
+    class BatchDependent(FakeExpert):
+        def forecast(self, context, horizon):  # type: ignore[no-untyped-def]
+            result = super().forecast(context, horizon)
+            shift = float(context.shape[0])
+            return type(result)(point=result.point + shift, quantiles=result.quantiles + shift)
+
+    with pytest.raises(AssertionError, match="alone vs in a batch"):
+        assert_expert_contract(BatchDependent("batchy"), input_length=8)
