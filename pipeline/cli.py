@@ -1,7 +1,11 @@
 """The ``moe`` command line: one subcommand per thing users do every week.
 
-``moe demo``            the main job on the embedded default (bundled sample, local store)
+``moe demo``            the main job on the embedded default (bundled sample, local store,
+                        local Prefect): ingest, retrain, batch forecast, a SQL query
 ``moe ingest FILE...``  JSONL / JSONL.gz into the store
+``moe retrain`` / ``moe forecast`` / ``moe evaluate``  one run of a flow
+``moe models list|promote|rollback``  the model registry
+``moe serve``           register the scheduled deployments and run them (needs a server)
 ``moe sql "SELECT ..."`` read-only SQL over the store's views
 ``moe store catalog``   (re)write catalog.duckdb for the DuckDB CLI
 ``moe train`` / ``moe predict``  the seed's command line (same flags as main.py)
@@ -59,7 +63,7 @@ def _print_ingest(report: IngestReport, out: Callable[[str], None]) -> None:
     if report.rejected > _MAX_REJECTS_SHOWN:
         more = report.rejected - _MAX_REJECTS_SHOWN
         out(
-            f"... and {more} more: moe sql \"SELECT * FROM ingest_rejects WHERE ingest_id = "
+            f'... and {more} more: moe sql "SELECT * FROM ingest_rejects WHERE ingest_id = '
             f"'{report.ingest_id}'\""
         )
     records = report.accepted + report.rejected
@@ -119,20 +123,115 @@ def _cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEMO_QUERY = """
+SELECT series_id, step, round(point, 1) AS point, round(q05, 1) AS q05, round(q95, 1) AS q95,
+       expert_1, round(weight_1, 2) AS weight_1, expert_2, round(weight_2, 2) AS weight_2
+FROM latest_forecasts
+WHERE series_id IN (SELECT series_id FROM latest_forecasts ORDER BY series_id LIMIT 2)
+ORDER BY series_id, step
+"""
+
+
+def _prefect_env() -> None:
+    """Local Prefect defaults (design.md: the ephemeral server is slow to start here)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on the embedded default: ingest, retrain, forecast, query - via Prefect."""
+    _prefect_env()
+    from flows.jobs import batch_forecast, retrain
+    from pipeline.config import RetrainConfig
+
     store = Store.open(args.store)
     print(f"store: {store.root}")
-    report = ingest_jsonl(store, sample_path())
-    _print_ingest(report, print)
-    summary = query(
-        store,
-        """
-        SELECT count(*) AS series, sum(n_points) AS points, min(n_points) AS shortest,
-               max(n_points) AS longest, sum(n_missing) AS missing
-        FROM series
-        """,
+    chosen = {"experts": args.experts.split(",")} if args.experts else {}
+    config = RetrainConfig(jsonl_paths=[str(sample_path())], **chosen)
+    outcome = retrain(config=config, store=str(store.root))
+    print(f"retrain: {outcome}")
+    forecast = batch_forecast(store=str(store.root))
+    print(f"batch forecast: {forecast}")
+    print(f"\n{_DEMO_QUERY.strip()}\n")
+    print(format_table(query(store, _DEMO_QUERY), max_rows=40))
+    print(
+        format_table(
+            query(
+                store,
+                "SELECT model, round(mase, 4) AS mase, round(smape, 2) AS "
+                "smape, rank FROM leaderboard WHERE run_id = (SELECT "
+                "max_by(run_id, created_at) FROM backtest_metrics) "
+                "ORDER BY rank",
+            )
+        )
     )
-    print(format_table(summary))
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from flows.jobs import retrain
+    from pipeline.config import RetrainConfig
+
+    config = RetrainConfig.model_validate_json(args.config) if args.config else RetrainConfig()
+    if args.jsonl:
+        config = RetrainConfig.model_validate({**config.model_dump(), "jsonl_paths": args.jsonl})
+    print(retrain(config=config, store=args.store))
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from flows.jobs import batch_forecast
+    from pipeline.config import ForecastConfig
+
+    config = ForecastConfig(
+        series_ids=args.series or None, model_version=args.model_version, run_id=args.run_id
+    )
+    print(batch_forecast(config=config, store=args.store))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from flows.jobs import evaluate
+
+    print(evaluate(store=args.store))
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from storage.registry import RegistryError, promote, rollback
+
+    store = Store.open(args.store)
+    try:
+        if args.action == "promote":
+            if not args.version:
+                print("error: moe models promote VERSION", file=sys.stderr)
+                return 2
+            promote(store, args.version, args.reason or "manual promotion")
+        elif args.action == "rollback":
+            rollback(store, args.reason or "manual rollback")
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = query(
+        store,
+        "SELECT model_version, status, last_event, gate_kind, expert_keys, input_length, "
+        "pred_length, round(backtest_mase, 4) AS backtest_mase, created_at "
+        "FROM model_registry ORDER BY created_at DESC",
+    )
+    print(format_table(table))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _prefect_env()
+    from flows.serve import serve_all
+
+    serve_all(timezone=args.timezone, store=args.store)
     return 0
 
 
@@ -152,8 +251,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run the main job on the bundled sample")
+    demo = commands.add_parser(
+        "demo", help="the main job on the bundled sample: ingest, retrain, forecast, SQL"
+    )
+    demo.add_argument("--experts", help="comma-separated expert names (default: offline set)")
     demo.set_defaults(run=_cmd_demo)
+
+    retrain = commands.add_parser("retrain", help="run the retrain flow once")
+    retrain.add_argument("--jsonl", nargs="*", default=[], help="files to ingest first")
+    retrain.add_argument("--config", help="RetrainConfig as JSON (see pipeline/config.py)")
+    retrain.set_defaults(run=_cmd_retrain)
+
+    forecast = commands.add_parser("forecast", help="run the batch-forecast flow once")
+    forecast.add_argument("--series", nargs="*", default=[], help="series ids (default: all)")
+    forecast.add_argument("--model-version", default=None)
+    forecast.add_argument("--run-id", default=None, help="rerun an id to replace its rows")
+    forecast.set_defaults(run=_cmd_forecast)
+
+    evaluate = commands.add_parser("evaluate", help="score past forecasts against actuals")
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    models = commands.add_parser("models", help="the model registry")
+    models.add_argument("action", choices=["list", "promote", "rollback"])
+    models.add_argument("version", nargs="?")
+    models.add_argument("--reason", default=None)
+    models.set_defaults(run=_cmd_models)
+
+    serve = commands.add_parser("serve", help="register the scheduled deployments and serve them")
+    serve.add_argument(
+        "--timezone", default=None, help="schedule timezone (default $MOE_TIMEZONE or UTC)"
+    )
+    serve.set_defaults(run=_cmd_serve)
 
     ingest = commands.add_parser("ingest", help="ingest JSONL or JSONL.gz files")
     ingest.add_argument("files", nargs="+")

@@ -12,6 +12,8 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -133,12 +135,37 @@ class Store:
         self._write_atomic(data, destination, compression)
         return destination
 
-    def drop_partition(self, table: str, partition: dict[str, str]) -> None:
-        """Remove every part of one hive partition (used to rewrite a run's rows)."""
-        folder = self.table_dir(table)
-        for key, value in partition.items():
-            folder = folder / f"{key}={value}"
-        shutil.rmtree(folder, ignore_errors=True)
+    @contextmanager
+    def rewrite_partition(
+        self, table: str, partition: dict[str, str]
+    ) -> Iterator[Callable[[str, pa.Table], None]]:
+        """Write a whole hive partition, then swap it in place of any previous one.
+
+        Yields ``write(part_name, data)``. Parts go to a staging folder under ``tmp/``; only
+        when the block finishes is the folder renamed into the table, so a run killed midway
+        leaves the previous rows (or none) and a rerun leaves exactly one set.
+        """
+        schema = TABLE_SCHEMAS[table]
+        staging = self.tmp_dir / f"partition-{os.getpid()}-{uuid.uuid4().hex}"
+        staging.mkdir(parents=True)
+
+        def write(part_name: str, data: pa.Table) -> None:
+            target = self.part_path(table, part_name)  # validates the name
+            pq.write_table(data.select(schema.names).cast(schema), staging / target.name)
+
+        try:
+            yield write
+            final = self.table_dir(table)
+            for key, value in partition.items():
+                final = final / f"{key}={value}"
+            retired = self.tmp_dir / f"retired-{uuid.uuid4().hex}"
+            if final.exists():
+                os.replace(final, retired)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, final)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Prefect flows: thin outlines over ``pipeline`` functions. Deployments in prefect.yaml."""

@@ -1,0 +1,153 @@
+"""What the Prefect UI shows for a run: metrics tables, routing shares, a plot, links."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+
+from pipeline.evaluate import EvaluationResult
+from pipeline.forecast import ForecastRun
+from pipeline.retrain import RetrainResult
+from storage.ingest import IngestReport
+from storage.sql import query
+from storage.store import Store
+
+__all__ = ["publish_ingest", "publish_retrain", "publish_forecast", "publish_evaluation"]
+
+
+def _clean(value: object) -> object:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def publish_ingest(reports: Sequence[IngestReport]) -> None:
+    rows = [
+        {k: v for k, v in r.as_dict().items() if k not in ("rejects", "ingest_id")} for r in reports
+    ]
+    create_table_artifact(
+        rows, key="ingest-counts", description="lines read = blank + accepted + rejected"
+    )
+
+
+def publish_retrain(result: RetrainResult) -> None:
+    overall = result.scores.overall()
+    leaderboard = sorted(
+        (
+            {"model": m, **{k: _clean(v) for k, v in metrics.items()}}
+            for m, metrics in overall.items()
+        ),
+        key=lambda row: (row["mase"] is None, row["mase"]),
+    )
+    create_table_artifact(
+        leaderboard,
+        key="backtest-leaderboard",
+        description=f"Backtest on held-out windows, model {result.model_version}",
+    )
+    verdict = "promoted to champion" if result.promoted else "kept as archived challenger"
+    create_markdown_artifact(
+        f"### Model {result.model_version}: {verdict}\n\n{result.reason}\n\n"
+        f"Artifact: `{result.artifact_path}`",
+        key="retrain-decision",
+    )
+    create_link_artifact(
+        f"file://{result.artifact_path}",
+        link_text=f"{result.model_version}.pt",
+        key="model-artifact",
+    )
+
+
+def _plot_png(store: Store, run_id: str, n_series: int = 4) -> bytes | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = query(
+        store,
+        """
+        WITH chosen AS (SELECT DISTINCT series_id FROM forecasts WHERE run_id = $1
+                        ORDER BY series_id LIMIT $2)
+        SELECT f.series_id, f.origin_index, list(f.point ORDER BY f.step) AS point,
+               list(f.q05 ORDER BY f.step) AS q05, list(f.q95 ORDER BY f.step) AS q95,
+               any_value(s.values) AS history
+        FROM forecasts f JOIN chosen USING (series_id) JOIN series s USING (series_id)
+        WHERE f.run_id = $1 GROUP BY f.series_id, f.origin_index ORDER BY f.series_id
+        """,
+        [run_id, n_series],
+    ).to_pylist()
+    if not rows:
+        return None
+    figure, axes = plt.subplots(len(rows), 1, figsize=(8, 2.2 * len(rows)), squeeze=False)
+    for axis, row in zip(axes[:, 0], rows, strict=True):
+        history = row["history"][: row["origin_index"]][-60:]
+        start = row["origin_index"] - len(history)
+        steps = range(row["origin_index"], row["origin_index"] + len(row["point"]))
+        axis.plot(range(start, row["origin_index"]), history, color="black", lw=1)
+        axis.plot(steps, row["point"], color="tab:blue", lw=1.5)
+        if None not in row["q05"] and None not in row["q95"]:
+            axis.fill_between(steps, row["q05"], row["q95"], color="tab:blue", alpha=0.2)
+        axis.set_title(row["series_id"], fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def publish_forecast(store: Store, run: ForecastRun) -> None:
+    total = max(1, sum(run.expert_usage.values()))
+    create_table_artifact(
+        [
+            {"expert": name, "series": count, "share": round(count / total, 4)}
+            for name, count in sorted(run.expert_usage.items(), key=lambda kv: -kv[1])
+        ],
+        key="routing-shares",
+        description=f"How often each expert was one of the two chosen (run {run.run_id})",
+    )
+    png = _plot_png(store, run.run_id)
+    if png is not None:
+        plots = store.root / "plots"
+        plots.mkdir(exist_ok=True)
+        path = plots / f"{run.run_id}.png"
+        path.write_bytes(png)
+        encoded = base64.b64encode(png).decode()
+        create_markdown_artifact(
+            f"### Forecasts of run {run.run_id} (model {run.model_version})\n\n"
+            f"![forecast plot](data:image/png;base64,{encoded})\n\nFile: `{path}`",
+            key="forecast-plot",
+        )
+    create_markdown_artifact(
+        f"{run.n_series} series, {run.n_rows} rows. Query them with:\n\n"
+        f"```\nmoe sql \"SELECT * FROM forecasts WHERE run_id = '{run.run_id}' LIMIT 20\"\n```",
+        key="forecast-run",
+    )
+
+
+def publish_evaluation(result: EvaluationResult) -> None:
+    create_table_artifact(
+        [
+            {
+                "run_id": r.run_id,
+                "model_version": r.model_version,
+                "points": r.n_points,
+                "mape": _clean(r.mape),
+                "smape": _clean(r.smape),
+                "mase": _clean(r.mase),
+                "coverage_90": _clean(r.coverage_90),
+            }
+            for r in result.runs
+        ],
+        key="realised-error",
+        description="Realised error of past forecast runs",
+    )
+    if result.alert:
+        create_markdown_artifact(f"## Alert\n\n{result.alert}", key="forecast-error-alert")

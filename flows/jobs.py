@@ -1,0 +1,68 @@
+"""The four flows. Each reads like an outline; the work is in ``pipeline``."""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect import flow, get_run_logger
+
+from flows import artifacts, tasks
+from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
+
+__all__ = ["ingest", "retrain", "batch_forecast", "evaluate"]
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(paths: list[str], store: str | None = None) -> dict[str, int]:
+    """Ingest JSONL/JSONL.gz files into the store; returns accepted/rejected totals."""
+    opened = tasks.open_store(store)
+    reports = [tasks.ingest_file(opened, path) for path in paths]
+    artifacts.publish_ingest(reports)
+    return {
+        "accepted": sum(r.accepted for r in reports),
+        "rejected": sum(r.rejected for r in reports),
+    }
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -> dict[str, object]:
+    """Ingest -> windows -> expert cache -> train gate -> backtest -> register/promote."""
+    opened = tasks.open_store(store)
+    for path in config.jsonl_paths:
+        tasks.ingest_file(opened, path)
+    series, windows = tasks.prepare_windows(opened, config)
+    experts = tasks.build_experts(config)
+    tasks.fill_cache(opened, experts, windows, config)
+    data = tasks.load_training_data(opened, experts, series, windows, config.pred_length)
+    artifact, scores = tasks.train_and_backtest(experts, data, config)
+    run_id = uuid.uuid4().hex[:12]
+    result = tasks.register_and_decide(opened, artifact, scores, data, config, run_id, experts)
+    artifacts.publish_retrain(result)
+    get_run_logger().info("%s: %s", result.model_version, result.reason)
+    return {
+        "model_version": result.model_version,
+        "promoted": result.promoted,
+        "backtest_mase": result.challenger_mase,
+    }
+
+
+@flow(name="batch-forecast", log_prints=True)
+def batch_forecast(
+    config: ForecastConfig = ForecastConfig(), store: str | None = None
+) -> dict[str, object]:
+    """The champion gate over stored series (or a selection) -> forecasts table."""
+    opened = tasks.open_store(store)
+    run = tasks.batch_forecast(opened, config)
+    artifacts.publish_forecast(opened, run)
+    return {"run_id": run.run_id, "model_version": run.model_version, "rows": run.n_rows}
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(config: EvaluateConfig = EvaluateConfig(), store: str | None = None) -> list[str]:
+    """Score past forecasts against actuals that arrived; warn on sustained high error."""
+    opened = tasks.open_store(store)
+    result = tasks.evaluate_forecasts(opened, config)
+    artifacts.publish_evaluation(result)
+    if result.alert:
+        get_run_logger().warning(result.alert)
+    return [run.run_id for run in result.runs]

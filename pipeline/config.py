@@ -1,0 +1,122 @@
+"""Typed, validated parameters of the jobs; the Prefect UI builds its run forms from these.
+
+Frozen pydantic models: every field is described where it is declared; change a value by
+copying (``config.model_copy(update=...)``), never in place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from moe.training import TrainConfig
+
+__all__ = [
+    "ExpertName",
+    "OFFLINE_EXPERTS",
+    "FOUNDATION_EXPERTS",
+    "RetrainConfig",
+    "ForecastConfig",
+    "EvaluateConfig",
+]
+
+#: Registry names the forms accept (kept equal to moe.experts.registry by a test).
+ExpertName = Literal[
+    "moirai", "timemoe", "timesfm", "seasonal_naive", "autoets", "autotheta", "fracast"
+]
+OFFLINE_EXPERTS: tuple[ExpertName, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")
+FOUNDATION_EXPERTS: tuple[ExpertName, ...] = ("moirai", "timemoe", "timesfm")
+
+
+class RetrainConfig(BaseModel):
+    """Weekly retrain: ingest, windows, expert cache, gate training, backtest, registry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    jsonl_paths: list[str] = Field(
+        default_factory=list,
+        description="JSONL/JSONL.gz files to ingest first (already-ingested files add nothing).",
+    )
+    experts: list[ExpertName] = Field(
+        default_factory=lambda: list(OFFLINE_EXPERTS),
+        min_length=2,
+        description="Experts the gate chooses from (top-2 per window). Foundation experts "
+        "need their weights downloaded once (see README).",
+    )
+    input_length: int = Field(default=36, ge=2, le=4096, description="Context points per window.")
+    pred_length: int = Field(default=18, ge=1, le=1024, description="Forecast horizon (steps).")
+    season_length: int = Field(
+        default=12, ge=1, le=1000, description="Seasonal period for statistical experts and MASE."
+    )
+    stride: int | None = Field(
+        default=None, ge=1, description="Steps between window origins (None: pred_length)."
+    )
+    max_windows_per_series: int = Field(
+        default=6, ge=2, le=10_000, description="Newest windows per series (1 held out)."
+    )
+    backtest_windows: int = Field(
+        default=1, ge=1, le=100, description="Newest windows per series held out for backtest."
+    )
+    promotion_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Promote the challenger when its backtest MASE is at least this much "
+        "lower than the champion's on the same windows (0.05 = 5%).",
+    )
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(epochs=30, batch_size=64, lr=1e-2),
+        description="Gate training hyperparameters (seed defaults: 5 epochs, batch 8, lr 1e-3).",
+    )
+    device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
+    expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")
+
+    @field_validator("experts")
+    @classmethod
+    def _distinct(cls, experts: list[str]) -> list[str]:
+        if len(set(experts)) != len(experts):
+            raise ValueError(f"experts must be distinct, got {experts}")
+        return experts
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> RetrainConfig:
+        if self.backtest_windows >= self.max_windows_per_series:
+            raise ValueError("backtest_windows must be smaller than max_windows_per_series")
+        return self
+
+
+class ForecastConfig(BaseModel):
+    """Batch forecast with the champion (or a chosen version) over stored series."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    series_ids: list[str] | None = Field(
+        default=None, description="Series to forecast; None = every stored series."
+    )
+    model_version: str | None = Field(
+        default=None, description="Registry version to use; None = the champion."
+    )
+    chunk_size: int = Field(
+        default=2048, ge=1, le=1_000_000, description="Series per chunk (bounds memory)."
+    )
+    run_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Rerunning with the same id replaces that run's rows; None = new id.",
+    )
+    device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]'.")
+
+
+class EvaluateConfig(BaseModel):
+    """Score past forecasts against actuals that have arrived since."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mape_threshold: float = Field(
+        default=8.0, gt=0, description="Alert when realised MAPE (%) stays above this..."
+    )
+    consecutive_runs: int = Field(
+        default=3, ge=1, le=100, description="...for this many consecutive forecast runs."
+    )
+    season_length: int = Field(default=12, ge=1, description="Seasonal period for MASE.")

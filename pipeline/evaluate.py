@@ -1,0 +1,143 @@
+"""Monitoring: score past forecast runs once actuals have arrived, and raise alerts.
+
+A forecast row for step ``k`` made when the series had ``origin_index`` points is
+matched with point ``origin_index + k`` of the series' latest stored version (so actuals
+arrive by ingesting the longer series). A run is re-scored on every evaluation; its row in
+``forecast_evaluations`` is replaced, never duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from moe.metrics import naive_scale
+from pipeline.config import EvaluateConfig
+from storage.sql import query
+from storage.store import Store
+
+__all__ = ["RunScore", "EvaluationResult", "evaluate_forecasts"]
+
+# For each forecast row whose actual has arrived: the actual, the 90% interval, and the
+# series' history up to the forecast origin (for MASE's in-sample scale).
+_MATCH_SQL = """
+SELECT f.run_id, f.model_version, f.series_id, f.step, f.point, f.q05, f.q95,
+       s.values[f.origin_index + f.step] AS actual,
+       f.origin_index, min(f.created_at) OVER (PARTITION BY f.run_id) AS run_created_at
+FROM forecasts f JOIN series s USING (series_id)
+WHERE s.n_points >= f.origin_index + f.step
+"""
+
+_HISTORY_SQL = """
+SELECT DISTINCT f.run_id, f.series_id, s.values[1:f.origin_index] AS history
+FROM forecasts f JOIN series s USING (series_id)
+WHERE s.n_points >= f.origin_index + 1
+"""
+
+
+@dataclass(frozen=True)
+class RunScore:
+    run_id: str
+    model_version: str
+    created_at: datetime
+    n_series: int
+    n_points: int
+    mape: float
+    smape: float
+    mase: float
+    coverage_90: float
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    runs: list[RunScore]  # oldest first
+    alert: str | None  # set when MAPE stayed above the threshold for N consecutive runs
+
+
+def _score_run(rows: dict[str, np.ndarray], scales: dict[str, float]) -> tuple[float, ...]:
+    actual, point = rows["actual"], rows["point"]
+    observed = ~np.isnan(actual)
+    actual, point = actual[observed], point[observed]
+    lower, upper = rows["q05"][observed], rows["q95"][observed]
+    errors = np.abs(actual - point)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mape = 100 * np.nanmean(np.where(actual != 0, errors / np.abs(actual), np.nan))
+        denominator = np.abs(actual) + np.abs(point)
+        smape = 200 * np.nanmean(np.where(denominator > 0, errors / denominator, 0.0))
+        scale = np.array([scales.get(s, np.nan) for s in rows["series_id"][observed]])
+        mase = np.nanmean(np.where(scale > 0, errors / scale, np.nan))
+        inside = (actual >= lower) & (actual <= upper)
+        coverage = float(inside[~np.isnan(lower)].mean()) if (~np.isnan(lower)).any() else np.nan
+    return float(mape), float(smape), float(mase), coverage
+
+
+def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult:
+    """Score every forecast run that has actuals; store one row per run; check the alert."""
+    matched = query(store, _MATCH_SQL)
+    history = query(store, _HISTORY_SQL).to_pylist()
+    scales_by_run: dict[str, dict[str, float]] = {}
+    for row in history:
+        values = np.array([np.nan if v is None else v for v in row["history"]], np.float64)
+        scale = naive_scale(values[None, :], config.season_length)[0] if len(values) > 1 else np.nan
+        scales_by_run.setdefault(row["run_id"], {})[row["series_id"]] = float(scale)
+    runs: list[RunScore] = []
+    run_ids = matched.column("run_id").to_numpy(zero_copy_only=False)
+    for run_id in sorted(set(run_ids.tolist())):
+        selected = matched.filter(pa.array(run_ids == run_id))
+        rows = {
+            name: selected.column(name).to_numpy(zero_copy_only=False)
+            for name in ("series_id", "point", "q05", "q95")
+        }
+        rows["actual"] = np.array(
+            [np.nan if v is None else v for v in selected.column("actual").to_pylist()], np.float64
+        )
+        for name in ("point", "q05", "q95"):
+            rows[name] = np.array([np.nan if v is None else v for v in rows[name]], np.float64)
+        mape, smape, mase, coverage = _score_run(rows, scales_by_run.get(run_id, {}))
+        runs.append(
+            RunScore(
+                run_id=run_id,
+                model_version=selected.column("model_version")[0].as_py(),
+                created_at=selected.column("run_created_at")[0].as_py(),
+                n_series=len(set(rows["series_id"].tolist())),
+                n_points=int((~np.isnan(rows["actual"])).sum()),
+                mape=mape,
+                smape=smape,
+                mase=mase,
+                coverage_90=coverage,
+            )
+        )
+    runs.sort(key=lambda r: r.created_at)
+    now = datetime.now(UTC)
+    for run in runs:  # one part per run, replaced on re-evaluation
+        store.write_part(
+            "forecast_evaluations",
+            f"run-{run.run_id}",
+            pa.table(
+                {
+                    "run_id": [run.run_id],
+                    "model_version": [run.model_version],
+                    "evaluated_at": [now],
+                    "n_series": [run.n_series],
+                    "n_points": [run.n_points],
+                    "mape": [run.mape],
+                    "smape": [run.smape],
+                    "mase": [run.mase],
+                    "coverage_90": [run.coverage_90],
+                }
+            ),
+        )
+    alert = None
+    recent = runs[-config.consecutive_runs :]
+    if len(recent) == config.consecutive_runs and all(
+        r.mape > config.mape_threshold for r in recent
+    ):
+        alert = (
+            f"realised MAPE above {config.mape_threshold:g}% for the last "
+            f"{config.consecutive_runs} forecast runs: "
+            + ", ".join(f"{r.run_id} {r.mape:.1f}%" for r in recent)
+        )
+    return EvaluationResult(runs=runs, alert=alert)

@@ -1,0 +1,169 @@
+"""Batch forecasts: the champion gate over stored series, written to the forecasts table.
+
+Series are processed in chunks of ``chunk_size`` (memory stays bounded whatever the number
+of series); only the two experts the gate picks run for each series. A run's rows are
+written to a staging folder and swapped in whole, so a rerun with the same ``run_id``
+replaces them and a killed run leaves nothing half written.
+
+Series shorter than the model's ``input_length`` are left-padded with missing values
+(NaN): the experts see a mask, the gate sees zeros there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from moe.api import load_router
+from moe.experts.base import Expert
+from moe.router import MoERouter
+from pipeline.config import ForecastConfig
+from storage.registry import ModelVersion, RegistryError, champion, get_model
+from storage.schemas import QUANTILE_COLUMNS
+from storage.series import StoredSeries, load_series
+from storage.sql import query
+from storage.store import Store
+
+__all__ = ["ForecastRun", "choose_model", "batch_forecast", "last_contexts", "forecast_rows"]
+
+
+@dataclass(frozen=True)
+class ForecastRun:
+    run_id: str
+    model_version: str
+    n_series: int
+    n_rows: int
+    expert_usage: dict[str, int]  # times each expert was among a series' two
+
+
+def choose_model(store: Store, version: str | None) -> ModelVersion:
+    if version is not None:
+        return get_model(store, version)
+    current = champion(store)
+    if current is None:
+        raise RegistryError("no champion model yet: run the retrain flow first")
+    return current
+
+
+def last_contexts(series: StoredSeries, input_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``input_length`` points of each series ``(B, L)`` (left-padded with NaN)
+    and the number of points each series has ``(B,)``."""
+    contexts = np.full((len(series), input_length), np.nan, np.float32)
+    lengths = np.array([len(values) for values in series.values], np.int64)
+    for row, values in enumerate(series.values):
+        tail = values[-input_length:]
+        contexts[row, input_length - len(tail) :] = tail
+    return contexts, lengths
+
+
+def _timestamps(start: str | None, freq: str | None, n_points: int, horizon: int) -> list:
+    if start is None or freq is None:
+        return [None] * horizon
+    index = pd.date_range(pd.Timestamp(start), periods=n_points + horizon, freq=freq)
+    stamps = index[n_points:]
+    if stamps.tz is None:
+        stamps = stamps.tz_localize("UTC")
+    return list(stamps.to_pydatetime())
+
+
+def forecast_rows(
+    router: MoERouter,
+    series: StoredSeries,
+    run_id: str,
+    model_version: str,
+    device: str = "cpu",
+) -> pa.Table:
+    """Long-format rows (one per series and step) for one chunk of series."""
+    horizon = router.pred_length
+    contexts, lengths = last_contexts(series, router.input_length)
+    with torch.no_grad():
+        output = router.route(torch.from_numpy(contexts).to(device))
+    point = output.point.cpu().numpy().astype(np.float64)  # (B, H)
+    quantiles = (
+        np.full((*point.shape, len(QUANTILE_COLUMNS)), np.nan)
+        if output.quantiles is None
+        else output.quantiles.cpu().numpy().astype(np.float64)
+    )  # (B, H, Q)
+    keys = output.routing.expert_keys
+    indices = output.routing.indices.numpy()  # (B, 2)
+    weights = output.routing.weights.numpy().astype(np.float64)  # (B, 2)
+    b = len(series)
+    steps = np.tile(np.arange(1, horizon + 1, dtype=np.int32), b)
+    per_row = np.repeat(np.arange(b), horizon)
+    stamps: list = []
+    for row in range(b):
+        stamps += _timestamps(series.start[row], series.freq[row], int(lengths[row]), horizon)
+    columns: dict[str, object] = {
+        "run_id": pa.array([run_id] * (b * horizon)),
+        "model_version": pa.array([model_version] * (b * horizon)),
+        "series_id": pa.array(np.asarray(series.series_id, dtype=object)[per_row]),
+        "series_hash": pa.array(np.asarray(series.content_hash, dtype=object)[per_row]),
+        "origin_index": pa.array(lengths[per_row]),
+        "step": pa.array(steps),
+        "timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+        "point": pa.array(point.reshape(-1), from_pandas=True),
+        "expert_1": pa.array(np.asarray(keys, dtype=object)[indices[:, 0]][per_row]),
+        "weight_1": pa.array(weights[:, 0][per_row]),
+        "expert_2": pa.array(np.asarray(keys, dtype=object)[indices[:, 1]][per_row]),
+        "weight_2": pa.array(weights[:, 1][per_row]),
+        "created_at": pa.array([datetime.now(UTC)] * (b * horizon), pa.timestamp("us", tz="UTC")),
+    }
+    for q, name in enumerate(QUANTILE_COLUMNS):
+        columns[name] = pa.array(quantiles[:, :, q].reshape(-1), from_pandas=True)
+    return pa.table(columns)
+
+
+def batch_forecast(
+    store: Store,
+    config: ForecastConfig,
+    on_chunk: Callable[[int, int], None] | None = None,
+    experts: list[Expert] | None = None,
+) -> ForecastRun:
+    """Forecast the selected series with the chosen model; returns counts and usage.
+
+    ``experts``: already loaded experts to use instead of building the model's (matched by
+    name; a worker that keeps them loaded, or tests with fakes).
+    """
+    model = choose_model(store, config.model_version)
+    router = load_router(model.artifact_path, config.device, experts=experts)
+    run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    if config.series_ids is None:
+        ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)
+        series_ids: list[str] = ids.to_pylist()
+    else:
+        series_ids = list(dict.fromkeys(config.series_ids))
+        known = query(
+            store, "SELECT series_id FROM series WHERE list_contains($1, series_id)", [series_ids]
+        ).column(0)
+        unknown = sorted(set(series_ids) - set(known.to_pylist()))
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} requested series are not in the store: {unknown[:10]}"
+            )
+    usage = dict.fromkeys(router.expert_keys, 0)
+    n_rows = 0
+    n_series = 0
+    with store.rewrite_partition("forecasts", {"run_id": run_id}) as write:
+        for chunk_index, begin in enumerate(range(0, len(series_ids), config.chunk_size)):
+            chunk = load_series(store, series_ids[begin : begin + config.chunk_size])
+            if len(chunk) == 0:
+                continue
+            rows = forecast_rows(router, chunk, run_id, model.model_version, config.device)
+            write(f"chunk-{chunk_index:06d}", rows)
+            n_rows += rows.num_rows
+            n_series += len(chunk)
+            firsts = rows.filter(pc.equal(rows.column("step"), 1))
+            for column in ("expert_1", "expert_2"):
+                for name in firsts.column(column).to_pylist():
+                    usage[name] += 1
+            if on_chunk is not None:
+                on_chunk(n_series, len(series_ids))
+    return ForecastRun(run_id, model.model_version, n_series, n_rows, usage)

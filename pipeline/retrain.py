@@ -1,0 +1,292 @@
+"""The retrain job as plain functions: windows -> cache -> gate -> backtest -> registry.
+
+Each step is a function the Prefect flow wraps as one task; ``retrain`` chains them for
+callers without Prefect (tests, ``moe retrain``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe.api import build_artifact, load_router, resolve_experts
+from moe.artifact import GateArtifact, load_artifact, save_artifact
+from moe.data import Windows
+from moe.experts.base import Expert, ExpertConfig
+from moe.router import MoERouter
+from moe.training import train_gate
+from pipeline.backtest import Scores, score_models, write_scores
+from pipeline.config import RetrainConfig
+from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
+from pipeline.windows import windows_from_store
+from storage.ingest import IngestReport, ingest_jsonl
+from storage.registry import champion, promote, record_event, register_model
+from storage.series import StoredSeries
+from storage.store import Store
+
+__all__ = [
+    "RetrainResult",
+    "TrainingData",
+    "build_experts_for",
+    "ingest_files",
+    "prepare_windows",
+    "fill_cache",
+    "load_training_data",
+    "train_and_backtest",
+    "register_and_decide",
+    "retrain",
+]
+
+
+@dataclass
+class TrainingData:
+    """Windows with every expert's cached forecasts.
+
+    ``points`` ``(N, E, H)``, ``quantiles`` ``(N, E, H, Q)``; ``windows.is_holdout`` marks
+    the backtest windows (never trained on).
+    """
+
+    series: StoredSeries
+    windows: Windows
+    points: torch.Tensor
+    quantiles: torch.Tensor
+
+
+@dataclass
+class RetrainResult:
+    model_version: str
+    promoted: bool
+    reason: str
+    scores: Scores
+    challenger_mase: float
+    champion_mase: float | None
+    run_id: str
+    precompute: list[PrecomputeStats] = field(default_factory=list)
+    artifact_path: str = ""
+
+
+def build_experts_for(config: RetrainConfig) -> list[Expert]:
+    expert_config = ExpertConfig(
+        device=config.device,
+        batch_size=config.expert_batch_size,
+        season_length=config.season_length,
+    )
+    return resolve_experts(list(config.experts), config.device, expert_config)
+
+
+def ingest_files(store: Store, paths: list[str]) -> list[IngestReport]:
+    return [ingest_jsonl(store, path) for path in paths]
+
+
+def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:
+    """Rolling windows over the stored series; windows with nothing observed are dropped."""
+    series, windows = windows_from_store(
+        store,
+        config.input_length,
+        config.pred_length,
+        stride=config.stride,
+        max_windows_per_series=config.max_windows_per_series,
+        holdout=config.backtest_windows,
+    )
+    usable = ~np.isnan(windows.context).all(axis=1) & ~np.isnan(windows.target).all(axis=1)
+    windows = Windows(
+        context=windows.context[usable],
+        target=windows.target[usable],
+        series_index=windows.series_index[usable],
+        origin=windows.origin[usable],
+        is_holdout=windows.is_holdout[usable],
+    )
+    if len(windows) == 0 or windows.is_holdout.all():
+        raise ValueError(
+            f"no training windows: {len(series)} stored series, none long enough for "
+            f"input_length={config.input_length} + pred_length={config.pred_length} with "
+            f"{config.backtest_windows} backtest window(s); ingest longer series or shorten"
+        )
+    return series, windows
+
+
+def fill_cache(
+    store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
+) -> list[PrecomputeStats]:
+    return precompute_cache(
+        store,
+        experts,
+        windows.context,
+        config.pred_length,
+        batch_size=config.expert_batch_size,
+        device=config.device,
+    )
+
+
+def load_training_data(
+    store: Store, experts: list[Expert], series: StoredSeries, windows: Windows, pred_length: int
+) -> TrainingData:
+    points, quantiles = load_cached(store, experts, windows.context, pred_length)
+    assert quantiles is not None
+    return TrainingData(series=series, windows=windows, points=points, quantiles=quantiles)
+
+
+def mixture_on_cache(
+    router: MoERouter, context: np.ndarray, points: torch.Tensor, quantiles: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """The router's top-2 mixture replayed on cached forecasts; ``(N, H)``, ``(N, H, Q)``."""
+    output = router.route_cached(torch.from_numpy(context), points, quantiles)
+    assert output.quantiles is not None
+    return output.point.numpy(), output.quantiles.numpy()
+
+
+def train_and_backtest(
+    experts: list[Expert], data: TrainingData, config: RetrainConfig
+) -> tuple[GateArtifact, Scores]:
+    """Train the gate on the non-holdout windows, score everything on the holdout ones."""
+    train = ~data.windows.is_holdout
+    context = torch.from_numpy(data.windows.context)
+    target = torch.from_numpy(data.windows.target)
+    result = train_gate(
+        context[train], target[train], data.points[train].contiguous(), config.train
+    )
+    expert_config = ExpertConfig(
+        batch_size=config.expert_batch_size, season_length=config.season_length
+    )
+    artifact = build_artifact(
+        result, experts, context[train], target[train], data.points[train], expert_config
+    )
+    router = load_router(artifact, "cpu", experts=experts)
+    holdout = data.windows.is_holdout
+    scores = _score(router, experts, data, holdout, config.season_length)
+    artifact.metrics["backtest"] = scores.overall()
+    return artifact, scores
+
+
+def _score(
+    router: MoERouter,
+    experts: list[Expert],
+    data: TrainingData,
+    rows: np.ndarray,
+    season_length: int,
+    name: str = "mixture",
+) -> Scores:
+    points = data.points[rows].contiguous()
+    quantiles = data.quantiles[rows].contiguous()
+    context = data.windows.context[rows]
+    mixed = mixture_on_cache(router, context, points, quantiles)
+    return score_models(
+        context,
+        data.windows.target[rows],
+        data.windows.series_index[rows],
+        [e.name for e in experts],
+        points.numpy(),
+        quantiles.numpy(),
+        {name: mixed},
+        season_length,
+    )
+
+
+def _champion_mase(
+    store: Store, data: TrainingData, config: RetrainConfig, loaded: list[Expert]
+) -> tuple[str, float] | None:
+    """The current champion's mixture MASE on this retrain's backtest windows.
+
+    Experts already ``loaded`` for the challenger are reused when the champion's experts are
+    the same models (same cache keys); others are built from the champion's artifact.
+    """
+    current = champion(store)
+    if current is None:
+        return None
+    artifact = load_artifact(current.artifact_path)
+    if (artifact.input_length, artifact.pred_length) != (config.input_length, config.pred_length):
+        return current.model_version, float("inf")  # cannot forecast these windows at all
+    by_key = {expert.cache_key: expert for expert in loaded}
+    reusable = [by_key.get(entry.get("cache_key")) for entry in artifact.experts]
+    reuse = None if None in reusable else [e for e in reusable if e is not None]
+    router = load_router(artifact, config.device, experts=reuse)
+    holdout = data.windows.is_holdout
+    context = data.windows.context[holdout]
+    precompute_cache(store, router.experts, context, config.pred_length, progress=False)
+    points, quantiles = load_cached(store, router.experts, context, config.pred_length)
+    assert quantiles is not None
+    mixed, _ = mixture_on_cache(router, context, points, quantiles)
+    from moe.metrics import mase
+
+    score = mase(data.windows.target[holdout], mixed, context, config.season_length)
+    return current.model_version, float(np.nanmean(score))
+
+
+def register_and_decide(
+    store: Store,
+    artifact: GateArtifact,
+    scores: Scores,
+    data: TrainingData,
+    config: RetrainConfig,
+    run_id: str,
+    experts: list[Expert],
+) -> RetrainResult:
+    """Register the challenger; promote it when it beats the champion by the margin."""
+    challenger_mase = scores.overall()["mixture"]["mase"]
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_artifact(artifact, Path(folder) / "model.pt")
+        version = register_model(
+            store,
+            path,
+            gate_kind=str(artifact.gate["kind"]),
+            expert_keys=artifact.expert_keys,
+            input_length=artifact.input_length,
+            pred_length=artifact.pred_length,
+            train_windows=int(artifact.metrics.get("n_train", 0)),
+            backtest_mase=challenger_mase,
+            metrics=artifact.metrics,
+        )
+    write_scores(store, scores, data.series.series_id, run_id, version)
+    incumbent = _champion_mase(store, data, config, experts)
+    if incumbent is None:
+        reason = f"first model (backtest MASE {challenger_mase:.4f})"
+        promoted = True
+    else:
+        threshold = incumbent[1] * (1.0 - config.promotion_margin)
+        promoted = challenger_mase <= threshold
+        comparison = (
+            f"challenger MASE {challenger_mase:.4f} vs champion {incumbent[0]} "
+            f"{incumbent[1]:.4f} on the same {int(data.windows.is_holdout.sum())} windows "
+            f"(needs <= {threshold:.4f}, margin {config.promotion_margin:.0%})"
+        )
+        reason = comparison
+    if promoted:
+        promote(store, version, reason)
+    else:
+        record_event(store, version, "rejected", reason)
+    from storage.registry import get_model
+
+    return RetrainResult(
+        model_version=version,
+        promoted=promoted,
+        reason=reason,
+        scores=scores,
+        challenger_mase=challenger_mase,
+        champion_mase=None if incumbent is None else incumbent[1],
+        run_id=run_id,
+        artifact_path=get_model(store, version).artifact_path,
+    )
+
+
+def retrain(
+    store: Store, config: RetrainConfig, experts: list[Expert] | None = None
+) -> RetrainResult:
+    """The whole job without Prefect (same steps as ``flows.retrain``).
+
+    ``experts`` replaces the ones named in ``config`` (tests pass fakes here).
+    """
+    ingest_files(store, config.jsonl_paths)
+    series, windows = prepare_windows(store, config)
+    experts = experts if experts is not None else build_experts_for(config)
+    stats = fill_cache(store, experts, windows, config)
+    data = load_training_data(store, experts, series, windows, config.pred_length)
+    artifact, scores = train_and_backtest(experts, data, config)
+    run_id = uuid.uuid4().hex[:12]
+    result = register_and_decide(store, artifact, scores, data, config, run_id, experts)
+    result.precompute = stats
+    return result
