@@ -39,6 +39,8 @@ def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -
     result = tasks.register_and_decide(opened, artifact, scores, data, config, run_id, experts)
     artifacts.publish_retrain(result)
     get_run_logger().info("%s: %s", result.model_version, result.reason)
+    if result.promoted and config.forecast_after:
+        batch_forecast(ForecastConfig(device=config.device), store=str(opened.root))
     return {
         "model_version": result.model_version,
         "promoted": result.promoted,

@@ -116,7 +116,7 @@ def mix(
 def replay_top2(
     logits: torch.Tensor, points: torch.Tensor, quantiles: torch.Tensor | None = None
 ) -> Mixture:
-    """Top-2 dispatch replayed on cached forecasts: ``logits`` ``(N, E)``, ``points`` ``(N, E, H)``."""
+    """Top-2 dispatch replayed on cached ``points`` ``(N, E, H)`` with ``logits`` ``(N, E)``."""
     if points.ndim != 3 or points.shape[:2] != logits.shape:
         raise ValueError(
             f"points must have shape (N, E, H) matching logits {tuple(logits.shape)}, "
@@ -208,7 +208,7 @@ class Routing:
         )
 
     def records(self) -> list[dict[str, Any]]:
-        """One dict per (row, rank): ``row``, ``rank`` (1 or 2), ``expert``, ``weight``, ``prob``."""
+        """One dict per (row, rank): ``row``, ``rank`` (1, 2), ``expert``, ``weight``, ``prob``."""
         rows: list[dict[str, Any]] = []
         for row in range(self.indices.shape[0]):
             for rank in range(self.indices.shape[1]):
@@ -298,9 +298,7 @@ class MoERouter(nn.Module):
             selection = select_top2(logits)
         else:
             selection = select_top2(self.gating(context, None))
-            points, quantiles = run_experts(
-                self.experts, x, self.pred_length, selection.indices
-            )
+            points, quantiles = run_experts(self.experts, x, self.pred_length, selection.indices)
         mixture = mix(selection, points, quantiles)
         return RouterOutput(
             point=mixture.point,
@@ -333,9 +331,7 @@ class MoERouter(nn.Module):
     def forward(self, x: torch.Tensor, verbose: Literal[False] = ...) -> torch.Tensor: ...
 
     @overload
-    def forward(
-        self, x: torch.Tensor, verbose: Literal[True]
-    ) -> tuple[torch.Tensor, Routing]: ...
+    def forward(self, x: torch.Tensor, verbose: Literal[True]) -> tuple[torch.Tensor, Routing]: ...
 
     def forward(
         self, x: torch.Tensor, verbose: bool = False

@@ -71,6 +71,10 @@ class RetrainConfig(BaseModel):
     )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
     expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")
+    forecast_after: bool = Field(
+        default=True,
+        description="When the new model is promoted, refresh forecasts for every stored series.",
+    )
 
     @field_validator("experts")
     @classmethod
