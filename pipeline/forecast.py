@@ -12,12 +12,14 @@ Series shorter than the model's ``input_length`` are left-padded with missing va
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -64,14 +66,23 @@ def last_contexts(series: StoredSeries, input_length: int) -> tuple[np.ndarray, 
     return contexts, lengths
 
 
-def _timestamps(start: str | None, freq: str | None, n_points: int, horizon: int) -> list:
+@lru_cache(maxsize=4096)
+def _timestamps(start: str | None, freq: str | None, n_points: int, horizon: int) -> tuple:
+    """Timestamps of the ``horizon`` steps after a series' ``n_points`` observations.
+
+    Cached: series usually share start, frequency and length. Jumps to the first forecast
+    step with one offset multiplication instead of enumerating the whole history.
+    """
     if start is None or freq is None:
-        return [None] * horizon
-    index = pd.date_range(pd.Timestamp(start), periods=n_points + horizon, freq=freq)
-    stamps = index[n_points:]
+        return (None,) * horizon
+    offset = to_offset(freq)
+    # Same steps as pd.date_range(start, periods=n_points + horizon, freq)[n_points:]: roll
+    # the start onto the offset first, as date_range does, then jump n_points steps.
+    first = offset.rollforward(pd.Timestamp(start)) + n_points * offset
+    stamps = pd.date_range(first, periods=horizon, freq=offset)
     if stamps.tz is None:
         stamps = stamps.tz_localize("UTC")
-    return list(stamps.to_pydatetime())
+    return tuple(stamps.to_pydatetime())
 
 
 def forecast_rows(

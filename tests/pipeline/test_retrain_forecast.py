@@ -119,3 +119,20 @@ def test_evaluate_scores_runs_once_actuals_arrive(store: Store, tmp_path: Path) 
     assert count == [3]  # re-evaluation replaces, never duplicates
     calm = evaluate_forecasts(store, EvaluateConfig(mape_threshold=1e9))
     assert calm.alert is None
+
+
+@pytest.mark.parametrize(
+    ("start", "freq", "n_points"),
+    [("2020-01-01", "MS", 60), ("2020-01-15", "MS", 5), ("2020-01-31", "ME", 3),
+     ("2021-03-01 10:00", "h", 30), ("2020-01-08", "W-MON", 10), ("2019-06-30", "YE", 2),
+     ("2020-01-01 00:07", "15min", 7), ("2020-01-03", "B", 9)],
+)
+def test_forecast_timestamps_match_date_range(start: str, freq: str, n_points: int) -> None:
+    """The shortcut for forecast timestamps equals pandas.date_range past the history."""
+    import pandas as pd
+
+    from pipeline.forecast import _timestamps
+
+    expected = pd.date_range(pd.Timestamp(start), periods=n_points + 4, freq=freq)[n_points:]
+    got = [pd.Timestamp(t).tz_localize(None) for t in _timestamps(start, freq, n_points, 4)]
+    assert got == list(expected)
