@@ -44,9 +44,16 @@ def main() -> None:
             for begin in range(0, n, 8192):
                 rows = slice(begin, min(begin + 8192, n))
                 m = rows.stop - rows.start
-                quantiles = rng.normal(size=(m, h, q)).astype(np.float32) if with_quantiles else None
-                write_forecasts(store, model, hashes[rows],
-                                rng.normal(size=(m, h)).astype(np.float32), quantiles)
+                quantiles = (
+                    rng.normal(size=(m, h, q)).astype(np.float32) if with_quantiles else None
+                )
+                write_forecasts(
+                    store,
+                    model,
+                    hashes[rows],
+                    rng.normal(size=(m, h)).astype(np.float32),
+                    quantiles,
+                )
         order = rng.permutation(n)  # ask in a different order than written
         wanted = [hashes[i] for i in order]
         print(f"{'windows':>8} {'experts':>7} {'H':>3} {'what':>22} {'seconds':>8} {'target':>7}")

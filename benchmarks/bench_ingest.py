@@ -61,7 +61,9 @@ def _measure(tool: str, data: Path) -> dict[str, float]:
     try:
         out = subprocess.run(
             [sys.executable, __file__, "--worker", tool, str(data), str(scratch)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         return json.loads(out.strip().splitlines()[-1])
     finally:
@@ -78,8 +80,10 @@ def main() -> None:
         _worker(args.worker[0], Path(args.worker[1]), Path(args.worker[2]))
         return
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    print(f"{'series':>8} {'points':>6} {'file MB':>8} {'tool':>12} {'seconds':>8} "
-          f"{'rows/s':>9} {'vs duckdb':>9} {'peak MB':>8}")
+    print(
+        f"{'series':>8} {'points':>6} {'file MB':>8} {'tool':>12} {'seconds':>8} "
+        f"{'rows/s':>9} {'vs duckdb':>9} {'peak MB':>8}"
+    )
     try:
         for n_series in args.series:
             data = workdir / f"s{n_series}.jsonl"
@@ -89,9 +93,11 @@ def main() -> None:
             ours = _measure("ours", data)
             for name, result in (("duckdb", duck), ("moe ingest", ours)):
                 ratio = duck["seconds"] / result["seconds"]
-                print(f"{n_series:>8} {args.points:>6} {size_mb:>8.0f} {name:>12} "
-                      f"{result['seconds']:>8.2f} {result['rows'] / result['seconds']:>9.0f} "
-                      f"{ratio:>8.2f}x {result['peak_mb']:>8.0f}")
+                print(
+                    f"{n_series:>8} {args.points:>6} {size_mb:>8.0f} {name:>12} "
+                    f"{result['seconds']:>8.2f} {result['rows'] / result['seconds']:>9.0f} "
+                    f"{ratio:>8.2f}x {result['peak_mb']:>8.0f}"
+                )
             data.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

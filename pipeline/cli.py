@@ -150,10 +150,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"store: {store.root}")
     chosen = {"experts": args.experts.split(",")} if args.experts else {}
     config = RetrainConfig(jsonl_paths=[str(sample_path())], **chosen)
-    outcome = retrain(config=config, store=str(store.root))
+    outcome = retrain(config=config, store=str(store.root))  # forecasts when promoted
     print(f"retrain: {outcome}")
-    forecast = batch_forecast(store=str(store.root))
-    print(f"batch forecast: {forecast}")
+    if not outcome["promoted"]:  # keep the champion, but still refresh its forecasts
+        print(f"batch forecast: {batch_forecast(store=str(store.root))}")
     print(f"\n{_DEMO_QUERY.strip()}\n")
     print(format_table(query(store, _DEMO_QUERY), max_rows=40))
     print(

@@ -18,6 +18,7 @@ from moe.api import build_artifact, load_router, resolve_experts
 from moe.artifact import GateArtifact, load_artifact, save_artifact
 from moe.data import Windows
 from moe.experts.base import Expert, ExpertConfig
+from moe.metrics import mase
 from moe.router import MoERouter
 from moe.training import train_gate
 from pipeline.backtest import Scores, score_models, write_scores
@@ -25,7 +26,7 @@ from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.windows import windows_from_store
 from storage.ingest import IngestReport, ingest_jsonl
-from storage.registry import champion, promote, record_event, register_model
+from storage.registry import champion, get_model, promote, record_event, register_model
 from storage.series import StoredSeries
 from storage.store import Store
 
@@ -211,8 +212,6 @@ def _champion_mase(
     points, quantiles = load_cached(store, router.experts, context, config.pred_length)
     assert quantiles is not None
     mixed, _ = mixture_on_cache(router, context, points, quantiles)
-    from moe.metrics import mase
-
     score = mase(data.windows.target[holdout], mixed, context, config.season_length)
     return current.model_version, float(np.nanmean(score))
 
@@ -259,8 +258,6 @@ def register_and_decide(
         promote(store, version, reason)
     else:
         record_event(store, version, "rejected", reason)
-    from storage.registry import get_model
-
     return RetrainResult(
         model_version=version,
         promoted=promoted,
