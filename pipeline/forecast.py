@@ -12,17 +12,17 @@ Series shorter than the model's ``input_length`` are left-padded with missing va
 from __future__ import annotations
 
 import uuid
-from functools import lru_cache
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from pandas.tseries.frequencies import to_offset
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from pandas.tseries.frequencies import to_offset
 
 from moe.api import load_router
 from moe.experts.base import Expert
