@@ -1,0 +1,51 @@
+"""A mixture of frozen forecasting experts with a learned top-2 gate.
+
+The public names below load lazily (module ``__getattr__``), so ``import moe`` imports
+neither torch nor any expert library until one of them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "load_jsonl",
+    "TimeSeriesDataset",
+    "MoiraiMoEExpert",
+    "TimeMoEExpert",
+    "TimesFMExpert",
+    "MoERouter",
+    "train_and_save",
+    "predict_from_model",
+]
+
+_WHERE = {
+    "load_jsonl": "moe.data",
+    "TimeSeriesDataset": "moe.data",
+    "MoiraiMoEExpert": "moe.experts.seed",
+    "TimeMoEExpert": "moe.experts.seed",
+    "TimesFMExpert": "moe.experts.seed",
+    "MoERouter": "moe.router",
+    "train_and_save": "moe.api",
+    "predict_from_model": "moe.api",
+}
+
+if TYPE_CHECKING:
+    from moe.api import predict_from_model, train_and_save
+    from moe.data import TimeSeriesDataset, load_jsonl
+    from moe.experts.seed import MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
+    from moe.router import MoERouter
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
