@@ -27,17 +27,20 @@ __all__ = [
     "evaluate_forecasts",
 ]
 
-_IO_RETRIES = {"retries": 2, "retry_delay_seconds": [5, 30]}
+_IO = {"retries": 2, "retry_delay_seconds": [5.0, 30.0]}  # outside world: files, weights
 
-open_store = task(Store.open, name="open-store", cache_policy=NO_CACHE)
-ingest_file = task(ingest_jsonl, name="ingest-file", cache_policy=NO_CACHE, **_IO_RETRIES)
-build_experts = task(
-    retrain.build_experts_for, name="load-experts", cache_policy=NO_CACHE, **_IO_RETRIES
-)
-prepare_windows = task(retrain.prepare_windows, name="windows", cache_policy=NO_CACHE)
-fill_cache = task(retrain.fill_cache, name="expert-cache", cache_policy=NO_CACHE)
-load_training_data = task(retrain.load_training_data, name="read-cache", cache_policy=NO_CACHE)
-train_and_backtest = task(retrain.train_and_backtest, name="train-gate", cache_policy=NO_CACHE)
-register_and_decide = task(retrain.register_and_decide, name="register", cache_policy=NO_CACHE)
-batch_forecast = task(forecast.batch_forecast, name="batch-forecast", cache_policy=NO_CACHE)
-evaluate_forecasts = task(evaluate.evaluate_forecasts, name="evaluate", cache_policy=NO_CACHE)
+
+def _wrap(name: str, **options: object):  # -> decorator
+    return task(name=name, cache_policy=NO_CACHE, **options)  # type: ignore[call-overload]
+
+
+open_store = _wrap("open-store")(Store.open)
+ingest_file = _wrap("ingest-file", **_IO)(ingest_jsonl)
+build_experts = _wrap("load-experts", **_IO)(retrain.build_experts_for)
+prepare_windows = _wrap("windows")(retrain.prepare_windows)
+fill_cache = _wrap("expert-cache")(retrain.fill_cache)
+load_training_data = _wrap("read-cache")(retrain.load_training_data)
+train_and_backtest = _wrap("train-gate")(retrain.train_and_backtest)
+register_and_decide = _wrap("register")(retrain.register_and_decide)
+batch_forecast = _wrap("batch-forecast")(forecast.batch_forecast)
+evaluate_forecasts = _wrap("evaluate")(evaluate.evaluate_forecasts)

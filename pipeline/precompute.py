@@ -27,7 +27,7 @@ from storage.cache import (
 )
 from storage.store import Store
 
-__all__ = ["PrecomputeStats", "precompute_cache", "load_cached", "cached_model"]
+__all__ = ["PrecomputeStats", "precompute_cache", "load_cached", "cached_model", "shard_contexts"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,15 @@ def load_cached(
         missing = {experts[e].name: int((~found[:, e]).sum()) for e in range(len(experts))}
         raise LookupError(f"windows missing from the expert cache: {missing}")
     return torch.from_numpy(points), None if quantiles is None else torch.from_numpy(quantiles)
+
+
+def shard_contexts(context: np.ndarray, shards: int) -> list[np.ndarray]:
+    """Distinct rows of ``context`` ``(N, L)`` cut into at most ``shards`` non-empty
+    blocks ``(n_i, L)``; each distinct window lands in exactly one block."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    first: dict[str, int] = {}
+    for row, digest in enumerate(window_hashes(context)):
+        first.setdefault(digest, row)
+    distinct = context[np.fromiter(first.values(), np.int64, count=len(first))]
+    return [block for block in np.array_split(distinct, shards) if len(block)]

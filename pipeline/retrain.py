@@ -37,6 +37,7 @@ __all__ = [
     "ingest_files",
     "prepare_windows",
     "fill_cache",
+    "fill_cache_shard",
     "load_training_data",
     "train_and_backtest",
     "register_and_decide",
@@ -121,6 +122,22 @@ def fill_cache(
         config.pred_length,
         batch_size=config.expert_batch_size,
         device=config.device,
+    )
+
+
+def fill_cache_shard(
+    store_root: str, config: RetrainConfig, context: np.ndarray
+) -> list[PrecomputeStats]:
+    """One shard of a distributed precompute: load the experts here (on the worker) and
+    fill the cache for ``context`` ``(n, L)``."""
+    return precompute_cache(
+        Store.open(store_root),
+        build_experts_for(config),
+        context,
+        config.pred_length,
+        batch_size=config.expert_batch_size,
+        device=config.device,
+        progress=False,
     )
 
 
