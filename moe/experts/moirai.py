@@ -1,0 +1,515 @@
+"""Moirai-MoE expert through uni2ts (``timecopilot-uni2ts``): ``MoiraiMoEModule``.
+
+Weights, in the order they are looked for:
+
+1. ``ExpertConfig.checkpoint``: a local directory written by ``save_pretrained`` or a hub id;
+2. the environment variable ``MOE_MOIRAI_CHECKPOINT`` (same forms; read in ``build``);
+3. :data:`DEFAULT_CHECKPOINT`, ``Salesforce/moirai-moe-1.0-R-small`` (``-base`` also works).
+
+``ExpertConfig.revision`` pins a hub commit or tag. With ``HF_HUB_OFFLINE=1`` only the local
+hub cache is searched. Nothing is ever replaced by other weights: a miss raises
+:class:`~moe.experts.base.ExpertLoadError` saying where it looked and how to provide them.
+
+Output layout (see ``moe.experts.base``): Moirai-MoE predicts a mixture distribution per
+patch (16 steps). Each row gets :data:`NUM_SAMPLES` sample paths; ``quantiles[b, h, q]`` is
+the empirical ``QUANTILE_LEVELS[q]`` quantile of those paths (linear interpolation, every
+level filled) and ``point`` is the sample median, i.e. ``quantiles[..., 5]`` (level 0.5).
+
+How a batch is forecast (the library's own steps, on a whole ``(B, L)`` tensor, without the
+GluonTS pipeline):
+
+* contexts longer than :data:`MAX_CONTEXT` keep their last ``MAX_CONTEXT`` points;
+* ``NaN`` inside the context is an unobserved point (observed mask 0, so it is left out of the
+  scaling); the patch embedding still reads a value there, so it is filled with the mean of
+  the observed points before it (close to GluonTS' ``CausalMeanValueImputation`` that uni2ts'
+  predictor uses; raw NaN would poison the scaler); leading ``NaN`` counts as padding;
+* rows are left-padded with masked zeros to a multiple of the patch size, so any context of
+  at least one observed point works; fully padded patches are left out of attention and
+  scaling exactly as uni2ts does for short series;
+* the model is decoder-only: the last context patch's output is the next patch's
+  distribution. Horizons beyond one patch go autoregressive the uni2ts way: each sample
+  path's patch is appended as observed data and the model runs again on every path
+  (``B * NUM_SAMPLES`` sequences per step, so long horizons cost ``NUM_SAMPLES`` times more).
+
+Device, dtype and batch size come from ``ExpertConfig``: each chunk of ``batch_size`` rows is
+copied to the device once and its quantiles come back in one copy; nothing is copied per row.
+
+Sampling is deterministic and independent of batching: every row draws from the default
+generator re-seeded with ``seed + step`` (the caller's RNG state is restored afterwards), so
+a row gives the same forecast alone or in any batch. With ``dtype="bfloat16"`` the network
+runs under autocast; the distribution parameters are taken back to float32 before sampling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from moe.experts.base import (
+    QUANTILE_LEVELS,
+    ExpertCapabilities,
+    ExpertConfig,
+    ExpertForecast,
+    ExpertLoadError,
+    MissingExtraError,
+)
+
+if TYPE_CHECKING:
+    from uni2ts.model.moirai_moe import MoiraiMoEModule
+
+__all__ = [
+    "CHECKPOINT_ENV_VAR",
+    "DEFAULT_CHECKPOINT",
+    "MAX_CONTEXT",
+    "NUM_SAMPLES",
+    "MoiraiExpert",
+    "build",
+]
+
+DEFAULT_CHECKPOINT = "Salesforce/moirai-moe-1.0-R-small"
+CHECKPOINT_ENV_VAR = "MOE_MOIRAI_CHECKPOINT"
+#: Longest context used. Pretraining sequences hold at most 512 patches (8192 steps); 4096
+#: steps (256 patches) leave room for horizons up to ~4096 steps inside that length.
+MAX_CONTEXT = 4096
+#: Sample paths per row, as uni2ts' ``MoiraiMoEForecast`` default.
+NUM_SAMPLES = 100
+#: Largest number of tokens (sequences x patches) in one forward call; bounds memory of the
+#: autoregressive steps to ~0.2 GB per activation at d_model 384 in float32.
+TOKENS_PER_CALL = 1 << 17
+
+_NAME = "moirai"
+_WEIGHT_FILES = ["config.json", "model.safetensors"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_MEDIAN = QUANTILE_LEVELS.index(0.5)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the weights came from: a local directory and a label that identifies them."""
+
+    directory: Path
+    checkpoint: str
+    identity: str  # hub commit hash or a content hash of a local directory
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """Patched sequences as ``MoiraiMoEModule.forward`` takes them (n sequences, T patches)."""
+
+    target: torch.Tensor  # (n, T, P) float32, unobserved points filled
+    observed: torch.Tensor  # (n, T, P) bool
+    sample_id: torch.Tensor  # (n, T) long, 0 for a patch that is all padding
+    time_id: torch.Tensor  # (n, T) long
+
+
+class MoiraiExpert:
+    """A loaded, frozen Moirai-MoE module behind the ``Expert`` protocol."""
+
+    name = _NAME
+
+    def __init__(
+        self,
+        module: MoiraiMoEModule,
+        *,
+        identity: str,
+        dtype: str = "float32",
+        batch_size: int = 256,
+        num_samples: int = NUM_SAMPLES,
+        seed: int = 0,
+        max_context: int = MAX_CONTEXT,
+    ) -> None:
+        """Wrap an already loaded module (``build`` is the normal way in).
+
+        Args:
+            module: the uni2ts module, already on its device (float32 weights).
+            identity: checkpoint and revision/content hash; part of ``cache_key``.
+            dtype: compute dtype name (``float32`` or ``bfloat16`` autocast); part of ``cache_key``.
+            batch_size: series rows per chunk; autoregressive steps run ``NUM_SAMPLES`` paths
+                per row, split so one forward call holds at most ``TOKENS_PER_CALL`` tokens.
+            num_samples: sample paths per row.
+            seed: seed of the sampling generator (re-seeded per row and step).
+            max_context: longest context used; longer ones keep their last points.
+        """
+        if dtype not in _DTYPES:
+            raise ValueError(f"Moirai dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(
+                f"Moirai num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
+            )
+        self.module = module.eval().requires_grad_(False)
+        self._identity = identity
+        self._dtype = dtype
+        self._batch_size = batch_size
+        self._num_samples = num_samples
+        self._seed = seed
+        self._patch = int(max(module.patch_sizes))
+        self._max_tokens = int(module.max_seq_len)
+        self._max_context = max_context
+        self._lock = threading.Lock()  # forward hooks are set per call: one call at a time
+        self.capabilities = ExpertCapabilities(
+            max_context=max_context,
+            min_context=self._patch,
+            native_horizon=self._patch,
+            quantile_levels=QUANTILE_LEVELS,
+            handles_missing=True,
+        )
+
+    @property
+    def cache_key(self) -> str:
+        """``moirai|<checkpoint>@<commit or sha256>|<dtype>|samples=..|seed=..|context=..``."""
+        return (
+            f"{_NAME}|{self._identity}|{self._dtype}|samples={self._num_samples}"
+            f"|seed={self._seed}|context={self._max_context}"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Device the module's weights live on."""
+        return next(self.module.parameters()).device
+
+    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
+        """Forecast ``horizon`` steps for each row of ``context`` ``(B, L)`` (NaN = missing).
+
+        Returns point ``(B, H)`` (sample median) and quantiles ``(B, H, Q)`` on the context's
+        device.
+        """
+        _check_inputs(context, horizon)
+        context = context[:, -self._max_context :]  # a view: the caller's tensor is never written
+        _check_rows(context)
+        self._check_horizon(context.shape[1], horizon)
+        batch = context.shape[0]
+        if batch == 0:
+            empty = torch.empty(0, horizon, device=context.device)
+            levels = torch.empty(0, horizon, len(QUANTILE_LEVELS), device=context.device)
+            return ExpertForecast(point=empty, quantiles=levels)
+        quantiles = []
+        with self._lock, torch.no_grad():
+            for start in range(0, batch, self._batch_size):
+                rows = context[start : start + self._batch_size]
+                rows = rows.to(device=self.device, dtype=torch.float32)  # one copy per chunk
+                samples = self._sample_paths(rows, horizon)  # (b, S, H)
+                levels = torch.tensor(QUANTILE_LEVELS, device=samples.device)
+                quantiles.append(torch.quantile(samples, levels, dim=1).permute(1, 2, 0))
+        quantile = torch.cat(quantiles).to(context.device)  # (B, H, Q)
+        return ExpertForecast(point=quantile[..., _MEDIAN].contiguous(), quantiles=quantile)
+
+    def _check_horizon(self, length: int, horizon: int) -> None:
+        """Context plus forecast patches must fit the module's ``max_seq_len``."""
+        needed = math.ceil(length / self._patch) + math.ceil(horizon / self._patch) - 1
+        if needed > self._max_tokens:
+            raise ValueError(
+                f"Moirai horizon {horizon} with a {length}-step context needs {needed} patches;"
+                f" the model holds at most max_seq_len={self._max_tokens}"
+            )
+
+    def _sample_paths(self, rows: torch.Tensor, horizon: int) -> torch.Tensor:
+        """Rows ``(b, L)`` float32 on the module's device -> sample paths ``(b, S, H)``."""
+        tokens = _tokenize(rows, self._patch)
+        n_rows, n_samples = rows.shape[0], self._num_samples
+        params, loc, scale = self._next_patch_params(tokens)
+        paths = self._draw(params, loc, scale, step=0, sample_shape=(n_samples,))  # (b*S, P)
+        paths = paths.view(n_rows, n_samples, 1, self._patch)
+        steps = math.ceil(horizon / self._patch)
+        context = _repeat(tokens, n_samples) if steps > 1 else tokens  # (b*S, T, P)
+        last_time = tokens.time_id.max(dim=1).values.repeat_interleave(n_samples)  # (b*S,)
+        for step in range(1, steps):
+            extended = _append(context, paths.flatten(0, 1), last_time)
+            params, loc, scale = self._next_patch_params(extended)
+            patch = self._draw(params, loc, scale, step=step, sample_shape=())  # (b*S, P)
+            paths = torch.cat([paths, patch.view(n_rows, n_samples, 1, self._patch)], dim=2)
+        return paths.flatten(2)[..., :horizon]
+
+    def _next_patch_params(self, tokens: _Tokens) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Distribution of the patch after each sequence's last one.
+
+        Returns the parameter pytree (leaves ``(n, P, ...)``, float32) and loc, scale ``(n, 1)``.
+        """
+        n, length = tokens.sample_id.shape
+        per_call = max(1, TOKENS_PER_CALL // length)
+        chunks = [
+            self._forward_last(_Tokens(*(t[i : i + per_call] for t in _fields(tokens))))
+            for i in range(0, n, per_call)
+        ]
+        if len(chunks) == 1:
+            return chunks[0]
+        params = _tree_cat([c[0] for c in chunks])
+        return params, torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
+
+    def _forward_last(self, tokens: _Tokens) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """One ``MoiraiMoEModule.forward``; keeps only the last patch's distribution parameters."""
+        captured: list[Any] = []
+
+        def keep_last(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+            captured.append(_tree_map(lambda t: t[:, -1].float(), output))
+
+        zeros = torch.zeros_like(tokens.sample_id)
+        handle = self.module.param_proj.register_forward_hook(keep_last)
+        device_type = tokens.target.device.type
+        try:
+            with torch.autocast(
+                device_type, dtype=_DTYPES[self._dtype], enabled=self._dtype != "float32"
+            ):
+                distribution = self.module(
+                    tokens.target,  # P is the largest patch size: no padding to it needed
+                    tokens.observed,
+                    tokens.sample_id,
+                    tokens.time_id,
+                    zeros,  # variate_id: univariate
+                    zeros.bool(),  # prediction_mask: nothing masked, only real tokens are sent
+                    torch.full_like(tokens.sample_id, self._patch),
+                )
+        finally:
+            handle.remove()
+        loc = distribution.loc[:, -1].float()  # (n, 1)
+        scale = distribution.scale[:, -1].float()
+        return captured[0], loc, scale
+
+    def _draw(
+        self,
+        params: Any,
+        loc: torch.Tensor,
+        scale: torch.Tensor,
+        *,
+        step: int,
+        sample_shape: tuple[int, ...],
+    ) -> torch.Tensor:
+        """Sample each row from a generator seeded ``seed + step``, so batching changes nothing.
+
+        ``params`` leaves are ``(n, P, ...)``; a row is one sequence when ``sample_shape`` is
+        ``(S,)`` (first step) and ``S`` consecutive sequences when it is ``()``. Returns
+        ``(n * S, P)`` for the first step and ``(n, P)`` afterwards.
+        """
+        per_row = 1 if sample_shape else self._num_samples
+        n_rows = loc.shape[0] // per_row
+        output = self.module.distr_output
+        draws = []
+        with _restored_rng(loc.device) as generator:
+            for row in range(n_rows):
+                part = slice(row * per_row, (row + 1) * per_row)
+                distribution = output.distribution(
+                    _tree_map(lambda t, p=part: t[p], params),
+                    loc=loc[part],
+                    scale=scale[part],
+                    validate_args=False,  # validation would sync with the device per row
+                )
+                generator.manual_seed(self._seed + step)
+                draws.append(distribution.sample(torch.Size(sample_shape)).reshape(-1, self._patch))
+        return torch.cat(draws)
+
+
+def build(config: ExpertConfig) -> MoiraiExpert:
+    """Load Moirai-MoE as configured (checkpoint, revision, device, dtype, batch size)."""
+    try:
+        from uni2ts.model.moirai_moe import MoiraiMoEModule
+    except ImportError as error:
+        raise MissingExtraError(_NAME, "moirai", "uni2ts") from error
+
+    if config.dtype not in _DTYPES:
+        raise ValueError(
+            f"Moirai dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}"
+            " (float16 is not supported; use bfloat16 on GPUs)"
+        )
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Moirai device {config.device!r} requested but CUDA is not available")
+    checkpoint = config.checkpoint or os.environ.get(CHECKPOINT_ENV_VAR) or DEFAULT_CHECKPOINT
+    source = _resolve(checkpoint, config.revision)
+    try:
+        module = MoiraiMoEModule.from_pretrained(str(source.directory), strict=True)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise ExpertLoadError(
+            f"Moirai-MoE weights in {source.directory} could not be loaded"
+            f" ({type(error).__name__}: {error}). {_how_to_provide()}"
+        ) from error
+    return MoiraiExpert(
+        module.to(device),
+        identity=f"{source.checkpoint}@{source.identity}",
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+    )
+
+
+def _resolve(checkpoint: str, revision: str | None) -> _Source:
+    """Find the weights as a local directory, or raise ``ExpertLoadError`` saying how."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        _check_directory(path)
+        return _Source(path, str(path.resolve()), "sha256:" + _fingerprint(path))
+    if _looks_like_path(checkpoint):
+        raise ExpertLoadError(
+            f"Moirai-MoE checkpoint directory {checkpoint!r} does not exist"
+            f" (resolved to {path.resolve()}). {_how_to_provide()}"
+        )
+    from huggingface_hub import constants, snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        directory = Path(
+            snapshot_download(
+                checkpoint,
+                revision=revision,
+                allow_patterns=_WEIGHT_FILES,
+                local_files_only=offline or constants.HF_HUB_OFFLINE,
+            )
+        )
+    except Exception as error:  # hub errors vary (offline miss, unknown repo, auth, network)
+        raise ExpertLoadError(
+            f"Moirai-MoE weights {checkpoint!r} (revision {revision or 'main'}) were not found:"
+            f" looked in the hub cache {constants.HF_HUB_CACHE}"
+            f"{' only, because HF_HUB_OFFLINE is set' if offline else ' and on the hub'}"
+            f" ({type(error).__name__}: {error}). {_how_to_provide(checkpoint, revision)}"
+        ) from error
+    _check_directory(directory)
+    return _Source(directory, checkpoint, directory.name)  # snapshot folders are commit hashes
+
+
+def _how_to_provide(checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None) -> str:
+    pin = f" --revision {revision}" if revision else ""
+    return (
+        f"Provide them by downloading once with network access (`hf download {checkpoint}{pin}`,"
+        f" formerly `huggingface-cli download {checkpoint}{pin}`), or point"
+        f" ExpertConfig(checkpoint=...) or the environment variable {CHECKPOINT_ENV_VAR} at a"
+        " local directory holding config.json and model.safetensors"
+        " (as MoiraiMoEModule.save_pretrained writes them)."
+    )
+
+
+def _check_directory(directory: Path) -> None:
+    """Refuse directories that do not hold a ``save_pretrained`` Moirai-MoE checkpoint."""
+    missing = [name for name in _WEIGHT_FILES if not (directory / name).is_file()]
+    if missing:
+        raise ExpertLoadError(
+            f"Moirai-MoE checkpoint directory {directory} lacks {missing};"
+            f" found {sorted(p.name for p in directory.iterdir())}. {_how_to_provide()}"
+        )
+
+
+def _fingerprint(directory: Path) -> str:
+    """First 16 hex digits of a SHA-256 over the config and weights, so local weights are keyed."""
+    digest = hashlib.sha256()
+    for name in _WEIGHT_FILES:
+        with open(directory / name, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _looks_like_path(checkpoint: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a directory."""
+    return checkpoint.startswith((".", "~", "/")) or "\\" in checkpoint or checkpoint.count("/") > 1
+
+
+def _tokenize(rows: torch.Tensor, patch: int) -> _Tokens:
+    """Rows ``(b, L)`` with NaN -> left-padded patches ``(b, T, P)``, ``T = ceil(L / P)``."""
+    observed = ~torch.isnan(rows)  # (b, L)
+    started = observed.cumsum(dim=1) > 0  # (b, L): False on the leading NaN run (padding)
+    filled = _causal_mean_fill(rows, observed)
+    filled = torch.where(started, filled, torch.zeros_like(filled))
+    pad = -rows.shape[1] % patch
+    filled = F.pad(filled, (pad, 0)).unflatten(1, (-1, patch))  # (b, T, P)
+    observed = F.pad(observed, (pad, 0), value=False).unflatten(1, (-1, patch))
+    real = F.pad(started, (pad, 0), value=False).unflatten(1, (-1, patch))
+    sample_id = real.any(dim=2).long()  # (b, T)
+    # uni2ts numbers patches from the first one holding an observation; earlier ones share 0
+    seen = observed.any(dim=2).long().cummax(dim=1).values
+    time_id = (seen.cumsum(dim=1) - 1).clamp(min=0)  # (b, T)
+    return _Tokens(filled, observed, sample_id, time_id)
+
+
+def _causal_mean_fill(rows: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """``NaN`` -> mean of the observed points before it (float64 sums); ``(b, L)`` -> ``(b, L)``."""
+    values = torch.where(observed, rows, torch.zeros_like(rows)).double()
+    running_mean = values.cumsum(dim=1) / observed.cumsum(dim=1).clamp(min=1)
+    return torch.where(observed, rows, running_mean.to(rows.dtype))
+
+
+def _repeat(tokens: _Tokens, times: int) -> _Tokens:
+    """Each sequence ``times`` times in a row: ``(n, ...)`` -> ``(n * times, ...)``."""
+    return _Tokens(*(t.repeat_interleave(times, dim=0) for t in _fields(tokens)))
+
+
+def _append(context: _Tokens, patches: torch.Tensor, last_time: torch.Tensor) -> _Tokens:
+    """Context ``(n, T, P)`` + sampled patches ``(n, k, P)`` as observed data -> ``(n, T+k, P)``."""
+    n, k, _ = patches.shape
+    ones = torch.ones(n, k, dtype=torch.long, device=patches.device)
+    times = last_time[:, None] + torch.arange(1, k + 1, device=patches.device)  # (n, k)
+    return _Tokens(
+        torch.cat([context.target, patches], dim=1),
+        torch.cat([context.observed, torch.ones_like(patches, dtype=torch.bool)], dim=1),
+        torch.cat([context.sample_id, ones], dim=1),
+        torch.cat([context.time_id, times], dim=1),
+    )
+
+
+def _fields(tokens: _Tokens) -> tuple[torch.Tensor, ...]:
+    return (tokens.target, tokens.observed, tokens.sample_id, tokens.time_id)
+
+
+def _tree_map(function: Any, tree: Any) -> Any:
+    """Apply ``function`` to every tensor of a dict/list pytree (uni2ts parameter trees)."""
+    if isinstance(tree, torch.Tensor):
+        return function(tree)
+    if isinstance(tree, dict):
+        return {key: _tree_map(function, value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_tree_map(function, value) for value in tree)
+    return tree
+
+
+def _tree_cat(trees: list[Any]) -> Any:
+    """Concatenate same-shaped pytrees along dim 0."""
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(trees)
+    if isinstance(first, dict):
+        return {key: _tree_cat([tree[key] for tree in trees]) for key in first}
+    if isinstance(first, list | tuple):
+        return type(first)(_tree_cat(list(parts)) for parts in zip(*trees, strict=True))
+    return first
+
+
+@contextmanager
+def _restored_rng(device: torch.device) -> Iterator[torch.Generator]:
+    """The default generator of ``device``; its state is restored on exit."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with torch.random.fork_rng(devices=[index], device_type="cuda"):
+            yield torch.cuda.default_generators[index]
+    else:
+        with torch.random.fork_rng(devices=[]):
+            yield torch.default_generator
+
+
+def _check_inputs(context: torch.Tensor, horizon: int) -> None:
+    """Raise ``ValueError`` naming the problem for a malformed call."""
+    if not isinstance(context, torch.Tensor) or context.ndim != 2:
+        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
+        raise ValueError(f"Moirai context must be a 2-D tensor (B, L), got {shape}")
+    if not context.is_floating_point():
+        raise ValueError(f"Moirai context must be floating point (float32), got {context.dtype}")
+    if context.shape[1] == 0:
+        raise ValueError("Moirai context must have at least one column, got (B, 0)")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"Moirai horizon must be a positive int, got {horizon!r}")
+    if torch.isinf(context).any():
+        raise ValueError("Moirai context contains +-inf; only NaN may mark missing values")
+
+
+def _check_rows(context: torch.Tensor) -> None:
+    """Every row of the (truncated) context ``(B, L)`` needs an observed value."""
+    empty_rows = torch.isnan(context).all(dim=1).nonzero().flatten()
+    if empty_rows.numel():
+        raise ValueError(
+            f"Moirai context rows {empty_rows[:10].tolist()} have no observed value (all NaN)"
+            f" in their last {context.shape[1]} steps"
+        )

@@ -1,0 +1,477 @@
+"""Time-MoE expert: decoder-only mixture-of-experts transformer, point forecasts only.
+
+Weights
+    ``ExpertConfig.checkpoint`` is a hub id or a local directory (``config.json`` plus
+    ``model.safetensors``). When it is ``None`` the environment variable
+    ``MOE_TIMEMOE_CHECKPOINT`` (read at ``build()``, never at import) supplies it, and
+    otherwise ``DEFAULT_CHECKPOINT`` (``Maple728/TimeMoE-50M``). ``ExpertConfig.revision``
+    pins a hub revision (ignored for local directories). With ``HF_HUB_OFFLINE=1`` only
+    the local Hugging Face cache is searched; hub loads fetch only ``*.json`` and
+    ``*.safetensors`` (never the hub's remote code). Weights that cannot be found, or that
+    do not match the architecture, raise ``ExpertLoadError`` saying where we looked and
+    how to provide them; nothing ever falls back to other (or random) weights. The cache
+    key names the resolved hub commit, or a content hash of a local directory.
+
+Library
+    transformers 5 has no Time-MoE class and the hub's remote code targets transformers
+    4.40, so the architecture comes from ``sktime.libs.timemoe`` (same parameter names as
+    the hub checkpoints, loaded without ``trust_remote_code``). Its ``generate()`` and its
+    KV cache are broken on transformers 5, so this adapter rolls out autoregressively
+    itself over ``forward(use_cache=False)``: each step asks the model for
+    ``max_horizon_length=remaining``, which selects the largest output head that fits
+    (TimeMoE-50M heads: 1, 8, 32, 64), and appends the prediction to the input.
+
+Preprocessing (per row, in this order)
+    * Longer than ``max_context`` (the checkpoint's ``max_position_embeddings``, 4096 for
+      the released models, the longest sequence Time-MoE was trained on): the oldest
+      values are dropped. The rollout window is kept at ``max_context`` the same way.
+    * Missing values (``NaN``). Time-MoE has no missing-value input, but its attention
+      takes a padding mask. Leading ``NaN`` (a series shorter than the window) become
+      masked left padding with positions counted from the first observation, so the row
+      is forecast exactly as if it had been passed without them. Interior gaps are
+      filled by linear interpolation between the neighbouring observations and trailing
+      gaps by carrying the last observation forward: Time-MoE was pretrained on gap-free
+      sequences, and masking an interior token would show it a pattern it never saw,
+      while interpolation keeps the local level and slope the model conditions on.
+      Hence ``capabilities.handles_missing`` is ``False``. A row with no observation at
+      all, or with an infinite value, is rejected with ``ValueError``.
+    * Short contexts need no padding: tokens are single points (no patches), so any
+      length >= 1 works (``min_context == 1``).
+    * Normalisation as in Time-MoE's reference usage: per row, subtract the mean and
+      divide by the (unbiased) standard deviation of the observed context values; the
+      forecast is mapped back. A row with fewer than two observations or a (numerically)
+      constant row uses a scale of 1.
+
+Execution
+    The model lives on ``config.device`` in ``config.dtype`` (bfloat16 is fine for
+    Time-MoE; its RMSNorm and softmax upcast to float32). Each chunk of
+    ``config.batch_size`` rows is moved to the device once, forecast there, and the
+    result is returned as float32 on the context's device. Chunks are further capped so
+    that one layer's eager attention scores (rows x heads x T x T float32) stay under
+    ``ATTENTION_BUDGET_BYTES``; this only bites for long contexts. On CPU results are
+    bitwise deterministic; on CUDA the MoE scatter (``index_add_``) may differ in the
+    last bits between runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from moe.experts.base import (
+    ExpertCapabilities,
+    ExpertConfig,
+    ExpertForecast,
+    ExpertLoadError,
+    MissingExtraError,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "ATTENTION_BUDGET_BYTES",
+    "CHECKPOINT_ENV_VAR",
+    "DEFAULT_CHECKPOINT",
+    "TimeMoEForecaster",
+    "build",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: Hub id used when neither the config nor ``CHECKPOINT_ENV_VAR`` names a checkpoint.
+DEFAULT_CHECKPOINT = "Maple728/TimeMoE-50M"
+#: Environment variable that overrides ``DEFAULT_CHECKPOINT`` (hub id or local directory).
+CHECKPOINT_ENV_VAR = "MOE_TIMEMOE_CHECKPOINT"
+#: Longest context Time-MoE was trained on; checkpoints with a smaller position table cap it.
+_TIMEMOE_MAX_CONTEXT = 4096
+#: Upper bound on one layer's eager attention scores per forward call, in bytes.
+ATTENTION_BUDGET_BYTES = 4 * 2**30
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class TimeMoEForecaster:
+    """A loaded Time-MoE model behind the ``Expert`` protocol (see the module docstring)."""
+
+    name = "timemoe"
+
+    def __init__(self, model: nn.Module, checkpoint: str, revision: str, config: ExpertConfig):
+        """Wrap an already loaded ``TimeMoeForPrediction``; use ``build()`` to load one.
+
+        Args:
+            model: ``sktime.libs.timemoe.TimeMoeForPrediction`` with ``input_size == 1``.
+            checkpoint: What was loaded (hub id or absolute directory), for the cache key.
+            revision: Resolved revision (hub commit) or content hash of a local directory.
+            config: Device, dtype and batch size to run with.
+        """
+        model_config: Any = model.config
+        if model_config.input_size != 1:
+            raise ExpertLoadError(
+                f"Time-MoE checkpoint {checkpoint!r} has input_size={model_config.input_size}; "
+                "this expert forecasts univariate series and needs input_size=1"
+            )
+        self._device = torch.device(config.device)
+        self._dtype = _DTYPES[config.dtype]
+        self._model = model.to(device=self._device, dtype=self._dtype).eval()
+        self._model.requires_grad_(False)
+        self._batch_size = config.batch_size
+        self._num_heads = int(model_config.num_attention_heads)
+        self._checkpoint = checkpoint
+        self._revision = revision
+        max_context = min(_TIMEMOE_MAX_CONTEXT, int(model_config.max_position_embeddings))
+        self.capabilities = ExpertCapabilities(
+            max_context=max_context,
+            min_context=1,
+            native_horizon=max(int(h) for h in model_config.horizon_lengths),
+            quantile_levels=(),
+            handles_missing=False,
+        )
+
+    @property
+    def cache_key(self) -> str:
+        """``timemoe|<checkpoint>|<revision>|<dtype>|ctx<max_context>``."""
+        return (
+            f"{self.name}|{self._checkpoint}|{self._revision}|{self._dtype}"
+            f"|ctx{self.capabilities.max_context}"
+        )
+
+    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
+        """Forecast ``horizon`` steps for each row of ``context``.
+
+        Args:
+            context: ``(B, L)`` float, ``NaN`` = missing, most recent value last. Not modified.
+            horizon: Steps to forecast, >= 1.
+
+        Returns:
+            ``ExpertForecast`` with ``point`` ``(B, horizon)`` float32 on the context's
+            device and ``quantiles`` ``None``.
+        """
+        _check_inputs(context, horizon)
+        max_context = self.capabilities.max_context
+        assert max_context is not None  # set in __init__
+        window = context[:, -max_context:]  # a view; truncation as in the module docstring
+        _check_values(window, truncated=context.shape[1] > max_context)
+        chunk = self._rows_per_call(window.shape[1] + horizon)
+        points = [
+            self._forecast_chunk(window[start : start + chunk], horizon)
+            for start in range(0, window.shape[0], chunk)
+        ]
+        if points:
+            point = torch.cat(points, dim=0)
+        else:
+            point = torch.empty(0, horizon, dtype=torch.float32, device=self._device)
+        return ExpertForecast(point=point.to(context.device), quantiles=None)
+
+    def _rows_per_call(self, sequence_length: int) -> int:
+        """Rows per forward call: ``batch_size``, capped by the attention-memory budget."""
+        window = min(sequence_length, self.capabilities.max_context or sequence_length)
+        bytes_per_row = self._num_heads * window * window * 4
+        return max(1, min(self._batch_size, ATTENTION_BUDGET_BYTES // bytes_per_row))
+
+    @torch.no_grad()  # not inference_mode: callers may multiply the output by gate weights
+    def _forecast_chunk(self, window: torch.Tensor, horizon: int) -> torch.Tensor:
+        """One device round trip. ``window`` ``(b, T)`` -> point ``(b, horizon)`` on device."""
+        max_context = self.capabilities.max_context
+        assert max_context is not None
+        values = window.to(device=self._device, dtype=torch.float32)  # never written to
+        filled, observed = _fill_missing(values)  # (b, T), (b, T)
+        mean, scale = _observed_mean_std(values, observed)  # (b, 1), (b, 1)
+        started = observed.cumsum(dim=1) > 0  # (b, T) False = leading gap = left padding
+        normalised = torch.where(started, (filled - mean) / scale, 0.0)
+        predictions = _rollout(self._model, normalised, started, horizon, max_context, self._dtype)
+        return predictions * scale + mean  # (b, horizon)
+
+
+def build(config: ExpertConfig) -> TimeMoEForecaster:
+    """Load Time-MoE weights as described in the module docstring and wrap them.
+
+    Raises:
+        MissingExtraError: ``sktime`` or ``transformers`` is not installed.
+        ExpertLoadError: The weights cannot be found or do not match the architecture.
+    """
+    try:
+        import transformers  # noqa: F401  (sktime imports it lazily and would hide its absence)
+    except ImportError as exc:
+        raise MissingExtraError("timemoe", "timemoe", "transformers") from exc
+    try:
+        from sktime.libs.timemoe import TimeMoeForPrediction
+    except ImportError as exc:
+        raise MissingExtraError("timemoe", "timemoe", "sktime") from exc
+
+    checkpoint = config.checkpoint or os.environ.get(CHECKPOINT_ENV_VAR) or DEFAULT_CHECKPOINT
+    local = _as_local_path(checkpoint)
+    if local is not None:
+        if config.revision is not None:
+            _LOG.warning("revision %r ignored for local directory %s", config.revision, local)
+        model = _load_local(TimeMoeForPrediction, local, config)
+        return TimeMoEForecaster(model, str(local), _directory_hash(local), config)
+    model, commit = _load_hub(TimeMoeForPrediction, checkpoint, config)
+    return TimeMoEForecaster(model, checkpoint, commit, config)
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _as_local_path(checkpoint: str) -> Path | None:
+    """The checkpoint as a directory path, or ``None`` when it reads as a hub id."""
+    path = Path(checkpoint).expanduser()
+    explicit = checkpoint.startswith(("/", "./", "../", "~", "\\")) or checkpoint.count("/") > 1
+    if path.exists() or explicit or os.sep != "/" and os.sep in checkpoint:
+        return path.resolve()
+    return None
+
+
+def _how_to_provide(hub_id: str, revision: str | None) -> str:
+    """The fix-it part of every load error."""
+    revision_flag = f" --revision {revision}" if revision else ""
+    return (
+        "Provide the weights in one of these ways:\n"
+        f"  * download them once where the hub is reachable: "
+        f"huggingface-cli download {hub_id}{revision_flag}  (or: hf download ...),\n"
+        "    then later runs work offline (HF_HUB_OFFLINE=1) from the cache;\n"
+        "  * or put a directory with config.json and model.safetensors somewhere and point to "
+        f"it with ExpertConfig(checkpoint='/path/to/dir') or {CHECKPOINT_ENV_VAR}=/path/to/dir."
+    )
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE read now (huggingface_hub reads it only once, at its import)."""
+    from huggingface_hub import is_offline_mode
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return flag in {"1", "true", "yes", "on"} or is_offline_mode()
+
+
+def _load_local(model_class: Any, directory: Path, config: ExpertConfig) -> nn.Module:
+    """Load from a local directory; any failure becomes ``ExpertLoadError``."""
+    if not directory.is_dir():
+        raise ExpertLoadError(
+            f"Time-MoE checkpoint directory {str(directory)!r} does not exist "
+            f"(from checkpoint={config.checkpoint!r} or {CHECKPOINT_ENV_VAR}).\n"
+            + _how_to_provide(DEFAULT_CHECKPOINT, None)
+        )
+    try:
+        return _from_pretrained(model_class, str(directory), config)
+    except (OSError, ValueError) as exc:
+        raise ExpertLoadError(
+            f"Time-MoE weights could not be loaded from directory {str(directory)!r}: {exc}\n"
+            + _how_to_provide(DEFAULT_CHECKPOINT, None)
+        ) from exc
+
+
+def _load_hub(model_class: Any, hub_id: str, config: ExpertConfig) -> tuple[nn.Module, str]:
+    """Load a hub id (from the local cache when offline) and return it with its commit hash.
+
+    The revision is resolved to a snapshot folder first (``refs/<revision>`` in the cache
+    when offline), so the cache key names the exact commit even when ``revision`` is
+    ``None``. Only ``*.json`` and ``*.safetensors`` are fetched: the hub's remote code is
+    neither needed nor downloaded. Failures become ``ExpertLoadError``.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    offline = _offline()
+    try:
+        folder = snapshot_download(
+            hub_id,
+            revision=config.revision,
+            local_files_only=offline,
+            allow_patterns=["*.json", "*.safetensors"],
+        )
+        assert isinstance(folder, str)  # not a dry run
+        model = _from_pretrained(model_class, folder, config)
+        return model, Path(folder).name  # snapshots/<commit hash>
+    except (OSError, ValueError) as exc:
+        where = f"the Hugging Face cache {HF_HUB_CACHE!r}" + (
+            " only (HF_HUB_OFFLINE=1, the hub was not contacted)" if offline else " and the hub"
+        )
+        raise ExpertLoadError(
+            f"Time-MoE weights not found for hub id {hub_id!r} "
+            f"(revision {config.revision or 'main'!r}); looked in {where}: {exc}\n"
+            + _how_to_provide(hub_id, config.revision)
+        ) from exc
+
+
+def _from_pretrained(model_class: Any, directory: str, config: ExpertConfig) -> nn.Module:
+    """``from_pretrained`` on a local directory that refuses partially random weights."""
+    model, info = model_class.from_pretrained(
+        directory, dtype=_DTYPES[config.dtype], local_files_only=True, output_loading_info=True
+    )
+    problems = {key: value for key, value in info.items() if value and key != "error_msgs"}
+    if problems or info.get("error_msgs"):
+        raise ExpertLoadError(
+            f"Time-MoE checkpoint {directory!r} does not match the architecture "
+            f"({problems or info['error_msgs']}); refusing to run with randomly initialised "
+            "weights. Use a Time-MoE checkpoint such as " + DEFAULT_CHECKPOINT
+        )
+    _restore_rotary_tables(model)
+    return model
+
+
+def _restore_rotary_tables(model: nn.Module) -> None:
+    """Recompute the RoPE tables (``inv_freq``, ``cos_cached``, ``sin_cached``).
+
+    transformers 5 instantiates the model on the meta device before loading, so buffers
+    that are not in the checkpoint (non-persistent) are left uninitialised; without this
+    every forecast is garbage or NaN. The values are the module's own: standard RoPE
+    frequencies ``base ** (-2i / dim)`` and the cos/sin cache over all positions.
+    """
+    restored = 0
+    module: Any
+    for module in model.modules():
+        if not (hasattr(module, "inv_freq") and hasattr(module, "_set_cos_sin_cache")):
+            continue
+        device = module.inv_freq.device
+        exponents = torch.arange(0, module.dim, 2, device=device).to(torch.float32) / module.dim
+        module.inv_freq = 1.0 / (module.base**exponents)  # a registered buffer: stays one
+        module._set_cos_sin_cache(
+            seq_len=module.max_position_embeddings, device=device, dtype=torch.float32
+        )
+        restored += 1
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if restored != layers or not all(torch.isfinite(b).all() for b in model.buffers()):
+        raise ExpertLoadError(
+            f"Time-MoE: rebuilt RoPE tables in {restored} of {layers} layers; this sktime "
+            "version's Time-MoE layout is not supported (tested with sktime 1.2)"
+        )
+
+
+def _directory_hash(directory: Path) -> str:
+    """Content hash of a local checkpoint's config and weight files (16 hex digits)."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p for p in directory.iterdir() if p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES
+    )
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256-" + digest.hexdigest()[:16]
+
+
+# --- forecasting math ----------------------------------------------------------------
+
+
+def _check_inputs(context: torch.Tensor, horizon: int) -> None:
+    """Reject malformed calls with messages naming expected and actual values."""
+    if not isinstance(context, torch.Tensor) or context.ndim != 2:
+        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
+        raise ValueError(f"timemoe: context must be a (B, L) tensor, got {shape}")
+    if not context.is_floating_point():
+        raise ValueError(f"timemoe: context must be float32 (NaN = missing), got {context.dtype}")
+    if context.shape[1] < 1:
+        raise ValueError(f"timemoe: context needs >= 1 column, got shape {tuple(context.shape)}")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"timemoe: horizon must be an int >= 1, got {horizon!r}")
+
+
+def _check_values(window: torch.Tensor, truncated: bool) -> None:
+    """Reject rows with an infinity or without any observation, naming them (first 10)."""
+    infinite = torch.isinf(window).any(dim=1)  # (B,)
+    if bool(infinite.any()):
+        bad = infinite.nonzero().flatten()[:10].tolist()
+        raise ValueError(f"timemoe: context rows {bad} contain +-inf; use NaN for missing")
+    empty = torch.isnan(window).all(dim=1)  # (B,)
+    if bool(empty.any()):
+        bad = empty.nonzero().flatten()[:10].tolist()
+        where = f" in the last {window.shape[1]} columns (max_context)" if truncated else ""
+        raise ValueError(f"timemoe: context rows {bad} have no observed value{where} (all NaN)")
+
+
+def _fill_missing(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interior gaps: linear interpolation; trailing gaps: last value carried forward.
+
+    Args:
+        values: ``(b, T)`` float32, ``NaN`` = missing, finite otherwise.
+
+    Returns:
+        ``filled`` ``(b, T)`` (leading gaps stay ``NaN``) and ``observed`` ``(b, T)`` bool.
+    """
+    observed = ~torch.isnan(values)
+    length = values.shape[1]
+    index = torch.arange(length, device=values.device).expand_as(values)  # (b, T)
+    previous = torch.where(observed, index, -1).cummax(dim=1).values  # last observed <= t
+    following = torch.where(observed, index, length).flip(1).cummin(dim=1).values.flip(1)
+    has_previous, has_following = previous >= 0, following < length
+    left = values.gather(1, previous.clamp(min=0))
+    right = values.gather(1, following.clamp(max=length - 1))
+    span = (following - previous).clamp(min=1).to(values.dtype)
+    weight = (index - previous).to(values.dtype) / span
+    interpolated = torch.where(has_following, left + (right - left) * weight, left)
+    filled = torch.where(observed, values, torch.where(has_previous, interpolated, values))
+    return filled, observed
+
+
+def _observed_mean_std(
+    values: torch.Tensor, observed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and unbiased std over observed values, ``(b, 1)`` each, float32.
+
+    Computed in float64; a scale that is not finite or below ``1e-6 * (1 + |mean|)``
+    (fewer than two observations, a constant row) becomes 1.
+    """
+    count = observed.sum(dim=1, keepdim=True).to(torch.float64)
+    zeroed = torch.where(observed, values, 0.0).to(torch.float64)
+    mean = zeroed.sum(dim=1, keepdim=True) / count
+    squares = torch.where(observed, (values.to(torch.float64) - mean) ** 2, 0.0)
+    std = (squares.sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    usable = (count > 1) & torch.isfinite(std) & (std > 1e-6 * (1 + mean.abs()))
+    return mean.to(torch.float32), torch.where(usable, std, 1.0).to(torch.float32)
+
+
+def _rollout(
+    model: nn.Module,
+    sequence: torch.Tensor,
+    attend: torch.Tensor,
+    horizon: int,
+    max_context: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Autoregressive rollout over ``forward(use_cache=False)`` in normalised space.
+
+    Args:
+        model: ``TimeMoeForPrediction`` on the device of ``sequence``.
+        sequence: ``(b, T)`` float32 normalised context, left padding set to 0.
+        attend: ``(b, T)`` bool, False marks left padding.
+        horizon: Steps to produce.
+        max_context: Longest window fed to the model; older steps are dropped.
+        dtype: Model compute dtype.
+
+    Returns:
+        ``(b, horizon)`` float32 normalised predictions.
+    """
+    steps: list[torch.Tensor] = []
+    remaining = horizon
+    while remaining > 0:
+        sequence, attend = sequence[:, -max_context:], attend[:, -max_context:]
+        first_used = int(attend.any(dim=0).to(torch.int8).argmax())  # drop all-padding columns
+        sequence, attend = sequence[:, first_used:], attend[:, first_used:]
+        if bool(attend.all()):
+            mask, positions = None, None  # plain causal attention, positions 0..T-1
+        else:
+            mask = attend.to(torch.long)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        output = model(  # 3-D input: the model would unsqueeze a 2-D one in place
+            input_ids=sequence.unsqueeze(-1).to(dtype),  # (b, T, 1)
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=False,
+            return_dict=True,
+            max_horizon_length=remaining,
+        )
+        step = output.logits[:, -1, :].to(torch.float32)  # (b, min(head, remaining))
+        if step.shape[1] < 1 or step.shape[1] > remaining:
+            raise RuntimeError(f"timemoe: head produced {step.shape[1]} steps for {remaining} left")
+        steps.append(step)
+        sequence = torch.cat([sequence, step], dim=1)
+        attend = torch.cat([attend, torch.ones_like(step, dtype=torch.bool)], dim=1)
+        remaining -= step.shape[1]
+    return torch.cat(steps, dim=1)

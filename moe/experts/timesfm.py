@@ -1,0 +1,399 @@
+"""TimesFM 2.5 (200M) expert through transformers' native ``TimesFm2_5ModelForPrediction``.
+
+Weights, in the order they are looked for:
+
+1. ``ExpertConfig.checkpoint``: a local directory written by ``save_pretrained`` or a hub id;
+2. the environment variable ``MOE_TIMESFM_CHECKPOINT`` (same forms; read in ``build``);
+3. :data:`DEFAULT_CHECKPOINT`, ``google/timesfm-2.5-200m-transformers``: Google's
+   transformers-format copy of ``google/timesfm-2.5-200m-pytorch`` (same weights; the
+   ``-pytorch`` repository is laid out for the ``timesfm`` package and cannot be read here).
+
+``ExpertConfig.revision`` pins a hub commit or tag. With ``HF_HUB_OFFLINE=1`` only the local
+hub cache is searched. Nothing is ever replaced by other weights: a miss raises
+:class:`~moe.experts.base.ExpertLoadError` saying where it looked and how to provide them.
+
+Output layout (see ``moe.experts.base``): ``point`` is the model's point forecast, channel
+``decode_index`` (5, the median) of its 10 output channels; channel 0 (the mean head) is
+not used. Channels 1..9 are the deciles 0.1..0.9 and fill the matching columns of
+``QUANTILE_LEVELS``; 0.05 and 0.95 have no head and are ``NaN``. Within the quantile head's
+reach (``output_quantile_len``, 1024 steps) the deciles come from the continuous quantile
+head, exactly as the library does; beyond it, from the point head's decile channels.
+
+How a batch is forecast (the library's own steps, done on a whole ``(B, L)`` tensor):
+contexts longer than ``context_length`` keep their last ``context_length`` points; each row
+is normalised by the mean and standard deviation of its observed values; ``NaN`` becomes a
+masked zero; rows are left-padded with masked zeros to a multiple of the patch length (so a
+context of 4 points works); the series and its negation run as one batch and are averaged
+(flip invariance); deciles are made non-decreasing outward from the median (the timesfm
+package's ``fix_quantile_crossing``, which its README turns on; transformers has no such
+step); rows whose observed values are all non-negative are clipped at zero.
+Horizons beyond ``horizon_length`` (128) go autoregressive the TimesFM way: the median of
+the last output block is appended to the context and the model runs again (the library's
+KV-cached decode gives the same numbers; here the prefix is recomputed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+
+from moe.experts.base import (
+    QUANTILE_LEVELS,
+    ExpertCapabilities,
+    ExpertConfig,
+    ExpertForecast,
+    ExpertLoadError,
+    MissingExtraError,
+)
+
+if TYPE_CHECKING:
+    from transformers import TimesFm2_5ModelForPrediction
+
+__all__ = ["DEFAULT_CHECKPOINT", "CHECKPOINT_ENV_VAR", "TimesFM25Expert", "build"]
+
+DEFAULT_CHECKPOINT = "google/timesfm-2.5-200m-transformers"
+CHECKPOINT_ENV_VAR = "MOE_TIMESFM_CHECKPOINT"
+
+_NAME = "timesfm"
+_WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_TOLERANCE = 1e-6  # the library's threshold below which a scale counts as zero
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the weights came from: a local directory and a label that identifies them."""
+
+    directory: Path
+    checkpoint: str
+    identity: str  # hub commit hash or a content hash of a local directory
+
+
+class TimesFM25Expert:
+    """A loaded, frozen TimesFM 2.5 model behind the ``Expert`` protocol."""
+
+    name = _NAME
+
+    def __init__(
+        self,
+        model: TimesFm2_5ModelForPrediction,
+        *,
+        identity: str,
+        dtype: str = "float32",
+        batch_size: int = 256,
+    ) -> None:
+        """Wrap an already loaded model (``build`` is the normal way in).
+
+        Args:
+            model: the transformers model, already on its device and in its dtype.
+            identity: checkpoint and revision/content hash; part of ``cache_key``.
+            dtype: the compute dtype name, part of ``cache_key``.
+            batch_size: rows per forward call (the flip-invariant pass runs 2x this).
+        """
+        config = model.config
+        if config.horizon_length % config.patch_length:
+            raise ExpertLoadError(
+                f"TimesFM config: horizon_length ({config.horizon_length}) must be a multiple of"
+                f" patch_length ({config.patch_length}) for autoregressive decoding"
+            )
+        self.model = model.eval().requires_grad_(False)
+        self._identity = identity
+        self._dtype = dtype
+        self._batch_size = batch_size
+        self._patch = int(config.patch_length)
+        self._max_context = int(config.context_length) // self._patch * self._patch
+        self._block = int(config.horizon_length)
+        self._quantile_len = int(config.output_quantile_len)
+        self._n_channels = len(config.quantiles) + 1
+        self._median = int(config.decode_index)
+        self._flip = bool(config.force_flip_invariance)
+        self._positive = bool(config.infer_is_positive)
+        self._continuous = bool(config.use_continuous_quantile_head)
+        # output column in QUANTILE_LEVELS -> model channel (1 + position in config.quantiles)
+        self._columns, self._channels = _quantile_map(tuple(config.quantiles))
+        self.capabilities = ExpertCapabilities(
+            max_context=self._max_context,
+            min_context=self._patch,
+            native_horizon=self._block,
+            quantile_levels=tuple(QUANTILE_LEVELS[c] for c in self._columns),
+            handles_missing=True,
+        )
+
+    @property
+    def cache_key(self) -> str:
+        """``timesfm|<checkpoint>@<commit or sha256>|<dtype>``."""
+        return f"{_NAME}|{self._identity}|{self._dtype}"
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model's weights live on."""
+        return next(self.model.parameters()).device
+
+    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
+        """Forecast ``horizon`` steps for each row of ``context`` ``(B, L)`` (NaN = missing).
+
+        Returns point ``(B, H)`` and quantiles ``(B, H, Q)`` on the context's device.
+        """
+        _check_inputs(context, horizon)
+        batch = context.shape[0]
+        n_levels = len(QUANTILE_LEVELS)
+        if batch == 0:
+            empty = torch.empty(0, horizon, device=context.device)
+            return ExpertForecast(empty, torch.empty(0, horizon, n_levels, device=context.device))
+        points, quantiles = [], []
+        with torch.no_grad():
+            for start in range(0, batch, self._batch_size):
+                rows = context[start : start + self._batch_size]
+                rows = rows.to(device=self.device, dtype=torch.float32)  # one copy per batch
+                point, quantile = self._forecast_rows(rows, horizon)
+                points.append(point)
+                quantiles.append(quantile)
+        point = torch.cat(points).to(context.device)
+        quantile = torch.cat(quantiles).to(context.device)
+        return ExpertForecast(point=point, quantiles=quantile)
+
+    def _forecast_rows(self, rows: torch.Tensor, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: rows ``(b, L)`` float32 on the model's device -> ``(b, H)``, ``(b, H, Q)``."""
+        rows = rows[:, -self._max_context :]
+        observed = ~torch.isnan(rows)  # (b, L)
+        count = observed.sum(dim=1, keepdim=True).to(rows.dtype)  # (b, 1)
+        filled = torch.where(observed, rows, torch.zeros_like(rows))
+        mean = filled.sum(dim=1, keepdim=True) / count  # (b, 1)
+        centred = torch.where(observed, rows - mean, torch.zeros_like(rows))
+        # unbiased, as the library's torch.std; a single observation has no spread
+        std = (centred.pow(2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+        safe_std = torch.where(std < _TOLERANCE, torch.ones_like(std), std)
+        normed = centred / safe_std  # (b, L), 0 where missing
+        positive = torch.where(observed, rows, torch.zeros_like(rows)).amin(dim=1) >= 0  # (b,)
+
+        pad = -rows.shape[1] % self._patch
+        values = torch.nn.functional.pad(normed, (pad, 0))  # (b, Lp)
+        padding = torch.nn.functional.pad(~observed, (pad, 0), value=True)  # (b, Lp)
+        if self._flip:
+            values = torch.cat([values, -values])  # (2b, Lp)
+            padding = torch.cat([padding, padding])
+
+        blocks: list[torch.Tensor] = []
+        spread: torch.Tensor | None = None
+        while len(blocks) * self._block < horizon:
+            block, block_spread = self._step(values, padding, with_spread=spread is None)
+            spread = block_spread if spread is None else spread
+            blocks.append(block)
+            if len(blocks) * self._block < horizon:
+                values = torch.cat([values, block[..., self._median]], dim=1)[
+                    :, -self._max_context :
+                ]
+                padding = torch.nn.functional.pad(padding, (0, self._block), value=False)
+                padding = padding[:, -self._max_context :]
+        full = torch.cat(blocks, dim=1)[:, :horizon]  # (b or 2b, H, C)
+        assert spread is not None
+
+        if self._flip:
+            half = rows.shape[0]
+            full = (full[:half] - _flip_channels(full[half:])) / 2
+            spread = (spread[:half] - _flip_channels(spread[half:])) / 2
+        if self._continuous:
+            reach = min(horizon, self._quantile_len)
+            offsets = spread[:, :reach] - spread[:, :reach, self._median : self._median + 1]
+            quantile_part = offsets + full[:, :reach, self._median : self._median + 1]
+            keep = torch.zeros(self._n_channels, dtype=torch.bool, device=full.device)
+            keep[0] = keep[self._median] = True  # mean and median keep the point head
+            head = torch.where(keep, full[:, :reach], quantile_part)
+            full = torch.cat([head, full[:, reach:]], dim=1)
+        full = _fix_quantile_crossing(full, self._median)
+        full = full * std[:, :, None] + mean[:, :, None]  # the library denormalises by raw std
+        if self._positive:
+            full = torch.where(positive[:, None, None], full.clamp(min=0), full)
+
+        point = full[..., self._median].contiguous()  # (b, H)
+        quantiles = full.new_full((*point.shape, len(QUANTILE_LEVELS)), float("nan"))
+        quantiles[..., self._columns] = full[..., self._channels]
+        return point, quantiles
+
+    def _step(
+        self, values: torch.Tensor, padding: torch.Tensor, *, with_spread: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward pass on ``(n, Lp)`` -> ``(n, block, C)`` and ``(n, quantile_len, C)``."""
+        out = self.model.model(past_values=values, past_values_padding=padding.to(values.dtype))
+        last = out.last_hidden_state[:, -1]  # (n, D): only the last patch's head is needed
+        mu = out.context_mu[:, -1, None, None].float()  # (n, 1, 1)
+        sigma = out.context_sigma[:, -1, None, None].float()
+        n = values.shape[0]
+        block = self.model.output_projection_point(last).float()
+        block = block.view(n, self._block, self._n_channels) * sigma + mu
+        if not with_spread:
+            return block, None
+        spread = self.model.output_projection_quantiles(last).float()
+        spread = spread.view(n, self._quantile_len, self._n_channels) * sigma + mu
+        return block, spread
+
+
+def build(config: ExpertConfig) -> TimesFM25Expert:
+    """Load TimesFM 2.5 as configured (checkpoint, revision, device, dtype, batch size)."""
+    try:
+        from transformers import TimesFm2_5ModelForPrediction
+    except ImportError as error:
+        raise MissingExtraError(_NAME, "timesfm", "transformers") from error
+
+    if config.dtype not in _DTYPES:
+        raise ValueError(
+            f"TimesFM dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}"
+            " (float16 is not offered for TimesFM)"
+        )
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TimesFM device {config.device!r} requested but CUDA is not available")
+    checkpoint = config.checkpoint or os.environ.get(CHECKPOINT_ENV_VAR) or DEFAULT_CHECKPOINT
+    source = _resolve(checkpoint, config.revision)
+    try:
+        loaded = TimesFm2_5ModelForPrediction.from_pretrained(
+            source.directory, dtype=_DTYPES[config.dtype], output_loading_info=True
+        )
+        model, info = cast("tuple[TimesFm2_5ModelForPrediction, dict[str, Any]]", loaded)
+    except Exception as error:  # re-raised with the place; transformers' errors vary
+        raise ExpertLoadError(
+            f"TimesFM weights in {source.directory} could not be loaded:"
+            f" {type(error).__name__}: {error}"
+        ) from error
+    # transformers only warns and initialises randomly what a checkpoint lacks: refuse that
+    problems = {key: info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        listed = {key: sorted(map(str, value))[:5] for key, value in problems.items() if value}
+        raise ExpertLoadError(
+            f"TimesFM weights in {source.directory} do not match the architecture"
+            f" in its config.json: {listed}"
+        )
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to
+    return TimesFM25Expert(
+        model,
+        identity=f"{source.checkpoint}@{source.identity}",
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+    )
+
+
+def _resolve(checkpoint: str, revision: str | None) -> _Source:
+    """Find the weights as a local directory, or raise ``ExpertLoadError`` saying how."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        _check_directory(path)
+        return _Source(path, str(path.resolve()), "sha256:" + _fingerprint(path))
+    if _looks_like_path(checkpoint):
+        raise ExpertLoadError(
+            f"TimesFM checkpoint directory {checkpoint!r} does not exist. {_how_to_provide()}"
+        )
+    from huggingface_hub import constants, snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        directory = Path(
+            snapshot_download(
+                checkpoint,
+                revision=revision,
+                allow_patterns=_WEIGHT_PATTERNS,
+                local_files_only=offline or constants.HF_HUB_OFFLINE,
+            )
+        )
+    except Exception as error:  # hub errors vary (offline, missing repo, auth, network)
+        raise ExpertLoadError(
+            f"TimesFM weights {checkpoint!r} (revision {revision or 'main'}) were not found:"
+            f" looked in the hub cache {constants.HF_HUB_CACHE}"
+            f"{' only, because HF_HUB_OFFLINE is set' if offline else ' and on the hub'}"
+            f" ({type(error).__name__}: {error}). {_how_to_provide(checkpoint, revision)}"
+        ) from error
+    _check_directory(directory)
+    return _Source(directory, checkpoint, directory.name)  # snapshot folders are commit hashes
+
+
+def _how_to_provide(checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None) -> str:
+    pin = f" --revision {revision}" if revision else ""
+    return (
+        f"Provide them by downloading once with network access (`hf download {checkpoint}{pin}`,"
+        f" formerly `huggingface-cli download {checkpoint}{pin}`), or point"
+        f" ExpertConfig(checkpoint=...) or the environment variable {CHECKPOINT_ENV_VAR} at a"
+        " local directory holding config.json and model.safetensors in the transformers layout."
+    )
+
+
+def _check_directory(directory: Path) -> None:
+    """Refuse directories that are not a transformers-format TimesFM 2.5 checkpoint."""
+    config_file = directory / "config.json"
+    weights = list(directory.glob("*.safetensors"))
+    if not config_file.is_file() or not weights:
+        raise ExpertLoadError(
+            f"TimesFM checkpoint directory {directory} must hold config.json and *.safetensors;"
+            f" found {sorted(p.name for p in directory.iterdir())}. {_how_to_provide()}"
+        )
+    text = config_file.read_text(encoding="utf-8")
+    if '"timesfm2_5"' not in text:
+        raise ExpertLoadError(
+            f"{config_file} is not a transformers TimesFM 2.5 config (model_type 'timesfm2_5')."
+            " The timesfm-package layout of google/timesfm-2.5-200m-pytorch is not read here;"
+            f" use {DEFAULT_CHECKPOINT} (same weights). {_how_to_provide()}"
+        )
+
+
+def _fingerprint(directory: Path) -> str:
+    """First 16 hex digits of a SHA-256 over the weight files, so local weights are keyed."""
+    digest = hashlib.sha256()
+    for file in sorted(directory.glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _looks_like_path(checkpoint: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a directory."""
+    return checkpoint.startswith((".", "~", "/")) or "\\" in checkpoint or checkpoint.count("/") > 1
+
+
+def _quantile_map(levels: tuple[float, ...]) -> tuple[list[int], list[int]]:
+    """Columns of ``QUANTILE_LEVELS`` and the model channels (1 + index) that fill them."""
+    columns, channels = [], []
+    for index, level in enumerate(levels):
+        matches = [c for c, q in enumerate(QUANTILE_LEVELS) if abs(q - level) < 1e-9]
+        if matches:
+            columns.append(matches[0])
+            channels.append(index + 1)
+    return columns, channels
+
+
+def _fix_quantile_crossing(outputs: torch.Tensor, median: int) -> torch.Tensor:
+    """Make channels ``1..`` non-decreasing outward from the median (``fix_quantile_crossing``).
+
+    ``outputs`` ``(b, H, C)``; channel 0 (the mean) is left alone.
+    """
+    below = outputs[..., 1 : median + 1].flip(-1).cummin(dim=-1).values.flip(-1)
+    above = outputs[..., median:].cummax(dim=-1).values[..., 1:]
+    return torch.cat([outputs[..., :1], below, above], dim=-1)
+
+
+def _flip_channels(outputs: torch.Tensor) -> torch.Tensor:
+    """Forecast of ``-x`` mapped to quantiles of ``x``: keep channel 0, reverse the rest."""
+    return torch.cat([outputs[..., :1], outputs[..., 1:].flip(-1)], dim=-1)
+
+
+def _check_inputs(context: torch.Tensor, horizon: int) -> None:
+    """Raise ``ValueError`` naming the problem for a malformed call."""
+    if not isinstance(context, torch.Tensor) or context.ndim != 2:
+        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
+        raise ValueError(f"TimesFM context must be a 2-D tensor (B, L), got {shape}")
+    if not context.is_floating_point():
+        raise ValueError(f"TimesFM context must be floating point (float32), got {context.dtype}")
+    if context.shape[1] == 0:
+        raise ValueError("TimesFM context must have at least one column, got (B, 0)")
+    if not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"TimesFM horizon must be a positive int, got {horizon!r}")
+    if torch.isinf(context).any():
+        raise ValueError("TimesFM context contains +-inf; only NaN may mark missing values")
+    empty_rows = torch.isnan(context).all(dim=1).nonzero().flatten()
+    if empty_rows.numel():
+        raise ValueError(
+            f"TimesFM context rows {empty_rows[:10].tolist()} have no observed value (all NaN)"
+        )
