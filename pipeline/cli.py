@@ -127,7 +127,7 @@ _DEMO_QUERY = """
 SELECT series_id, step, round(point, 1) AS point, round(q05, 1) AS q05, round(q95, 1) AS q95,
        expert_1, round(weight_1, 2) AS weight_1, expert_2, round(weight_2, 2) AS weight_2
 FROM latest_forecasts
-WHERE series_id IN (SELECT series_id FROM latest_forecasts ORDER BY series_id LIMIT 2)
+WHERE series_id IN (SELECT DISTINCT series_id FROM latest_forecasts ORDER BY 1 LIMIT 2)
 ORDER BY series_id, step
 """
 
