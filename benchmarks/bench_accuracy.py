@@ -61,8 +61,8 @@ from benchmarks._accuracy_data import (  # noqa: E402
 from moe.api import build_artifact, load_router  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
-from moe.scaling import window_scale  # noqa: E402
-from moe.training import TrainConfig, TrainResult, train_gate  # noqa: E402
+from moe.scaling import scale_forecasts, window_scale  # noqa: E402
+from moe.training import TrainConfig, TrainResult, best_pair, train_gate  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
 from storage.store import Store  # noqa: E402
@@ -78,6 +78,7 @@ __all__ = [
 
 #: Hyperparameter grid searched per gate kind on the validation windows.
 GRID = {
+    "init": ("random", "best_pair"),
     "lr": (1e-3, 1e-2),
     "huber_delta": (2.0, 0.1),
     "balance_weight": (0.01, 0.0),
@@ -121,9 +122,10 @@ def select_and_train(
     windows only; ``validation`` ``(N,)`` bool marks the newest one of each series.
     """
     best: tuple[float, TrainConfig, list[float]] | None = None
-    for lr, delta, balance in itertools.product(*GRID.values()):
+    for init, lr, delta, balance in itertools.product(*GRID.values()):
         config = TrainConfig(
             gate=kind,  # type: ignore[arg-type]
+            init=init,  # type: ignore[arg-type]
             lr=lr,
             huber_delta=delta,
             balance_weight=balance,
@@ -132,7 +134,8 @@ def select_and_train(
             seed=seed,
         )
         result = train_gate(context, target, points, config, validation_mask=validation)
-        for epoch in result.history:
+        candidates = [result.initial] if result.initial is not None else []  # untrained start
+        for epoch in candidates + result.history:
             assert epoch.val_mae is not None
             if best is None or epoch.val_mae < best[0]:
                 chosen = config.model_copy(update={"epochs": epoch.epoch})
@@ -154,13 +157,7 @@ def best_static_pair(
     routes per window rather than just picking a good pair.
     """
     scale = window_scale(context)  # (N, 1)
-    best: tuple[float, tuple[int, int]] | None = None
-    for pair in itertools.combinations(range(points.shape[1]), 2):
-        error = float(((points[:, list(pair)].mean(dim=1) - target).abs() / scale).nanmean())
-        if best is None or error < best[0]:
-            best = (error, pair)
-    assert best is not None
-    return best[1]
+    return best_pair(scale_forecasts(points, scale), target / scale)
 
 
 def _print_table(title: str, scores: Scores, expert_names: list[str]) -> None:
@@ -247,7 +244,7 @@ def run_dataset(
         usage = np.bincount(output.routing.indices.reshape(-1).numpy(), minlength=len(keys))
         cfg = choice.config
         print(
-            f"  gate_{kind}: lr={cfg.lr:g} huber_delta={cfg.huber_delta:g} "
+            f"  gate_{kind}: init={cfg.init} lr={cfg.lr:g} huber_delta={cfg.huber_delta:g} "
             f"balance={cfg.balance_weight:g} epochs={cfg.epochs} | val scaled MAE "
             f"{choice.val_mae:.4f} vs experts "
             + ", ".join(f"{k}={v:.4f}" for k, v in zip(keys, choice.expert_val_mae, strict=True))

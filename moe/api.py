@@ -174,11 +174,14 @@ def build_artifact(
     keys = [expert.name for expert in experts]
     config_dump = None if expert_config is None else expert_config.model_dump(exclude={"device"})
     history = [epoch.as_dict() for epoch in result.history]
+    initial = None if result.initial is None else result.initial.as_dict()
     metrics = {
         "history": history,
+        "initial": initial,
+        "start_pair": None if result.start_pair is None else [keys[i] for i in result.start_pair],
         "n_train": result.n_train,
         "n_val": result.n_val,
-        "final": history[-1],
+        "final": history[-1] if history else initial,
         "expert_val_mae": None
         if result.expert_val_mae is None
         else dict(zip(keys, result.expert_val_mae, strict=True)),

@@ -37,7 +37,9 @@ def load_jsonl(path: str | Path) -> list[list[float]]:
             if not isinstance(sequence, list) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in sequence
             ):
-                raise ValueError(f"{path}:{line_number}: field 'sequence' must be a list of numbers")
+                raise ValueError(
+                    f"{path}:{line_number}: field 'sequence' must be a list of numbers"
+                )
             sequences.append([float(v) for v in sequence])
     return sequences
 
@@ -113,7 +115,9 @@ def rolling_windows(
     validation/backtests; the others are for training.
     """
     if input_length < 1 or pred_length < 1:
-        raise ValueError(f"input_length and pred_length must be >= 1, got {input_length}, {pred_length}")
+        raise ValueError(
+            f"input_length and pred_length must be >= 1, got {input_length}, {pred_length}"
+        )
     step = pred_length if stride is None else stride
     if step < 1:
         raise ValueError(f"stride must be >= 1, got {step}")

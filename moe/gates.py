@@ -16,6 +16,12 @@ Two kinds, chosen by ``TrainConfig.gate``:
   layer lets the experts' outputs inform each other's scores ("collaborative experts"),
   plus the linear gate's term. Dense at inference: all experts must run first.
 
+``start_at_pair`` turns a fresh gate into a constant router that sends every window to one
+pair of experts, weighted equally (``TrainConfig.init="best_pair"``). Top-2 selection has
+no gradient, so a randomly initialised gate rarely moves from the pair it happens to start
+on; starting from the pair that is best on the training windows and learning per-window
+departures from it is the better start when windows are few (docs/ACCURACY.md).
+
 ``load_balancing_loss`` is the auxiliary loss that keeps a gate from collapsing onto one
 expert (Switch-Transformer style, for top-k dispatch).
 """
@@ -36,7 +42,13 @@ __all__ = [
     "ContextualGate",
     "build_gate",
     "load_balancing_loss",
+    "PAIR_MARGIN",
 ]
+
+#: Logit lead of the starting pair over the other experts in ``start_at_pair``. With 4
+#: experts the pair holds 44% probability each, the rest 6%: a clear choice that training
+#: can still overturn.
+PAIR_MARGIN = 2.0
 
 GateKind = Literal["linear", "contextual"]
 _GateT = TypeVar("_GateT", bound=nn.Module)
@@ -60,6 +72,24 @@ class Gate(Protocol):
     def permuted(self, order: Sequence[int]) -> nn.Module:
         """A copy whose expert ``i`` is this gate's expert ``order[i]``."""
         ...
+
+    def start_at_pair(self, pair: tuple[int, int]) -> None:
+        """In place: route every window to experts ``pair``, equally weighted."""
+        ...
+
+
+def _check_pair(pair: tuple[int, int], n_experts: int) -> None:
+    first, second = pair
+    if first == second or not (0 <= first < n_experts and 0 <= second < n_experts):
+        raise ValueError(f"pair must be two different experts in range({n_experts}), got {pair}")
+
+
+def _constant_pair(linear: nn.Linear, pair: tuple[int, int]) -> None:
+    """Zero ``linear``'s weights; its bias favours ``pair`` by ``PAIR_MARGIN``."""
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.bias[list(pair)] = PAIR_MARGIN
 
 
 def _check_order(order: Sequence[int], n_experts: int) -> list[int]:
@@ -97,6 +127,11 @@ class LinearGate(nn.Module):
             twin.linear.weight.copy_(self.linear.weight[index])
             twin.linear.bias.copy_(self.linear.bias[index])
         return twin
+
+    def start_at_pair(self, pair: tuple[int, int]) -> None:
+        """See ``Gate.start_at_pair``: weights zero, bias ``PAIR_MARGIN`` on the pair."""
+        _check_pair(pair, self.n_experts)
+        _constant_pair(self.linear, pair)
 
 
 class ContextualGate(nn.Module):
@@ -166,6 +201,15 @@ class ContextualGate(nn.Module):
             twin.linear.weight.copy_(self.linear.weight[index])
             twin.linear.bias.copy_(self.linear.bias[index])
         return twin
+
+    def start_at_pair(self, pair: tuple[int, int]) -> None:
+        """See ``Gate.start_at_pair``: the attention path's score starts at zero (it still
+        gets gradients through ``score.weight``), the linear term favours the pair."""
+        _check_pair(pair, self.n_experts)
+        _constant_pair(self.linear, pair)
+        with torch.no_grad():
+            self.score.weight.zero_()
+            self.score.bias.zero_()
 
 
 def build_gate(

@@ -27,7 +27,14 @@ from moe.gates import ContextualGate, GateKind, LinearGate, build_gate, load_bal
 from moe.router import mix, run_experts, select_top2
 from moe.scaling import ScalingMethod, scale_context, scale_forecasts, window_scale
 
-__all__ = ["TrainConfig", "EpochMetrics", "TrainResult", "train_gate", "train_gate_live"]
+__all__ = [
+    "TrainConfig",
+    "EpochMetrics",
+    "TrainResult",
+    "train_gate",
+    "train_gate_live",
+    "best_pair",
+]
 
 
 class TrainConfig(BaseModel):
@@ -36,7 +43,12 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     batch_size: int = Field(default=8, ge=1, description="Windows per optimiser step (seed: 8).")
-    epochs: int = Field(default=5, ge=1, description="Passes over the training windows (seed: 5).")
+    epochs: int = Field(
+        default=5,
+        ge=0,
+        description="Passes over the training windows (seed: 5); 0 keeps the initial gate "
+        "(with init='best_pair': the best constant pair).",
+    )
     lr: float = Field(default=1e-3, gt=0, description="Adam learning rate (seed: 1e-3).")
     huber_delta: float = Field(
         default=2.0, gt=0, description="HuberLoss delta, in units of the window scale (seed: 2.0)."
@@ -46,6 +58,12 @@ class TrainConfig(BaseModel):
         default="linear",
         description="'linear' (seed's nn.Linear, sparse inference) or 'contextual' "
         "(attention over the experts' forecasts; all experts run at inference).",
+    )
+    init: Literal["random", "best_pair"] = Field(
+        default="random",
+        description="'random' (seed: torch's default init) or 'best_pair': start as the "
+        "constant router to the equally weighted pair of experts with the lowest error on the "
+        "training windows, then learn per-window departures from it.",
     )
     gate_width: int = Field(default=32, ge=1, description="Contextual gate: token width.")
     gate_heads: int = Field(default=4, ge=1, description="Contextual gate: attention heads.")
@@ -114,7 +132,8 @@ class TrainResult:
     """A trained gate (in eval mode, on the CPU) and how it got there.
 
     ``expert_val_mae``: the scaled MAE of each single expert on the validation windows,
-    the baseline the gate's ``val_mae`` should beat.
+    the baseline the gate's ``val_mae`` should beat. ``initial``: the same metrics for the
+    gate before any training (epoch 0), so that "no training" can win a model selection.
     """
 
     gate: LinearGate | ContextualGate
@@ -123,6 +142,8 @@ class TrainResult:
     n_train: int
     n_val: int
     expert_val_mae: list[float] | None = field(default=None)
+    initial: EpochMetrics | None = field(default=None)  # the gate before training, epoch 0
+    start_pair: tuple[int, int] | None = field(default=None)  # with init="best_pair"
 
 
 # ``provide(rows, selected)`` -> scaled forecasts (b, E, H) of those rows; entries of experts
@@ -136,6 +157,26 @@ def _masked_huber(
     """Mean ``HuberLoss(delta)`` over observed target points; ``(b, H)`` inputs -> scalar."""
     losses = F.huber_loss(pred, target, reduction="none", delta=delta)  # (b, H)
     return (losses * observed).sum() / observed.sum().clamp_min(1.0)
+
+
+def best_pair(points: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+    """The two experts whose equal-weight average has the lowest MAE on these windows.
+
+    ``points`` ``(N, E, H)`` and ``target`` ``(N, H)``, both scaled per window (so every
+    window counts alike); NaN in ``target`` is left out. Ties go to the lower indices.
+    """
+    observed = ~torch.isnan(target)  # (N, H)
+    filled = target.nan_to_num(0.0)
+    best: tuple[float, tuple[int, int]] | None = None
+    for first in range(points.shape[1]):
+        for second in range(first + 1, points.shape[1]):
+            average = (points[:, first] + points[:, second]) / 2  # (N, H)
+            error = float(((average - filled).abs() * observed).sum() / observed.sum().clamp_min(1))
+            if best is None or error < best[0]:
+                best = (error, (first, second))
+    if best is None:
+        raise ValueError(f"need at least two experts, got points {tuple(points.shape)}")
+    return best[1]
 
 
 def _split(
@@ -220,6 +261,11 @@ def _fit(
         raise ValueError(
             f"no training windows left after holding out {val_rows.numel()} for validation"
         )
+    start_pair = None
+    if config.init == "best_pair":  # chosen on training rows only: validation stays unseen
+        rows = train_rows.to(config.device)
+        start_pair = best_pair(provide(rows, None), target[rows])
+        gate.start_at_pair(start_pair)
     observed = ~torch.isnan(target)  # (N, H)
     target = target.nan_to_num(0.0)
     optimizer: torch.optim.Optimizer | None = None
@@ -280,18 +326,22 @@ def _fit(
             loss.backward()
             optimizer.step()
 
+    def measure(epoch: int) -> EpochMetrics:
+        train_loss, _, _ = evaluate(train_rows)
+        if val_rows.numel() > 0:
+            val_loss, val_mae, usage = evaluate(val_rows)
+            return EpochMetrics(epoch, train_loss, val_loss, val_mae, usage)
+        return EpochMetrics(epoch, train_loss, None, None, None)
+
     history: list[EpochMetrics] = []
     gate.train()
     with _cpu_threads(1 if next(gate.parameters()).device.type == "cpu" else None):
+        # a random gate before training is no candidate, so only the pair start is measured
+        initial = measure(0) if start_pair is not None else None
         for epoch in range(1, config.epochs + 1):
             order = train_rows[torch.randperm(train_rows.numel(), generator=generator)]
             train_epoch(order.to(config.device))
-            train_loss, _, _ = evaluate(train_rows)
-            if val_rows.numel() > 0:
-                val_loss, val_mae, usage = evaluate(val_rows)
-                history.append(EpochMetrics(epoch, train_loss, val_loss, val_mae, usage))
-            else:
-                history.append(EpochMetrics(epoch, train_loss, None, None, None))
+            history.append(measure(epoch))
 
     expert_val_mae = None
     if val_rows.numel() > 0:
@@ -308,6 +358,8 @@ def _fit(
         n_train=int(train_rows.numel()),
         n_val=int(val_rows.numel()),
         expert_val_mae=expert_val_mae,
+        initial=initial,
+        start_pair=start_pair,
     )
 
 

@@ -11,7 +11,8 @@ from moe._fast_linear import FastLinearTrainer
 from moe.experts.base import Expert, ExpertCapabilities, ExpertForecast
 from moe.gates import LinearGate, load_balancing_loss
 from moe.router import mix, run_experts, select_top2
-from moe.training import TrainConfig, train_gate, train_gate_live
+from moe.scaling import scale_context, window_scale
+from moe.training import TrainConfig, best_pair, train_gate, train_gate_live
 from tests.fake_experts import fake_trio
 from tests.gate.helpers import synthetic_windows
 
@@ -208,3 +209,52 @@ def test_only_the_gate_is_optimised() -> None:
     for key, value in module_expert.state_dict().items():
         assert torch.equal(value, before[key])
     assert set(result.gate.state_dict()) == {"linear.weight", "linear.bias"}
+
+
+def test_best_pair_is_the_pair_with_the_lowest_average_error() -> None:
+    """Guards best_pair: averages pairs, ignores NaN targets, and needs two experts."""
+    target = torch.zeros(4, 3)
+    points = torch.stack(
+        [torch.full((4, 3), 1.0), torch.full((4, 3), -1.0), torch.full((4, 3), 0.5)], dim=1
+    )  # pair (0, 1) averages to the target exactly; (1, 2) is off by 0.25
+    assert best_pair(points, target) == (0, 1)
+    target[:, 0] = float("nan")
+    assert best_pair(points, target) == (0, 1)
+    with pytest.raises(ValueError, match="at least two experts"):
+        best_pair(points[:, :1], target)
+
+
+@pytest.mark.parametrize("kind", ["linear", "contextual"])
+def test_best_pair_start_routes_every_window_to_that_pair(kind: str) -> None:
+    """Guards init='best_pair': before training the gate is the constant router to the pair
+    that is best on the training rows (never chosen by looking at validation rows)."""
+    context, _, points = _cached(60)
+    target = (points[:, 0] + points[:, 2]) / 2  # the (0, 2) average is exact on training rows
+    validation = torch.zeros(60, dtype=torch.bool)
+    validation[:20] = True
+    target[:20] = points[:20, 1]  # validation rows favour expert 1 alone: must not leak
+    config = TrainConfig(gate=kind, init="best_pair", epochs=0)  # type: ignore[arg-type]
+    result = train_gate(context, target, points, config, validation_mask=validation)
+    assert result.start_pair == (0, 2) and result.history == []
+    assert result.initial is not None and result.initial.val_usage == pytest.approx([1, 0, 1])
+    with torch.no_grad():
+        logits = result.gate(scale_context(context, window_scale(context)), points)
+    selection = select_top2(logits)
+    assert torch.equal(selection.indices.sort(dim=1).values, torch.tensor([[0, 2]]).expand(60, 2))
+    torch.testing.assert_close(selection.weights, torch.full((60, 2), 0.5))
+
+
+def test_best_pair_start_still_learns_and_keeps_the_engines_equal() -> None:
+    """Guards training from the pair start: the fast engine matches autograd, and the gate
+    moves off the start pair when another expert is always right."""
+    context, target, points = _cached(120)  # expert 1 is always right
+    config = TrainConfig(init="best_pair", epochs=6, lr=0.05)
+    fast = train_gate(context, target, points, config, engine="auto")
+    reference = train_gate(context, target, points, config, engine="autograd")
+    torch.testing.assert_close(
+        fast.gate.linear.weight, reference.gate.linear.weight, rtol=1e-5, atol=1e-6
+    )
+    assert fast.start_pair is not None and 1 in fast.start_pair
+    assert fast.initial is not None and fast.initial.val_mae is not None
+    final = fast.history[-1]
+    assert final.val_mae is not None and final.val_mae < fast.initial.val_mae

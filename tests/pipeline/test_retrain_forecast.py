@@ -123,9 +123,16 @@ def test_evaluate_scores_runs_once_actuals_arrive(store: Store, tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("start", "freq", "n_points"),
-    [("2020-01-01", "MS", 60), ("2020-01-15", "MS", 5), ("2020-01-31", "ME", 3),
-     ("2021-03-01 10:00", "h", 30), ("2020-01-08", "W-MON", 10), ("2019-06-30", "YE", 2),
-     ("2020-01-01 00:07", "15min", 7), ("2020-01-03", "B", 9)],
+    [
+        ("2020-01-01", "MS", 60),
+        ("2020-01-15", "MS", 5),
+        ("2020-01-31", "ME", 3),
+        ("2021-03-01 10:00", "h", 30),
+        ("2020-01-08", "W-MON", 10),
+        ("2019-06-30", "YE", 2),
+        ("2020-01-01 00:07", "15min", 7),
+        ("2020-01-03", "B", 9),
+    ],
 )
 def test_forecast_timestamps_match_date_range(start: str, freq: str, n_points: int) -> None:
     """The shortcut for forecast timestamps equals pandas.date_range past the history."""
