@@ -29,7 +29,6 @@ context length; about 5-10 rows/s on one CPU core, much faster on a GPU
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from moe.experts._loading import check_inputs, fingerprint
 from moe.experts.base import (
     QUANTILE_LEVELS,
     ExpertCapabilities,
@@ -113,7 +113,7 @@ class FracastExpert:
 
     def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
         """``context`` ``(B, L)`` -> ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)``."""
-        _check_inputs(context, horizon)
+        check_inputs(context, horizon, _NAME)
         # A float32 copy on the CPU (fracast takes numpy); the caller's tensor is untouched.
         rows = np.array(context.detach().to("cpu", torch.float32).numpy(), copy=True)  # (B, L)
         batch = rows.shape[0]
@@ -135,29 +135,6 @@ class FracastExpert:
             point=torch.from_numpy(point).to(context.device),
             quantiles=torch.from_numpy(quantiles).to(context.device),
         )
-
-
-def _check_inputs(context: torch.Tensor, horizon: int) -> None:
-    """Raise ``ValueError`` naming the problem for a malformed call."""
-    if not isinstance(context, torch.Tensor) or context.ndim != 2:
-        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
-        raise ValueError(f"fracast context must be a 2-D tensor (B, L), got {shape}")
-    if not context.is_floating_point():
-        raise ValueError(f"fracast context must be floating point (float32), got {context.dtype}")
-    if context.shape[1] == 0:
-        raise ValueError("fracast context must have at least one column, got (B, 0)")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"fracast horizon must be a positive int, got {horizon!r}")
-    if torch.isinf(context).any():
-        raise ValueError("fracast context contains +-inf; only NaN may mark missing values")
-
-
-def _fingerprint(directory: Path) -> str:
-    """sha256 (12 hex) over the config and the fp32 weights actually loaded."""
-    digest = hashlib.sha256()
-    for name in _WEIGHT_FILES:
-        digest.update((directory / name).read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def build(config: ExpertConfig) -> FracastExpert:
@@ -185,7 +162,8 @@ def build(config: ExpertConfig) -> FracastExpert:
             )
     try:
         model = FracastModel.from_pretrained(directory, weights=_WEIGHTS, device=config.device)
-        identity = f"{kind}@{_fingerprint(directory)}"
+        # sha256 (12 hex) over the config and the fp32 weights loaded; part of the cache key
+        identity = f"{kind}@{fingerprint([directory / f for f in _WEIGHT_FILES], digits=12)}"
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise ExpertLoadError(
             f"fracast weights could not be loaded from {directory}: {type(error).__name__}: "

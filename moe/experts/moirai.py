@@ -42,19 +42,25 @@ runs under autocast; the distribution parameters are taken back to float32 befor
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from moe.experts._loading import (
+    WeightsSpec,
+    check_device,
+    check_inputs,
+    check_observed_rows,
+    fingerprint,
+    how_to_provide,
+    resolve_weights,
+)
 from moe.experts.base import (
     QUANTILE_LEVELS,
     ExpertCapabilities,
@@ -88,18 +94,22 @@ NUM_SAMPLES = 100
 TOKENS_PER_CALL = 1 << 17
 
 _NAME = "moirai"
-_WEIGHT_FILES = ["config.json", "model.safetensors"]
+_DISPLAY = "Moirai"  # in input and configuration errors; load errors say "Moirai-MoE"
+_WEIGHT_FILES = ("config.json", "model.safetensors")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _MEDIAN = QUANTILE_LEVELS.index(0.5)
-
-
-@dataclass(frozen=True)
-class _Source:
-    """Where the weights came from: a local directory and a label that identifies them."""
-
-    directory: Path
-    checkpoint: str
-    identity: str  # hub commit hash or a content hash of a local directory
+_WEIGHTS = WeightsSpec(
+    expert="Moirai-MoE",
+    env_var=CHECKPOINT_ENV_VAR,
+    default_checkpoint=DEFAULT_CHECKPOINT,
+    hub_patterns=_WEIGHT_FILES,
+    required=_WEIGHT_FILES,
+    layout="config.json and model.safetensors (as MoiraiMoEModule.save_pretrained writes them)",
+    # "sha256:" + 16 hex digits over config and weights; part of cache keys: never change it
+    local_revision=lambda directory: (
+        "sha256:" + fingerprint([directory / f for f in _WEIGHT_FILES])
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -183,9 +193,9 @@ class MoiraiExpert:
         Returns point ``(B, H)`` (sample median) and quantiles ``(B, H, Q)`` on the context's
         device.
         """
-        _check_inputs(context, horizon)
+        check_inputs(context, horizon, _DISPLAY)
         context = context[:, -self._max_context :]  # a view: the caller's tensor is never written
-        _check_rows(context)
+        check_observed_rows(context, _DISPLAY, f" in their last {context.shape[1]} steps")
         self._check_horizon(context.shape[1], horizon)
         batch = context.shape[0]
         if batch == 0:
@@ -319,94 +329,21 @@ def build(config: ExpertConfig) -> MoiraiExpert:
             f"Moirai dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}"
             " (float16 is not supported; use bfloat16 on GPUs)"
         )
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Moirai device {config.device!r} requested but CUDA is not available")
-    checkpoint = config.checkpoint or os.environ.get(CHECKPOINT_ENV_VAR) or DEFAULT_CHECKPOINT
-    source = _resolve(checkpoint, config.revision)
+    device = check_device(config.device, _DISPLAY)
+    source = resolve_weights(_WEIGHTS, config)
     try:
         module = MoiraiMoEModule.from_pretrained(str(source.directory), strict=True)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
         raise ExpertLoadError(
             f"Moirai-MoE weights in {source.directory} could not be loaded"
-            f" ({type(error).__name__}: {error}). {_how_to_provide()}"
+            f" ({type(error).__name__}: {error}). {how_to_provide(_WEIGHTS)}"
         ) from error
     return MoiraiExpert(
         module.to(device),
-        identity=f"{source.checkpoint}@{source.identity}",
+        identity=source.identity,
         dtype=config.dtype,
         batch_size=config.batch_size,
     )
-
-
-def _resolve(checkpoint: str, revision: str | None) -> _Source:
-    """Find the weights as a local directory, or raise ``ExpertLoadError`` saying how."""
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        _check_directory(path)
-        return _Source(path, str(path.resolve()), "sha256:" + _fingerprint(path))
-    if _looks_like_path(checkpoint):
-        raise ExpertLoadError(
-            f"Moirai-MoE checkpoint directory {checkpoint!r} does not exist"
-            f" (resolved to {path.resolve()}). {_how_to_provide()}"
-        )
-    from huggingface_hub import constants, snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    try:
-        directory = Path(
-            snapshot_download(
-                checkpoint,
-                revision=revision,
-                allow_patterns=_WEIGHT_FILES,
-                local_files_only=offline or constants.HF_HUB_OFFLINE,
-            )
-        )
-    except Exception as error:  # hub errors vary (offline miss, unknown repo, auth, network)
-        raise ExpertLoadError(
-            f"Moirai-MoE weights {checkpoint!r} (revision {revision or 'main'}) were not found:"
-            f" looked in the hub cache {constants.HF_HUB_CACHE}"
-            f"{' only, because HF_HUB_OFFLINE is set' if offline else ' and on the hub'}"
-            f" ({type(error).__name__}: {error}). {_how_to_provide(checkpoint, revision)}"
-        ) from error
-    _check_directory(directory)
-    return _Source(directory, checkpoint, directory.name)  # snapshot folders are commit hashes
-
-
-def _how_to_provide(checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None) -> str:
-    pin = f" --revision {revision}" if revision else ""
-    return (
-        f"Provide them by downloading once with network access (`hf download {checkpoint}{pin}`,"
-        f" formerly `huggingface-cli download {checkpoint}{pin}`), or point"
-        f" ExpertConfig(checkpoint=...) or the environment variable {CHECKPOINT_ENV_VAR} at a"
-        " local directory holding config.json and model.safetensors"
-        " (as MoiraiMoEModule.save_pretrained writes them)."
-    )
-
-
-def _check_directory(directory: Path) -> None:
-    """Refuse directories that do not hold a ``save_pretrained`` Moirai-MoE checkpoint."""
-    missing = [name for name in _WEIGHT_FILES if not (directory / name).is_file()]
-    if missing:
-        raise ExpertLoadError(
-            f"Moirai-MoE checkpoint directory {directory} lacks {missing};"
-            f" found {sorted(p.name for p in directory.iterdir())}. {_how_to_provide()}"
-        )
-
-
-def _fingerprint(directory: Path) -> str:
-    """First 16 hex digits of a SHA-256 over the config and weights, so local weights are keyed."""
-    digest = hashlib.sha256()
-    for name in _WEIGHT_FILES:
-        with open(directory / name, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def _looks_like_path(checkpoint: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a directory."""
-    return checkpoint.startswith((".", "~", "/")) or "\\" in checkpoint or checkpoint.count("/") > 1
 
 
 def _tokenize(rows: torch.Tensor, patch: int) -> _Tokens:
@@ -488,28 +425,3 @@ def _restored_rng(device: torch.device) -> Iterator[torch.Generator]:
     else:
         with torch.random.fork_rng(devices=[]):
             yield torch.default_generator
-
-
-def _check_inputs(context: torch.Tensor, horizon: int) -> None:
-    """Raise ``ValueError`` naming the problem for a malformed call."""
-    if not isinstance(context, torch.Tensor) or context.ndim != 2:
-        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
-        raise ValueError(f"Moirai context must be a 2-D tensor (B, L), got {shape}")
-    if not context.is_floating_point():
-        raise ValueError(f"Moirai context must be floating point (float32), got {context.dtype}")
-    if context.shape[1] == 0:
-        raise ValueError("Moirai context must have at least one column, got (B, 0)")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"Moirai horizon must be a positive int, got {horizon!r}")
-    if torch.isinf(context).any():
-        raise ValueError("Moirai context contains +-inf; only NaN may mark missing values")
-
-
-def _check_rows(context: torch.Tensor) -> None:
-    """Every row of the (truncated) context ``(B, L)`` needs an observed value."""
-    empty_rows = torch.isnan(context).all(dim=1).nonzero().flatten()
-    if empty_rows.numel():
-        raise ValueError(
-            f"Moirai context rows {empty_rows[:10].tolist()} have no observed value (all NaN)"
-            f" in their last {context.shape[1]} steps"
-        )

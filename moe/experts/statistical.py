@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moe.experts._loading import check_inputs
 from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertConfig, ExpertForecast
 
 __all__ = [
@@ -151,7 +152,7 @@ class StatisticalExpert:
 
     def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
         """``context`` ``(B, L)`` -> ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)``."""
-        _check_inputs(self.name, context, horizon)
+        check_inputs(context, horizon, self.name)
         # A float64 copy on the CPU: the caller's tensor is never written to.
         rows = np.array(context.detach().to("cpu", torch.float64).numpy(), copy=True)  # (B, L)
         batch = rows.shape[0]
@@ -223,21 +224,6 @@ class StatisticalExpert:
             raise RuntimeError(f"{self.name}: Naive failed on row {index}: {reason}")
         failures.append((index, reason))
         return self._run(self._naive, series, horizon, index, failures)
-
-
-def _check_inputs(name: str, context: torch.Tensor, horizon: int) -> None:
-    """Raise ``ValueError`` naming the problem for a malformed call."""
-    if not isinstance(context, torch.Tensor) or context.ndim != 2:
-        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
-        raise ValueError(f"{name} context must be a 2-D tensor (B, L), got {shape}")
-    if not context.is_floating_point():
-        raise ValueError(f"{name} context must be floating point (float32), got {context.dtype}")
-    if context.shape[1] == 0:
-        raise ValueError(f"{name} context must have at least one column, got (B, 0)")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"{name} horizon must be a positive int, got {horizon!r}")
-    if torch.isinf(context).any():
-        raise ValueError(f"{name} context contains +-inf; only NaN may mark missing values")
 
 
 def _build(name: str, model_name: str, config: ExpertConfig) -> StatisticalExpert:

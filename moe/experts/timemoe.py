@@ -55,14 +55,12 @@ Execution
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moe.experts._loading import WeightsSpec, fingerprint, how_to_provide, resolve_weights
 from moe.experts.base import (
     ExpertCapabilities,
     ExpertConfig,
@@ -82,8 +80,6 @@ __all__ = [
     "build",
 ]
 
-_LOG = logging.getLogger(__name__)
-
 #: Hub id used when neither the config nor ``CHECKPOINT_ENV_VAR`` names a checkpoint.
 DEFAULT_CHECKPOINT = "Maple728/TimeMoE-50M"
 #: Environment variable that overrides ``DEFAULT_CHECKPOINT`` (hub id or local directory).
@@ -95,6 +91,29 @@ ATTENTION_BUDGET_BYTES = 4 * 2**30
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _directory_hash(directory: Path) -> str:
+    """Content hash of a local checkpoint's config and weight files (16 hex digits).
+
+    Part of cache keys (``sha256-`` + names and bytes, sorted): never change what it hashes.
+    """
+    files = sorted(
+        p for p in directory.iterdir() if p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES
+    )
+    return "sha256-" + fingerprint(files, with_names=True)
+
+
+# No required files: transformers names what a directory lacks when it loads it.
+_WEIGHTS = WeightsSpec(
+    expert="Time-MoE",
+    env_var=CHECKPOINT_ENV_VAR,
+    default_checkpoint=DEFAULT_CHECKPOINT,
+    hub_patterns=("*.json", "*.safetensors"),  # never the hub's remote code
+    required=(),
+    layout="config.json and model.safetensors",
+    local_revision=_directory_hash,
+)
 
 
 class TimeMoEForecaster:
@@ -205,97 +224,22 @@ def build(config: ExpertConfig) -> TimeMoEForecaster:
     except ImportError as exc:
         raise MissingExtraError("timemoe", "timemoe", "sktime") from exc
 
-    checkpoint = config.checkpoint or os.environ.get(CHECKPOINT_ENV_VAR) or DEFAULT_CHECKPOINT
-    local = _as_local_path(checkpoint)
-    if local is not None:
-        if config.revision is not None:
-            _LOG.warning("revision %r ignored for local directory %s", config.revision, local)
-        model = _load_local(TimeMoeForPrediction, local, config)
-        return TimeMoEForecaster(model, str(local), _directory_hash(local), config)
-    model, commit = _load_hub(TimeMoeForPrediction, checkpoint, config)
-    return TimeMoEForecaster(model, checkpoint, commit, config)
+    source = resolve_weights(_WEIGHTS, config)  # a hub snapshot or a local directory
+    model = _load(TimeMoeForPrediction, source.directory, config)
+    return TimeMoEForecaster(model, source.checkpoint, source.revision, config)
 
 
 # --- loading -------------------------------------------------------------------------
 
 
-def _as_local_path(checkpoint: str) -> Path | None:
-    """The checkpoint as a directory path, or ``None`` when it reads as a hub id."""
-    path = Path(checkpoint).expanduser()
-    explicit = checkpoint.startswith(("/", "./", "../", "~", "\\")) or checkpoint.count("/") > 1
-    if path.exists() or explicit or os.sep != "/" and os.sep in checkpoint:
-        return path.resolve()
-    return None
-
-
-def _how_to_provide(hub_id: str, revision: str | None) -> str:
-    """The fix-it part of every load error."""
-    revision_flag = f" --revision {revision}" if revision else ""
-    return (
-        "Provide the weights in one of these ways:\n"
-        f"  * download them once where the hub is reachable: "
-        f"huggingface-cli download {hub_id}{revision_flag}  (or: hf download ...),\n"
-        "    then later runs work offline (HF_HUB_OFFLINE=1) from the cache;\n"
-        "  * or put a directory with config.json and model.safetensors somewhere and point to "
-        f"it with ExpertConfig(checkpoint='/path/to/dir') or {CHECKPOINT_ENV_VAR}=/path/to/dir."
-    )
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE read now (huggingface_hub reads it only once, at its import)."""
-    from huggingface_hub import is_offline_mode
-
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    return flag in {"1", "true", "yes", "on"} or is_offline_mode()
-
-
-def _load_local(model_class: Any, directory: Path, config: ExpertConfig) -> nn.Module:
-    """Load from a local directory; any failure becomes ``ExpertLoadError``."""
-    if not directory.is_dir():
-        raise ExpertLoadError(
-            f"Time-MoE checkpoint directory {str(directory)!r} does not exist "
-            f"(from checkpoint={config.checkpoint!r} or {CHECKPOINT_ENV_VAR}).\n"
-            + _how_to_provide(DEFAULT_CHECKPOINT, None)
-        )
+def _load(model_class: Any, directory: Path, config: ExpertConfig) -> nn.Module:
+    """Load from a checkpoint directory; a failure to read it becomes ``ExpertLoadError``."""
     try:
         return _from_pretrained(model_class, str(directory), config)
     except (OSError, ValueError) as exc:
         raise ExpertLoadError(
             f"Time-MoE weights could not be loaded from directory {str(directory)!r}: {exc}\n"
-            + _how_to_provide(DEFAULT_CHECKPOINT, None)
-        ) from exc
-
-
-def _load_hub(model_class: Any, hub_id: str, config: ExpertConfig) -> tuple[nn.Module, str]:
-    """Load a hub id (from the local cache when offline) and return it with its commit hash.
-
-    The revision is resolved to a snapshot folder first (``refs/<revision>`` in the cache
-    when offline), so the cache key names the exact commit even when ``revision`` is
-    ``None``. Only ``*.json`` and ``*.safetensors`` are fetched: the hub's remote code is
-    neither needed nor downloaded. Failures become ``ExpertLoadError``.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    offline = _offline()
-    try:
-        folder = snapshot_download(
-            hub_id,
-            revision=config.revision,
-            local_files_only=offline,
-            allow_patterns=["*.json", "*.safetensors"],
-        )
-        assert isinstance(folder, str)  # not a dry run
-        model = _from_pretrained(model_class, folder, config)
-        return model, Path(folder).name  # snapshots/<commit hash>
-    except (OSError, ValueError) as exc:
-        where = f"the Hugging Face cache {HF_HUB_CACHE!r}" + (
-            " only (HF_HUB_OFFLINE=1, the hub was not contacted)" if offline else " and the hub"
-        )
-        raise ExpertLoadError(
-            f"Time-MoE weights not found for hub id {hub_id!r} "
-            f"(revision {config.revision or 'main'!r}); looked in {where}: {exc}\n"
-            + _how_to_provide(hub_id, config.revision)
+            + how_to_provide(_WEIGHTS)
         ) from exc
 
 
@@ -341,20 +285,6 @@ def _restore_rotary_tables(model: nn.Module) -> None:
             f"Time-MoE: rebuilt RoPE tables in {restored} of {layers} layers; this sktime "
             "version's Time-MoE layout is not supported (tested with sktime 1.2)"
         )
-
-
-def _directory_hash(directory: Path) -> str:
-    """Content hash of a local checkpoint's config and weight files (16 hex digits)."""
-    digest = hashlib.sha256()
-    files = sorted(
-        p for p in directory.iterdir() if p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES
-    )
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return "sha256-" + digest.hexdigest()[:16]
 
 
 # --- forecasting math ----------------------------------------------------------------

@@ -34,14 +34,20 @@ KV-cached decode gives the same numbers; here the prefix is recomputed).
 
 from __future__ import annotations
 
-import hashlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from moe.experts._loading import (
+    WeightsSpec,
+    check_device,
+    check_inputs,
+    check_observed_rows,
+    fingerprint,
+    how_to_provide,
+    resolve_weights,
+)
 from moe.experts.base import (
     QUANTILE_LEVELS,
     ExpertCapabilities,
@@ -60,18 +66,35 @@ DEFAULT_CHECKPOINT = "google/timesfm-2.5-200m-transformers"
 CHECKPOINT_ENV_VAR = "MOE_TIMESFM_CHECKPOINT"
 
 _NAME = "timesfm"
-_WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+_DISPLAY = "TimesFM"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _TOLERANCE = 1e-6  # the library's threshold below which a scale counts as zero
 
 
-@dataclass(frozen=True)
-class _Source:
-    """Where the weights came from: a local directory and a label that identifies them."""
+def _check_model_type(directory: Path) -> None:
+    """Refuse a config that is not transformers' TimesFM 2.5 (e.g. the timesfm-package one)."""
+    config_file = directory / "config.json"
+    if '"timesfm2_5"' not in config_file.read_text(encoding="utf-8"):
+        raise ExpertLoadError(
+            f"{config_file} is not a transformers TimesFM 2.5 config (model_type 'timesfm2_5')."
+            " The timesfm-package layout of google/timesfm-2.5-200m-pytorch is not read here;"
+            f" use {DEFAULT_CHECKPOINT} (same weights). {how_to_provide(_WEIGHTS)}"
+        )
 
-    directory: Path
-    checkpoint: str
-    identity: str  # hub commit hash or a content hash of a local directory
+
+_WEIGHTS = WeightsSpec(
+    expert=_DISPLAY,
+    env_var=CHECKPOINT_ENV_VAR,
+    default_checkpoint=DEFAULT_CHECKPOINT,
+    hub_patterns=("config.json", "*.safetensors", "*.safetensors.index.json"),
+    required=("config.json", "*.safetensors"),
+    layout="config.json and model.safetensors in the transformers layout",
+    # "sha256:" + 16 hex digits over the weight files; part of cache keys: never change it
+    local_revision=lambda directory: (
+        "sha256:" + fingerprint(sorted(directory.glob("*.safetensors")))
+    ),
+    validate=_check_model_type,
+)
 
 
 class TimesFM25Expert:
@@ -139,7 +162,8 @@ class TimesFM25Expert:
 
         Returns point ``(B, H)`` and quantiles ``(B, H, Q)`` on the context's device.
         """
-        _check_inputs(context, horizon)
+        check_inputs(context, horizon, _DISPLAY)
+        check_observed_rows(context, _DISPLAY)
         batch = context.shape[0]
         n_levels = len(QUANTILE_LEVELS)
         if batch == 0:
@@ -245,11 +269,8 @@ def build(config: ExpertConfig) -> TimesFM25Expert:
             f"TimesFM dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}"
             " (float16 is not offered for TimesFM)"
         )
-    device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TimesFM device {config.device!r} requested but CUDA is not available")
-    checkpoint = config.checkpoint or os.environ.get(CHECKPOINT_ENV_VAR) or DEFAULT_CHECKPOINT
-    source = _resolve(checkpoint, config.revision)
+    device = check_device(config.device, _DISPLAY)
+    source = resolve_weights(_WEIGHTS, config)
     try:
         loaded = TimesFm2_5ModelForPrediction.from_pretrained(
             source.directory, dtype=_DTYPES[config.dtype], output_loading_info=True
@@ -271,86 +292,10 @@ def build(config: ExpertConfig) -> TimesFM25Expert:
     model = model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to
     return TimesFM25Expert(
         model,
-        identity=f"{source.checkpoint}@{source.identity}",
+        identity=source.identity,
         dtype=config.dtype,
         batch_size=config.batch_size,
     )
-
-
-def _resolve(checkpoint: str, revision: str | None) -> _Source:
-    """Find the weights as a local directory, or raise ``ExpertLoadError`` saying how."""
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        _check_directory(path)
-        return _Source(path, str(path.resolve()), "sha256:" + _fingerprint(path))
-    if _looks_like_path(checkpoint):
-        raise ExpertLoadError(
-            f"TimesFM checkpoint directory {checkpoint!r} does not exist. {_how_to_provide()}"
-        )
-    from huggingface_hub import constants, snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    try:
-        directory = Path(
-            snapshot_download(
-                checkpoint,
-                revision=revision,
-                allow_patterns=_WEIGHT_PATTERNS,
-                local_files_only=offline or constants.HF_HUB_OFFLINE,
-            )
-        )
-    except Exception as error:  # hub errors vary (offline, missing repo, auth, network)
-        raise ExpertLoadError(
-            f"TimesFM weights {checkpoint!r} (revision {revision or 'main'}) were not found:"
-            f" looked in the hub cache {constants.HF_HUB_CACHE}"
-            f"{' only, because HF_HUB_OFFLINE is set' if offline else ' and on the hub'}"
-            f" ({type(error).__name__}: {error}). {_how_to_provide(checkpoint, revision)}"
-        ) from error
-    _check_directory(directory)
-    return _Source(directory, checkpoint, directory.name)  # snapshot folders are commit hashes
-
-
-def _how_to_provide(checkpoint: str = DEFAULT_CHECKPOINT, revision: str | None = None) -> str:
-    pin = f" --revision {revision}" if revision else ""
-    return (
-        f"Provide them by downloading once with network access (`hf download {checkpoint}{pin}`,"
-        f" formerly `huggingface-cli download {checkpoint}{pin}`), or point"
-        f" ExpertConfig(checkpoint=...) or the environment variable {CHECKPOINT_ENV_VAR} at a"
-        " local directory holding config.json and model.safetensors in the transformers layout."
-    )
-
-
-def _check_directory(directory: Path) -> None:
-    """Refuse directories that are not a transformers-format TimesFM 2.5 checkpoint."""
-    config_file = directory / "config.json"
-    weights = list(directory.glob("*.safetensors"))
-    if not config_file.is_file() or not weights:
-        raise ExpertLoadError(
-            f"TimesFM checkpoint directory {directory} must hold config.json and *.safetensors;"
-            f" found {sorted(p.name for p in directory.iterdir())}. {_how_to_provide()}"
-        )
-    text = config_file.read_text(encoding="utf-8")
-    if '"timesfm2_5"' not in text:
-        raise ExpertLoadError(
-            f"{config_file} is not a transformers TimesFM 2.5 config (model_type 'timesfm2_5')."
-            " The timesfm-package layout of google/timesfm-2.5-200m-pytorch is not read here;"
-            f" use {DEFAULT_CHECKPOINT} (same weights). {_how_to_provide()}"
-        )
-
-
-def _fingerprint(directory: Path) -> str:
-    """First 16 hex digits of a SHA-256 over the weight files, so local weights are keyed."""
-    digest = hashlib.sha256()
-    for file in sorted(directory.glob("*.safetensors")):
-        with open(file, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def _looks_like_path(checkpoint: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else is meant as a directory."""
-    return checkpoint.startswith((".", "~", "/")) or "\\" in checkpoint or checkpoint.count("/") > 1
 
 
 def _quantile_map(levels: tuple[float, ...]) -> tuple[list[int], list[int]]:
@@ -377,23 +322,3 @@ def _fix_quantile_crossing(outputs: torch.Tensor, median: int) -> torch.Tensor:
 def _flip_channels(outputs: torch.Tensor) -> torch.Tensor:
     """Forecast of ``-x`` mapped to quantiles of ``x``: keep channel 0, reverse the rest."""
     return torch.cat([outputs[..., :1], outputs[..., 1:].flip(-1)], dim=-1)
-
-
-def _check_inputs(context: torch.Tensor, horizon: int) -> None:
-    """Raise ``ValueError`` naming the problem for a malformed call."""
-    if not isinstance(context, torch.Tensor) or context.ndim != 2:
-        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
-        raise ValueError(f"TimesFM context must be a 2-D tensor (B, L), got {shape}")
-    if not context.is_floating_point():
-        raise ValueError(f"TimesFM context must be floating point (float32), got {context.dtype}")
-    if context.shape[1] == 0:
-        raise ValueError("TimesFM context must have at least one column, got (B, 0)")
-    if not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"TimesFM horizon must be a positive int, got {horizon!r}")
-    if torch.isinf(context).any():
-        raise ValueError("TimesFM context contains +-inf; only NaN may mark missing values")
-    empty_rows = torch.isnan(context).all(dim=1).nonzero().flatten()
-    if empty_rows.numel():
-        raise ValueError(
-            f"TimesFM context rows {empty_rows[:10].tolist()} have no observed value (all NaN)"
-        )
