@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["load_jsonl", "TimeSeriesDataset", "Windows", "rolling_windows"]
+__all__ = ["load_jsonl", "TimeSeriesDataset", "Windows", "rolling_windows", "newest_windows"]
 
 
 def load_jsonl(path: str | Path) -> list[list[float]]:
@@ -156,3 +156,25 @@ def rolling_windows(
         origin=np.asarray(origins, np.int64),
         is_holdout=np.asarray(holdout_flags, bool),
     )
+
+
+def newest_windows(series_index: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: True for each series' newest window, where the series has two or more.
+
+    A temporal validation split for gate training: random splits leak, because neighbouring
+    windows of one series overlap. Series with a single window keep it for training.
+    ``series_index`` and ``origin`` are ``(N,)`` (as in ``Windows``).
+    """
+    if series_index.shape != origin.shape or series_index.ndim != 1:
+        raise ValueError(
+            f"series_index and origin must both be (N,), got {series_index.shape}, {origin.shape}"
+        )
+    mask = np.zeros(series_index.shape[0], bool)
+    if mask.size == 0:
+        return mask
+    order = np.lexsort((-origin, series_index))  # by series, newest first
+    first = np.ones(order.size, bool)
+    first[1:] = series_index[order][1:] != series_index[order][:-1]
+    counts = np.bincount(series_index)
+    mask[order[first]] = counts[series_index[order[first]]] >= 2
+    return mask

@@ -12,6 +12,7 @@ of the loss. Shapes: ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` `
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,11 @@ class TrainConfig(BaseModel):
         description="'random' (seed: torch's default init) or 'best_pair': start as the "
         "constant router to the equally weighted pair of experts with the lowest error on the "
         "training windows, then learn per-window departures from it.",
+    )
+    keep_best_epoch: bool = Field(
+        default=False,
+        description="Return the gate from the epoch (0 = the untrained start) with the lowest "
+        "validation MAE instead of the last one (early stopping; needs validation windows).",
     )
     gate_width: int = Field(default=32, ge=1, description="Contextual gate: token width.")
     gate_heads: int = Field(default=4, ge=1, description="Contextual gate: attention heads.")
@@ -144,6 +150,7 @@ class TrainResult:
     expert_val_mae: list[float] | None = field(default=None)
     initial: EpochMetrics | None = field(default=None)  # the gate before training, epoch 0
     start_pair: tuple[int, int] | None = field(default=None)  # with init="best_pair"
+    chosen_epoch: int | None = field(default=None)  # with keep_best_epoch: the epoch returned
 
 
 # ``provide(rows, selected)`` -> scaled forecasts (b, E, H) of those rows; entries of experts
@@ -338,10 +345,21 @@ def _fit(
     with _cpu_threads(1 if next(gate.parameters()).device.type == "cpu" else None):
         # a random gate before training is no candidate, so only the pair start is measured
         initial = measure(0) if start_pair is not None else None
+        keep_best = config.keep_best_epoch and val_rows.numel() > 0
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        if keep_best and initial is not None and initial.val_mae is not None:
+            best = (initial.val_mae, 0, copy.deepcopy(gate.state_dict()))
         for epoch in range(1, config.epochs + 1):
             order = train_rows[torch.randperm(train_rows.numel(), generator=generator)]
             train_epoch(order.to(config.device))
             history.append(measure(epoch))
+            val_mae = history[-1].val_mae
+            if keep_best and val_mae is not None and (best is None or val_mae < best[0]):
+                best = (val_mae, epoch, copy.deepcopy(gate.state_dict()))
+        chosen_epoch = None
+        if best is not None:
+            chosen_epoch = best[1]
+            gate.load_state_dict(best[2])
 
     expert_val_mae = None
     if val_rows.numel() > 0:
@@ -360,6 +378,7 @@ def _fit(
         expert_val_mae=expert_val_mae,
         initial=initial,
         start_pair=start_pair,
+        chosen_epoch=chosen_epoch,
     )
 
 

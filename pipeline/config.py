@@ -66,8 +66,11 @@ class RetrainConfig(BaseModel):
         "lower than the champion's on the same windows (0.05 = 5%).",
     )
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=30, batch_size=64, lr=1e-2),
-        description="Gate training hyperparameters (seed defaults: 5 epochs, batch 8, lr 1e-3).",
+        default_factory=lambda: TrainConfig(
+            epochs=30, batch_size=64, lr=1e-2, init="best_pair", keep_best_epoch=True
+        ),
+        description="Gate training hyperparameters (seed defaults: 5 epochs, batch 8, lr 1e-3). "
+        "The newest training window of each series validates; the best epoch is kept.",
     )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
     expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")

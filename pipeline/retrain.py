@@ -16,7 +16,7 @@ import torch
 
 from moe.api import build_artifact, load_router, resolve_experts
 from moe.artifact import GateArtifact, load_artifact, save_artifact
-from moe.data import Windows
+from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
 from moe.metrics import mase
 from moe.router import MoERouter
@@ -165,8 +165,14 @@ def train_and_backtest(
     train = ~data.windows.is_holdout
     context = torch.from_numpy(data.windows.context)
     target = torch.from_numpy(data.windows.target)
+    windows = data.windows
+    validation = newest_windows(windows.series_index[train], windows.origin[train])
     result = train_gate(
-        context[train], target[train], data.points[train].contiguous(), config.train
+        context[train],
+        target[train],
+        data.points[train].contiguous(),
+        config.train,
+        validation_mask=torch.from_numpy(validation),
     )
     expert_config = ExpertConfig(
         batch_size=config.expert_batch_size, season_length=config.season_length

@@ -258,3 +258,21 @@ def test_best_pair_start_still_learns_and_keeps_the_engines_equal() -> None:
     assert fast.initial is not None and fast.initial.val_mae is not None
     final = fast.history[-1]
     assert final.val_mae is not None and final.val_mae < fast.initial.val_mae
+
+
+def test_keep_best_epoch_returns_the_epoch_with_the_lowest_validation_error() -> None:
+    """Guards early stopping: the returned gate is the best validation epoch's (0 = start)."""
+    context, target, points = _cached(80)
+    config = TrainConfig(init="best_pair", epochs=6, lr=0.5, keep_best_epoch=True)  # jumpy
+    result = train_gate(context, target, points, config)
+    scores = [result.initial] + result.history
+    best = min(scores, key=lambda e: e.val_mae if e and e.val_mae is not None else float("inf"))
+    assert best is not None and result.chosen_epoch == best.epoch < config.epochs
+    rerun = train_gate(
+        context,
+        target,
+        points,
+        config.model_copy(update={"epochs": best.epoch, "keep_best_epoch": False}),
+    )
+    for key, value in result.gate.state_dict().items():
+        torch.testing.assert_close(value, rerun.gate.state_dict()[key])

@@ -1,0 +1,30 @@
+"""Window helpers in moe/data.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe.data import newest_windows, rolling_windows
+
+
+def test_newest_windows_marks_each_series_newest_window_when_it_has_two() -> None:
+    """Guards the temporal validation split: newest window per series; singletons train."""
+    series = [np.arange(20.0), np.arange(9.0), np.arange(30.0)]  # 5, 1 and 8 windows
+    windows = rolling_windows(series, 4, 3, stride=3, holdout=0)
+    mask = newest_windows(windows.series_index, windows.origin)
+    for index in range(3):
+        rows = np.flatnonzero(windows.series_index == index)
+        newest = rows[np.argmax(windows.origin[rows])]
+        expected = {newest} if rows.size >= 2 else set()
+        assert set(np.flatnonzero(mask & (windows.series_index == index))) == expected
+    shuffled = np.random.default_rng(0).permutation(len(windows))
+    again = newest_windows(windows.series_index[shuffled], windows.origin[shuffled])
+    assert np.array_equal(again, mask[shuffled])  # order of rows does not matter
+
+
+def test_newest_windows_rejects_mismatched_shapes() -> None:
+    """Guards bad input: series_index and origin must be (N,) alike."""
+    assert newest_windows(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
+    with pytest.raises(ValueError, match=r"must both be \(N,\)"):
+        newest_windows(np.zeros(3, np.int64), np.zeros(2, np.int64))
