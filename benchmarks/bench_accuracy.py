@@ -61,7 +61,13 @@ from benchmarks._accuracy_data import (  # noqa: E402
 from moe.api import build_artifact, load_router  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
-from moe.scaling import scale_forecasts, window_scale  # noqa: E402
+from moe.router import mix, select_top2  # noqa: E402
+from moe.scaling import (  # noqa: E402
+    scale_context,
+    scale_forecasts,
+    seasonal_naive_scale,
+    window_scale,
+)
 from moe.training import TrainConfig, TrainResult, best_pair, train_gate  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
@@ -76,9 +82,10 @@ __all__ = [
     "main",
 ]
 
-#: Hyperparameter grid searched per gate kind on the validation windows.
+#: Hyperparameter grid searched per gate kind on the validation windows: every start (a
+#: random gate, or the constant router to one pair of experts) x these settings x epochs.
+#: Pair starts skip the balance loss, which would push the gate off its pair.
 GRID = {
-    "init": ("random", "best_pair"),
     "lr": (1e-3, 1e-2),
     "huber_delta": (2.0, 0.1),
     "balance_weight": (0.01, 0.0),
@@ -115,48 +122,113 @@ def select_and_train(
     points: torch.Tensor,
     validation: torch.Tensor,
     seed: int,
+    loss_scale: str = "seasonal_naive",
+    season_length: int = 12,
 ) -> GateChoice:
-    """Grid-search ``GRID`` x epochs on ``validation`` rows, then retrain on every row.
+    """Grid-search starts x ``GRID`` x epochs on ``validation`` rows, then retrain on every row.
 
     ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)`` are training
-    windows only; ``validation`` ``(N,)`` bool marks the newest one of each series.
+    windows only; ``validation`` ``(N,)`` bool marks the newest one of each series. A pair
+    start at epoch 0 is the constant router to that pair, so the static pair chosen on
+    validation is one of the candidates: the gate is chosen against it, not beside it.
     """
+    starts: list[tuple[int, int] | None] = [None]
+    starts += list(itertools.combinations(range(points.shape[1]), 2))
     best: tuple[float, TrainConfig, list[float]] | None = None
-    for init, lr, delta, balance in itertools.product(*GRID.values()):
+    simplest: tuple[float, TrainConfig] | None = None  # best untrained pair start (epoch 0)
+    for start, (lr, delta, balance) in itertools.product(starts, itertools.product(*GRID.values())):
+        if start is not None and balance > 0:
+            continue
         config = TrainConfig(
             gate=kind,  # type: ignore[arg-type]
-            init=init,  # type: ignore[arg-type]
+            init="random" if start is None else "best_pair",
+            start_pair=start,
             lr=lr,
             huber_delta=delta,
             balance_weight=balance,
             epochs=MAX_EPOCHS[kind],
             batch_size=GATE_BATCH,
             seed=seed,
+            loss_scale=loss_scale,  # type: ignore[arg-type]
+            season_length=season_length,
         )
         result = train_gate(context, target, points, config, validation_mask=validation)
         candidates = [result.initial] if result.initial is not None else []  # untrained start
         for epoch in candidates + result.history:
             assert epoch.val_mae is not None
+            chosen = config.model_copy(update={"epochs": epoch.epoch})
             if best is None or epoch.val_mae < best[0]:
-                chosen = config.model_copy(update={"epochs": epoch.epoch})
                 best = (epoch.val_mae, chosen, result.expert_val_mae or [])
-    assert best is not None
+            if epoch.epoch == 0 and (simplest is None or epoch.val_mae < simplest[0]):
+                simplest = (epoch.val_mae, chosen)
+    assert best is not None and simplest is not None
     val_mae, config, expert_val_mae = best
+    if config.epochs > 0 and not _clearly_better(
+        config, simplest[1], context, target, points, validation
+    ):
+        val_mae, config = simplest
     everything = torch.zeros_like(validation)
     result = train_gate(context, target, points, config, validation_mask=everything)
     return GateChoice(config, val_mae, expert_val_mae, result)
 
 
+def _validation_errors(
+    config: TrainConfig,
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    validation: torch.Tensor,
+) -> torch.Tensor:
+    """``(V,)`` loss-unit MAE of the gate ``config`` trains, on each validation window."""
+    result = train_gate(context, target, points, config, validation_mask=validation)
+    rows = validation.nonzero().squeeze(1)
+    scale = window_scale(context[rows], result.config.scaling)  # (V, 1)
+    with torch.no_grad():
+        gate_input = scale_context(context[rows], scale)  # (V, L)
+        logits = result.gate(gate_input, scale_forecasts(points[rows], scale))  # (V, E)
+    mixed = mix(select_top2(logits), points[rows]).point  # (V, H)
+    if config.loss_scale == "seasonal_naive":
+        scale = seasonal_naive_scale(context[rows], config.season_length)
+    return ((mixed - target[rows]).abs() / scale).nanmean(dim=1)
+
+
+def _clearly_better(
+    trained: TrainConfig,
+    simplest: TrainConfig,
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    validation: torch.Tensor,
+) -> bool:
+    """One-standard-error rule: keep the trained gate over the untrained pair start only when
+    its paired per-window validation advantage exceeds one standard error. With a few hundred
+    validation windows and dozens of candidates, the lowest mean alone overfits validation."""
+    difference = _validation_errors(trained, context, target, points, validation) - (
+        _validation_errors(simplest, context, target, points, validation)
+    )  # (V,), negative where the trained gate is better
+    difference = difference[~torch.isnan(difference)]
+    standard_error = float(difference.std() / difference.numel() ** 0.5)
+    return float(difference.mean()) + standard_error < 0
+
+
 def best_static_pair(
-    context: torch.Tensor, target: torch.Tensor, points: torch.Tensor
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    loss_scale: str = "seasonal_naive",
+    season_length: int = 12,
 ) -> tuple[int, int]:
     """The equal-weighted expert pair with the lowest scaled MAE on these windows.
 
     ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)`` (validation
-    windows). A constant top-2 router: the baseline a learned gate must beat to show that it
-    routes per window rather than just picking a good pair.
+    windows), scaled the way the gates' loss is (``loss_scale``). A constant top-2 router:
+    the baseline a learned gate must beat to show that it routes per window rather than
+    just picking a good pair.
     """
-    scale = window_scale(context)  # (N, 1)
+    if loss_scale == "window":
+        scale = window_scale(context)  # (N, 1)
+    else:
+        scale = seasonal_naive_scale(context, season_length)  # (N, 1)
     return best_pair(scale_forecasts(points, scale), target / scale)
 
 
@@ -233,6 +305,8 @@ def run_dataset(
             points[train_rows],
             torch.from_numpy(windows.is_validation)[train_rows],
             args.seed,
+            args.loss_scale,
+            data.period,
         )
         artifact = build_artifact(
             choice.result, experts, context[train_rows], target[train_rows], points[train_rows]
@@ -244,7 +318,9 @@ def run_dataset(
         usage = np.bincount(output.routing.indices.reshape(-1).numpy(), minlength=len(keys))
         cfg = choice.config
         print(
-            f"  gate_{kind}: init={cfg.init} lr={cfg.lr:g} huber_delta={cfg.huber_delta:g} "
+            f"  gate_{kind}: start="
+            + ("random" if cfg.start_pair is None else "+".join(keys[i] for i in cfg.start_pair))
+            + f" lr={cfg.lr:g} huber_delta={cfg.huber_delta:g} "
             f"balance={cfg.balance_weight:g} epochs={cfg.epochs} | val scaled MAE "
             f"{choice.val_mae:.4f} vs experts "
             + ", ".join(f"{k}={v:.4f}" for k, v in zip(keys, choice.expert_val_mae, strict=True))
@@ -257,6 +333,8 @@ def run_dataset(
         context[torch.from_numpy(windows.is_validation)],
         target[torch.from_numpy(windows.is_validation)],
         points[torch.from_numpy(windows.is_validation)],
+        args.loss_scale,
+        data.period,
     )
     print(f"  static_pair: {keys[pair[0]]} + {keys[pair[1]]} (chosen on validation)", flush=True)
     mixtures["static_pair"] = (points[test_rows][:, list(pair)].mean(dim=1).numpy(), None)
@@ -290,6 +368,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stride", type=int, default=None, help="default: the horizon")
     parser.add_argument("--min-context", type=int, default=36, help="observed points needed")
     parser.add_argument("--input-length", type=int, default=None, help="override L")
+    parser.add_argument(
+        "--loss-scale",
+        default="seasonal_naive",
+        choices=["seasonal_naive", "window"],
+        help="units of the gates' loss and of the static pair's choice (default: MASE-like)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--expert-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)

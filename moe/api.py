@@ -185,7 +185,9 @@ def build_artifact(
         "expert_val_mae": None
         if result.expert_val_mae is None
         else dict(zip(keys, result.expert_val_mae, strict=True)),
-        "units": "window scale (mean |context|)",
+        "units": "window scale (mean |context|)"
+        if result.config.loss_scale == "window"
+        else f"seasonal-naive MAE of the context (season {result.config.season_length})",
     }
     return GateArtifact(
         gating_state={k: v.detach().cpu() for k, v in result.gate.state_dict().items()},

@@ -15,7 +15,13 @@ from typing import Literal
 
 import torch
 
-__all__ = ["ScalingMethod", "window_scale", "scale_context", "scale_forecasts"]
+__all__ = [
+    "ScalingMethod",
+    "window_scale",
+    "seasonal_naive_scale",
+    "scale_context",
+    "scale_forecasts",
+]
 
 ScalingMethod = Literal["mean_abs", "none"]
 
@@ -36,6 +42,29 @@ def window_scale(context: torch.Tensor, method: ScalingMethod = "mean_abs") -> t
     scale = context.abs().nanmean(dim=1, keepdim=True)  # (N, 1), NaN when all missing
     usable = torch.isfinite(scale) & (scale > 0)
     return torch.where(usable, scale, torch.ones_like(scale))
+
+
+def seasonal_naive_scale(context: torch.Tensor, season_length: int) -> torch.Tensor:
+    """MASE's denominator inside each window: mean ``|x_t - x_{t-m}|`` -> ``(N, 1)``.
+
+    ``context`` ``(N, L)``, NaN = missing (pairs with a missing end are skipped). Where no
+    pair ``season_length`` apart is observed, lag 1 is used; where that is not a positive
+    finite number either (flat or nearly empty windows), the mean |value| of the window
+    (``window_scale``), so a scale is always positive and finite.
+    """
+    if context.ndim != 2:
+        raise ValueError(f"context must have shape (N, L), got {tuple(context.shape)}")
+    if season_length < 1:
+        raise ValueError(f"season_length must be >= 1, got {season_length}")
+    fallback = window_scale(context)  # (N, 1)
+    scale = torch.full_like(fallback, float("nan"))
+    for lag in (season_length, 1):
+        if context.shape[1] <= lag:
+            continue
+        changes = (context[:, lag:] - context[:, :-lag]).abs().nanmean(dim=1, keepdim=True)
+        usable = torch.isnan(scale) & torch.isfinite(changes) & (changes > 0)
+        scale = torch.where(usable, changes, scale)
+    return torch.where(torch.isnan(scale), fallback, scale)
 
 
 def scale_context(context: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

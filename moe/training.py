@@ -26,7 +26,13 @@ from moe._fast_linear import FastLinearTrainer
 from moe.experts.base import Expert
 from moe.gates import ContextualGate, GateKind, LinearGate, build_gate, load_balancing_loss
 from moe.router import mix, run_experts, select_top2
-from moe.scaling import ScalingMethod, scale_context, scale_forecasts, window_scale
+from moe.scaling import (
+    ScalingMethod,
+    scale_context,
+    scale_forecasts,
+    seasonal_naive_scale,
+    window_scale,
+)
 
 __all__ = [
     "TrainConfig",
@@ -66,10 +72,24 @@ class TrainConfig(BaseModel):
         "constant router to the equally weighted pair of experts with the lowest error on the "
         "training windows, then learn per-window departures from it.",
     )
+    start_pair: tuple[int, int] | None = Field(
+        default=None,
+        description="With init='best_pair': start at these two expert positions instead of "
+        "the pair that is best on the training windows (e.g. a pair chosen on validation).",
+    )
     keep_best_epoch: bool = Field(
         default=False,
         description="Return the gate from the epoch (0 = the untrained start) with the lowest "
         "validation MAE instead of the last one (early stopping; needs validation windows).",
+    )
+    loss_scale: Literal["window", "seasonal_naive"] = Field(
+        default="window",
+        description="Units of the loss: 'window' (the gate's input scale, see 'scaling') or "
+        "'seasonal_naive' (each window's in-context seasonal-naive MAE, so the loss is a "
+        "MASE and every series counts as it does in the MASE of a backtest).",
+    )
+    season_length: int = Field(
+        default=1, ge=1, description="Season of the 'seasonal_naive' loss scale (12 = monthly)."
     )
     gate_width: int = Field(default=32, ge=1, description="Contextual gate: token width.")
     gate_heads: int = Field(default=4, ge=1, description="Contextual gate: attention heads.")
@@ -240,6 +260,13 @@ def _check_inputs(context: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
+def _loss_weight(context: torch.Tensor, scale: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """``(N, 1)`` factor from window-scale units to the loss's units (``config.loss_scale``)."""
+    if config.loss_scale == "window":
+        return torch.ones_like(scale)
+    return scale / seasonal_naive_scale(context, config.season_length)
+
+
 def _fit(
     context: torch.Tensor,
     target: torch.Tensor,
@@ -247,12 +274,15 @@ def _fit(
     provide: _Provider,
     config: TrainConfig,
     validation_mask: torch.Tensor | None,
+    loss_weight: torch.Tensor,
     cached_points: torch.Tensor | None = None,
 ) -> TrainResult:
     """The shared loop; ``context``/``target`` already scaled and on ``config.device``.
 
-    With ``cached_points`` (scaled ``(N, E, H)``) a linear gate trains through
-    ``FastLinearTrainer`` (same math, hand-written gradients); otherwise through autograd.
+    ``loss_weight`` ``(N, 1)`` multiplies forecasts and target before the loss (window scale
+    over loss scale; ones for the window scale). With ``cached_points`` (scaled
+    ``(N, E, H)``) a linear gate trains through ``FastLinearTrainer`` (same math,
+    hand-written gradients); otherwise through autograd.
     """
     n_windows, input_length = context.shape
     pred_length = target.shape[1]
@@ -268,17 +298,25 @@ def _fit(
         raise ValueError(
             f"no training windows left after holding out {val_rows.numel()} for validation"
         )
+    target = target * loss_weight  # in loss units from here on; forecasts follow in forward()
+
+    def weighted(rows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Scaled forecasts ``(b, E, H)`` of ``rows`` in loss units."""
+        return points * loss_weight[rows][:, :, None]
+
     start_pair = None
     if config.init == "best_pair":  # chosen on training rows only: validation stays unseen
-        rows = train_rows.to(config.device)
-        start_pair = best_pair(provide(rows, None), target[rows])
+        start_pair = config.start_pair
+        if start_pair is None:
+            rows = train_rows.to(config.device)
+            start_pair = best_pair(weighted(rows, provide(rows, None)), target[rows])
         gate.start_at_pair(start_pair)
     observed = ~torch.isnan(target)  # (N, H)
     target = target.nan_to_num(0.0)
     optimizer: torch.optim.Optimizer | None = None
 
     def forward(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mixed scaled forecast (b, H), probs (b, E), indices (b, 2) for ``rows``."""
+        """Mixed forecast (b, H) in loss units, probs (b, E), indices (b, 2) for ``rows``."""
         batch_context = context[rows]
         if gate.needs_forecasts:
             points = provide(rows, None)
@@ -286,7 +324,8 @@ def _fit(
         else:
             selection = select_top2(gate(batch_context, None))
             points = provide(rows, selection.indices)
-        return mix(selection, points).point, selection.probs, selection.indices
+        point = mix(selection, points).point * loss_weight[rows]  # (b, H)
+        return point, selection.probs, selection.indices
 
     def evaluate(rows: torch.Tensor) -> tuple[float, float, list[float]]:
         """Loss, MAE and expert usage of the current gate on ``rows``, in one pass."""
@@ -311,7 +350,7 @@ def _fit(
             context,
             target,
             observed,
-            cached_points,
+            cached_points * loss_weight[:, :, None],
             config.lr,
             config.huber_delta,
             config.balance_weight,
@@ -365,7 +404,7 @@ def _fit(
     if val_rows.numel() > 0:
         rows = val_rows.to(config.device)
         with torch.no_grad():
-            points = provide(rows, None)  # (v, E, H)
+            points = weighted(rows, provide(rows, None))  # (v, E, H)
             errors = (points - target[rows][:, None, :]).abs() * observed[rows][:, None, :]
             expert_val_mae = (errors.sum(dim=(0, 2)) / observed[rows].sum().clamp_min(1)).tolist()
     gate.eval()
@@ -432,6 +471,7 @@ def train_gate(
         lambda rows, selected: scaled_points[rows],
         config,
         validation_mask,
+        _loss_weight(context, scale, config),
         cached_points=scaled_points if engine == "auto" else None,
     )
 
@@ -467,4 +507,5 @@ def train_gate_live(
         provide,
         config,
         validation_mask,
+        _loss_weight(context, scale, config),
     )

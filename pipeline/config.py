@@ -67,10 +67,16 @@ class RetrainConfig(BaseModel):
     )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(
-            epochs=30, batch_size=64, lr=1e-2, init="best_pair", keep_best_epoch=True
+            epochs=30,
+            batch_size=64,
+            lr=1e-2,
+            init="best_pair",
+            keep_best_epoch=True,
+            loss_scale="seasonal_naive",
         ),
         description="Gate training hyperparameters (seed defaults: 5 epochs, batch 8, lr 1e-3). "
-        "The newest training window of each series validates; the best epoch is kept.",
+        "The newest training window of each series validates; the best epoch is kept; the "
+        "loss is a MASE, with this config's season_length.",
     )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
     expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")

@@ -171,7 +171,7 @@ def train_and_backtest(
         context[train],
         target[train],
         data.points[train].contiguous(),
-        config.train,
+        config.train.model_copy(update={"season_length": config.season_length}),
         validation_mask=torch.from_numpy(validation),
     )
     expert_config = ExpertConfig(

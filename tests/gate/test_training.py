@@ -11,7 +11,7 @@ from moe._fast_linear import FastLinearTrainer
 from moe.experts.base import Expert, ExpertCapabilities, ExpertForecast
 from moe.gates import LinearGate, load_balancing_loss
 from moe.router import mix, run_experts, select_top2
-from moe.scaling import scale_context, window_scale
+from moe.scaling import scale_context, seasonal_naive_scale, window_scale
 from moe.training import TrainConfig, best_pair, train_gate, train_gate_live
 from tests.fake_experts import fake_trio
 from tests.gate.helpers import synthetic_windows
@@ -276,3 +276,45 @@ def test_keep_best_epoch_returns_the_epoch_with_the_lowest_validation_error() ->
     )
     for key, value in result.gate.state_dict().items():
         torch.testing.assert_close(value, rerun.gate.state_dict()[key])
+
+
+def test_seasonal_naive_scale_is_the_mase_denominator_with_fallbacks() -> None:
+    """Guards the MASE loss scale: lag-m changes, then lag 1, then mean |x|; never 0 or NaN."""
+    seasonal = torch.tensor([[1.0, 2.0, 4.0, 3.0, float("nan"), 7.0]])  # lag 2: |3|, |1|, |4|
+    torch.testing.assert_close(seasonal_naive_scale(seasonal, 2), torch.tensor([[8.0 / 3]]))
+    short = torch.tensor([[float("nan"), 1.0, 3.0]])  # no observed lag-12 pair: lag 1
+    torch.testing.assert_close(seasonal_naive_scale(short, 12), torch.tensor([[2.0]]))
+    flat = torch.tensor([[5.0, 5.0, 5.0]])  # no change at all: mean |x|
+    torch.testing.assert_close(seasonal_naive_scale(flat, 1), torch.tensor([[5.0]]))
+    empty = torch.full((1, 3), float("nan"))
+    assert seasonal_naive_scale(empty, 1).item() == 1.0
+    with pytest.raises(ValueError, match="season_length"):
+        seasonal_naive_scale(flat, 0)
+
+
+def test_seasonal_naive_loss_is_measured_in_mase_units() -> None:
+    """Guards loss_scale='seasonal_naive': validation MAE equals the windows' in-context MASE,
+    the gate is unchanged by the series' scale, and both engines still agree."""
+    context, target, points = _cached(60)
+    config = TrainConfig(init="best_pair", epochs=0, loss_scale="seasonal_naive", season_length=2)
+    validation = torch.zeros(60, dtype=torch.bool)
+    validation[:15] = True
+    result = train_gate(context, target, points, config, validation_mask=validation)
+    assert result.start_pair is not None and result.initial is not None
+    pair = list(result.start_pair)
+    rows = validation.nonzero().squeeze(1)
+    errors = (points[rows][:, pair].mean(dim=1) - target[rows]).abs()
+    errors = errors / seasonal_naive_scale(context[rows], 2)
+    assert result.initial.val_mae == pytest.approx(float(errors.mean()), rel=1e-5)
+    trained = config.model_copy(update={"epochs": 3, "lr": 0.05})
+    fast = train_gate(context, target, points, trained, validation_mask=validation)
+    large = train_gate(
+        1e4 * context, 1e4 * target, 1e4 * points, trained, validation_mask=validation
+    )
+    reference = train_gate(
+        context, target, points, trained, validation_mask=validation, engine="autograd"
+    )
+    for other in (large, reference):
+        torch.testing.assert_close(
+            fast.gate.linear.weight, other.gate.linear.weight, rtol=1e-4, atol=1e-5
+        )
