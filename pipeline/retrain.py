@@ -226,7 +226,7 @@ def _champion_mase(
     if (artifact.input_length, artifact.pred_length) != (config.input_length, config.pred_length):
         return current.model_version, float("inf")  # cannot forecast these windows at all
     by_key = {expert.cache_key: expert for expert in loaded}
-    reusable = [by_key.get(entry.get("cache_key")) for entry in artifact.experts]
+    reusable = [by_key.get(str(entry.get("cache_key"))) for entry in artifact.experts]
     reuse = None if None in reusable else [e for e in reusable if e is not None]
     router = load_router(artifact, config.device, experts=reuse)
     holdout = data.windows.is_holdout
