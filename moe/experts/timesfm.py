@@ -1,5 +1,12 @@
 """TimesFM 2.5 (200M) expert through transformers' native ``TimesFm2_5ModelForPrediction``.
 
+Why this route and not the ``timesfm`` package: transformers' ``from_pretrained`` reports
+missing and unexpected keys (refused below, so wrong weights never load silently); it is
+the same transformers 5 the Time-MoE expert needs (one dependency, ``pip check`` clean);
+the model takes a batched ``(B, L)`` tensor, so a whole batch stays on one device without
+per-row copies; and the ``timesfm`` package's ``forecast()`` takes Python lists that it
+pads in place (design.md, known traps) and reads only its own checkpoint layout.
+
 Weights, in the order they are looked for:
 
 1. ``ExpertConfig.checkpoint``: a local directory written by ``save_pretrained`` or a hub id;
