@@ -15,13 +15,13 @@ With ``pred_length`` <= 64 both paths are one forward pass over the window.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from benchmarks._timing import time_pair
 
 __all__ = ["TIMEMOE_50M", "bench_timemoe"]
 
@@ -60,7 +60,7 @@ def bench_timemoe(
 
     Both get identical ``(B, input_length)`` random-walk windows and forecast
     ``pred_length`` steps with the same model object. One untimed warm-up call per path
-    (unless ``warmup=False``); the median of ``repeats`` timed calls is reported. Returns
+    (unless ``warmup=False``); the best of ``repeats`` interleaved timed calls is reported. Returns
     one dict per batch size.
     """
     from sktime.libs.timemoe import TimeMoeConfig, TimeMoeForPrediction
@@ -87,8 +87,9 @@ def bench_timemoe(
         def native(windows: torch.Tensor = windows) -> torch.Tensor:
             return _native_rollout(model, windows, pred_length)
 
-        ours_s, ours_point = _time(ours, repeats, device, warmup)
-        native_s, native_point = _time(native, repeats, device, warmup)
+        (ours_s, ours_point), (native_s, native_point) = time_pair(
+            ours, native, repeats, device, warmup
+        )
         results.append(
             {
                 "expert": "timemoe-50m",
@@ -125,24 +126,6 @@ def _native_rollout(model: Any, windows: torch.Tensor, pred_length: int) -> torc
         )
         sequence = torch.cat([sequence, output.logits[:, -1, :].unsqueeze(-1)], dim=1)
     return sequence[:, length:, 0].float() * std + mean
-
-
-def _time(
-    call: Callable[[], torch.Tensor], repeats: int, device: str, warmup: bool
-) -> tuple[float, torch.Tensor]:
-    """Median seconds of ``repeats`` calls after an optional warm-up, and the last output."""
-    output = call() if warmup else None
-    seconds = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        output = call()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    assert output is not None
-    return statistics.median(seconds), output
 
 
 def _main() -> None:

@@ -7,10 +7,11 @@ accuracy. Run: ``python -m benchmarks._bench_timesfm --batch-sizes 1 32 256 --re
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
+
+from benchmarks._timing import time_pair
 
 __all__ = ["bench_timesfm"]
 
@@ -57,7 +58,7 @@ def bench_timesfm(
                 output = model(past_values=list(windows), forecast_context_len=input_length)
             return output.mean_predictions[:, :pred_length].float()
 
-        (ours_s, ours_point), (native_s, native_point) = _time_pair(ours, native, repeats, device)
+        (ours_s, ours_point), (native_s, native_point) = time_pair(ours, native, repeats, device)
         results.append(
             {
                 "expert": "timesfm-2.5-200m",
@@ -77,30 +78,6 @@ def bench_timesfm(
             }
         )
     return results
-
-
-def _time_pair(
-    first: Callable[[], torch.Tensor],
-    second: Callable[[], torch.Tensor],
-    repeats: int,
-    device: str,
-) -> tuple[tuple[float, torch.Tensor], tuple[float, torch.Tensor]]:
-    """Best-of-``repeats`` seconds of two calls, interleaved so load drift hits both alike.
-
-    The minimum, not the mean: on a shared machine other processes only ever add time.
-    """
-    outputs = [first(), second()]  # warm-up
-    seconds: list[list[float]] = [[], []]
-    for _ in range(repeats):
-        for index, call in enumerate((first, second)):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            outputs[index] = call()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds[index].append(time.perf_counter() - start)
-    return (min(seconds[0]), outputs[0]), (min(seconds[1]), outputs[1])
 
 
 def _main() -> None:
