@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from moe._fast_linear import FastLinearTrainer
@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
     )
     lr: float = Field(default=1e-3, gt=0, description="Adam learning rate (seed: 1e-3).")
     huber_delta: float = Field(
-        default=2.0, gt=0, description="HuberLoss delta, in units of the window scale (seed: 2.0)."
+        default=2.0, gt=0, description="HuberLoss delta, in the loss's units (seed: 2.0)."
     )
     seed: int = Field(default=0, description="Seeds gate init, the validation split and shuffling.")
     gate: GateKind = Field(
@@ -124,6 +124,15 @@ class TrainConfig(BaseModel):
     expert_batch_size: int = Field(
         default=256, ge=1, description="train_and_save only: rows per expert forward call."
     )
+
+    @model_validator(mode="after")
+    def _start_pair_needs_pair_init(self) -> TrainConfig:
+        if self.start_pair is not None and self.init != "best_pair":
+            raise ValueError(
+                f"start_pair={self.start_pair} only applies with init='best_pair', "
+                f"got init={self.init!r}"
+            )
+        return self
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ def test_defaults_are_the_seeds() -> None:
         TrainConfig(gate="dense")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         config.epochs = 3  # frozen
+    with pytest.raises(ValidationError, match="only applies with init='best_pair'"):
+        TrainConfig(start_pair=(0, 1))  # would be ignored silently with a random start
 
 
 def test_same_seed_same_gate_other_seed_other_gate() -> None:
