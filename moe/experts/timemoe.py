@@ -19,7 +19,9 @@ Library
     KV cache are broken on transformers 5, so this adapter rolls out autoregressively
     itself over ``forward(use_cache=False)``: each step asks the model for
     ``max_horizon_length=remaining``, which selects the largest output head that fits
-    (TimeMoE-50M heads: 1, 8, 32, 64), and appends the prediction to the input.
+    (TimeMoE-50M heads: 1, 8, 32, 64), and appends the prediction to the input. The
+    attention mask comes from ``moe.experts._timemoe_mask``, not from the private
+    transformers helper sktime calls (removed in transformers 5.24).
 
 Preprocessing (per row, in this order)
     * Longer than ``max_context`` (the checkpoint's ``max_position_embeddings``, 4096 for
@@ -60,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moe.experts import _timemoe_mask
 from moe.experts._loading import WeightsSpec, fingerprint, how_to_provide, resolve_weights
 from moe.experts.base import (
     ExpertCapabilities,
@@ -136,6 +139,10 @@ class TimeMoEForecaster:
                 f"Time-MoE checkpoint {checkpoint!r} has input_size={model_config.input_size}; "
                 "this expert forecasts univariate series and needs input_size=1"
             )
+        try:  # sktime's call to a vanished transformers helper (see _timemoe_mask)
+            _timemoe_mask.install(model)
+        except RuntimeError as exc:
+            raise ExpertLoadError(str(exc)) from exc
         self._device = torch.device(config.device)
         self._dtype = _DTYPES[config.dtype]
         self._model = model.to(device=self._device, dtype=self._dtype).eval()
