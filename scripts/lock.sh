@@ -14,9 +14,11 @@ python3 -m venv "$tools/venv"
 upgrade=(--upgrade)
 [ $# -gt 0 ] && upgrade=("$@")
 # --strip-extras: the lock is used as a pip constraints file, which takes no extras.
+# --unsafe-package moe-forecast: the extras name the project itself (offline = [stats,
+#   fracast], ...); the project is installed from the checkout, never pinned to a path.
 # --unsafe-package torch: torch is installed by name (requirements/torch.txt says why); this
 #   also makes pip and setuptools ordinary packages, so setuptools is pinned too.
 "$tools/venv/bin/pip-compile" --quiet "${upgrade[@]}" --extra dev --strip-extras \
-  --unsafe-package torch --no-emit-index-url --no-emit-find-links \
+  --unsafe-package torch --unsafe-package moe-forecast --no-emit-index-url --no-emit-find-links \
   --constraint requirements/torch.txt --output-file requirements/lock.txt pyproject.toml
 echo "wrote requirements/lock.txt ($(grep -c '==' requirements/lock.txt) pins)"
