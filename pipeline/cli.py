@@ -6,6 +6,7 @@
 ``moe retrain`` / ``moe forecast`` / ``moe evaluate``  one run of a flow
 ``moe models list|promote|rollback``  the model registry
 ``moe serve``           register the scheduled deployments and run them (needs a server)
+``moe api``             the HTTP service: forecasts with the champion, registry, monitoring
 ``moe sql "SELECT ..."`` read-only SQL over the store's views
 ``moe store catalog``   (re)write catalog.duckdb for the DuckDB CLI
 ``moe train`` / ``moe predict``  the seed's command line (same flags as main.py)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -235,6 +237,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_api(args: argparse.Namespace) -> int:
+    from serving import TOKEN_ENV_VAR, serve
+
+    store = Store.open(args.store)
+    token_note = (
+        f"bearer token from {TOKEN_ENV_VAR}" if os.environ.get(TOKEN_ENV_VAR) else "no token"
+    )
+    print(f"moe api: store {store.root}, http://{args.host}:{args.port} ({token_note})", flush=True)
+    serve(store, args.host, args.port, args.device)
+    return 0
+
+
 def _cmd_seed(mode: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from moe.seed_cli import run as run_seed  # torch is imported only for these commands
@@ -283,6 +297,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_cmd_serve)
 
+    api = commands.add_parser("api", help="serve forecasts, the registry and monitoring over HTTP")
+    api.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost)")
+    api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    api.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:n]' for experts and gate")
+    api.set_defaults(run=_cmd_api)
     ingest = commands.add_parser("ingest", help="ingest JSONL or JSONL.gz files")
     ingest.add_argument("files", nargs="+")
     ingest.add_argument("--chunk-lines", type=int, default=10_000)

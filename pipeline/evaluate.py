@@ -8,6 +8,7 @@ arrive by ingesting the longer series). A run is re-scored on every evaluation; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,7 +20,7 @@ from pipeline.config import EvaluateConfig
 from storage.sql import query
 from storage.store import Store
 
-__all__ = ["RunScore", "EvaluationResult", "evaluate_forecasts"]
+__all__ = ["RunScore", "EvaluationResult", "evaluate_forecasts", "mape_alert"]
 
 # For each forecast row whose actual has arrived: the actual, the 90% interval, and the
 # series' history up to the forecast origin (for MASE's in-sample scale).
@@ -130,14 +131,21 @@ def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult
                 }
             ),
         )
-    alert = None
-    recent = runs[-config.consecutive_runs :]
-    if len(recent) == config.consecutive_runs and all(
-        r.mape > config.mape_threshold for r in recent
+    return EvaluationResult(runs=runs, alert=mape_alert([(r.run_id, r.mape) for r in runs], config))
+
+
+def mape_alert(runs: Sequence[tuple[str, float]], config: EvaluateConfig) -> str | None:
+    """The alert message while realised MAPE stayed above the threshold for the last N runs.
+
+    ``runs``: ``(run_id, mape)`` oldest first. ``None`` when the condition does not hold.
+    """
+    recent = list(runs[-config.consecutive_runs :])
+    if len(recent) < config.consecutive_runs or not all(
+        mape > config.mape_threshold for _, mape in recent
     ):
-        alert = (
-            f"realised MAPE above {config.mape_threshold:g}% for the last "
-            f"{config.consecutive_runs} forecast runs: "
-            + ", ".join(f"{r.run_id} {r.mape:.1f}%" for r in recent)
-        )
-    return EvaluationResult(runs=runs, alert=alert)
+        return None
+    return (
+        f"realised MAPE above {config.mape_threshold:g}% for the last "
+        f"{config.consecutive_runs} forecast runs: "
+        + ", ".join(f"{run_id} {mape:.1f}%" for run_id, mape in recent)
+    )
