@@ -133,11 +133,19 @@ def publish_forecast(store: Store, run: ForecastRun) -> None:
 
 
 def publish_evaluation(result: EvaluationResult) -> None:
+    if not result.runs:  # an empty table would read as "no error"; say what it means
+        create_markdown_artifact(
+            "## Realised error\n\nNo actuals have arrived yet for any forecast run: ingest "
+            "the series again once they have grown past their forecast origins, then evaluate.",
+            key="realised-error-status",
+        )
+        return
     create_table_artifact(
         [
             {
                 "run_id": r.run_id,
                 "model_version": r.model_version,
+                "series": r.n_series,
                 "points": r.n_points,
                 "mape": _clean(r.mape),
                 "smape": _clean(r.smape),
@@ -147,7 +155,8 @@ def publish_evaluation(result: EvaluationResult) -> None:
             for r in result.runs
         ],
         key="realised-error",
-        description="Realised error of past forecast runs",
+        description="Realised error of past forecast runs (oldest first)",
     )
-    if result.alert:
-        create_markdown_artifact(f"## Alert\n\n{result.alert}", key="forecast-error-alert")
+    for message in (result.alert, result.growth_alert):
+        if message:
+            create_markdown_artifact(f"## Alert\n\n{message}", key="forecast-error-alert")

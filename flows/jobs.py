@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
+from prefect.client.schemas.objects import FlowRun, State
 
-from flows import artifacts, tasks
+from flows import alerts, artifacts, tasks
 from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
+from storage.store import resolve_store_root
 
 __all__ = ["ingest", "retrain", "batch_forecast", "evaluate"]
 
@@ -24,7 +27,18 @@ def ingest(paths: list[str], store: str | None = None) -> dict[str, int]:
     }
 
 
-@flow(name="retrain", log_prints=True)
+def _retrain_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """``on_failure`` hook: the failure becomes a ``moe.alert.retrain-failed`` event."""
+    store = resolve_store_root(flow_run.parameters.get("store"))
+    alerts.emit_alert(
+        "retrain-failed",
+        store,
+        f"retrain flow run {flow_run.name} failed: {state.message}",
+        flow_run_id=str(flow_run.id),
+    )
+
+
+@flow(name="retrain", log_prints=True, on_failure=[_retrain_failed])
 def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -> dict[str, object]:
     """Ingest -> windows -> expert cache -> train gate -> backtest -> register/promote."""
     opened = tasks.open_store(store)
@@ -39,6 +53,13 @@ def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -
     result = tasks.register_and_decide(opened, artifact, scores, data, config, run_id, experts)
     artifacts.publish_retrain(result)
     get_run_logger().info("%s: %s", result.model_version, result.reason)
+    if not result.promoted:
+        alerts.emit_alert(
+            "not-promoted",
+            opened.root,
+            f"model {result.model_version} was not promoted: {result.reason}",
+            model_version=result.model_version,
+        )
     if result.promoted and config.forecast_after:
         batch_forecast(ForecastConfig(device=config.device), store=str(opened.root))
     return {
@@ -65,6 +86,8 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), store: str | None = None
     opened = tasks.open_store(store)
     result = tasks.evaluate_forecasts(opened, config)
     artifacts.publish_evaluation(result)
-    if result.alert:
-        get_run_logger().warning(result.alert)
+    for kind, message in (("realised-error", result.alert), ("error-growth", result.growth_alert)):
+        if message:
+            get_run_logger().warning(message)
+            alerts.emit_alert(kind, opened.root, message, runs=[r.run_id for r in result.runs])
     return [run.run_id for run in result.runs]

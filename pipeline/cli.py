@@ -7,6 +7,7 @@
 ``moe models list|promote|rollback``  the model registry
 ``moe serve``           register the scheduled deployments and run them (needs a server)
 ``moe api``             the HTTP service: forecasts with the champion, registry, monitoring
+``moe alerts webhook URL``  send every alert (Prefect event moe.alert.*) to a webhook
 ``moe sql "SELECT ..."`` read-only SQL over the store's views
 ``moe store catalog``   (re)write catalog.duckdb for the DuckDB CLI
 ``moe train`` / ``moe predict``  the seed's command line (same flags as main.py)
@@ -249,6 +250,14 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from flows.alerts import setup_webhook
+
+    automation = setup_webhook(args.url, args.name)
+    print(f"automation {automation} ({args.name}): every moe.alert.* event is posted to {args.url}")
+    return 0
+
+
 def _cmd_seed(mode: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from moe.seed_cli import run as run_seed  # torch is imported only for these commands
@@ -302,6 +311,12 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     api.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:n]' for experts and gate")
     api.set_defaults(run=_cmd_api)
+    alerts = commands.add_parser("alerts", help="where alerts go (needs a Prefect server)")
+    alert_commands = alerts.add_subparsers(dest="alerts_command", required=True)
+    webhook = alert_commands.add_parser("webhook", help="post every alert to this URL")
+    webhook.add_argument("url", help="the webhook URL (JSON POST with subject and body)")
+    webhook.add_argument("--name", default="moe-alerts", help="block and automation name")
+    webhook.set_defaults(run=_cmd_alerts)
     ingest = commands.add_parser("ingest", help="ingest JSONL or JSONL.gz files")
     ingest.add_argument("files", nargs="+")
     ingest.add_argument("--chunk-lines", type=int, default=10_000)

@@ -133,3 +133,9 @@ class EvaluateConfig(BaseModel):
         default=3, ge=1, le=100, description="...for this many consecutive forecast runs."
     )
     season_length: int = Field(default=12, ge=1, description="Seasonal period for MASE.")
+    growth_threshold: float = Field(
+        default=0.20,
+        ge=0,
+        description="Alert when last week's realised MAPE exceeds the week before's by more "
+        "than this fraction (0.20 = 20%).",
+    )

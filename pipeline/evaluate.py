@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +20,7 @@ from pipeline.config import EvaluateConfig
 from storage.sql import query
 from storage.store import Store
 
-__all__ = ["RunScore", "EvaluationResult", "evaluate_forecasts", "mape_alert"]
+__all__ = ["RunScore", "EvaluationResult", "evaluate_forecasts", "mape_alert", "growth_alert"]
 
 # For each forecast row whose actual has arrived: the actual, the 90% interval, and the
 # series' history up to the forecast origin (for MASE's in-sample scale).
@@ -56,6 +56,7 @@ class RunScore:
 class EvaluationResult:
     runs: list[RunScore]  # oldest first
     alert: str | None  # set when MAPE stayed above the threshold for N consecutive runs
+    growth_alert: str | None = None  # set when last week's MAPE grew past the growth limit
 
 
 def _score_run(rows: dict[str, np.ndarray], scales: dict[str, float]) -> tuple[float, ...]:
@@ -131,7 +132,35 @@ def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult
                 }
             ),
         )
-    return EvaluationResult(runs=runs, alert=mape_alert([(r.run_id, r.mape) for r in runs], config))
+    return EvaluationResult(
+        runs=runs,
+        alert=mape_alert([(r.run_id, r.mape) for r in runs], config),
+        growth_alert=growth_alert(runs, config),
+    )
+
+
+def growth_alert(runs: Sequence[RunScore], config: EvaluateConfig) -> str | None:
+    """The alert message when realised MAPE grew week on week by more than the limit.
+
+    Weeks end at the newest run's creation time: the mean MAPE of runs made in the 7 days
+    up to it against the mean of the 7 days before. ``None`` without runs in both weeks.
+    """
+    scored = [r for r in runs if np.isfinite(r.mape)]
+    if not scored:
+        return None
+    newest = max(r.created_at for r in scored)
+    week = timedelta(days=7)
+    this_week = [r.mape for r in scored if newest - week < r.created_at <= newest]
+    last_week = [r.mape for r in scored if newest - 2 * week < r.created_at <= newest - week]
+    if not this_week or not last_week:
+        return None
+    now, before = float(np.mean(this_week)), float(np.mean(last_week))
+    if before <= 0 or now <= (1 + config.growth_threshold) * before:
+        return None
+    return (
+        f"realised MAPE grew {100 * (now / before - 1):.0f}% week on week "
+        f"({before:.1f}% -> {now:.1f}%; limit {100 * config.growth_threshold:.0f}%)"
+    )
 
 
 def mape_alert(runs: Sequence[tuple[str, float]], config: EvaluateConfig) -> str | None:

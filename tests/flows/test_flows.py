@@ -113,6 +113,16 @@ def test_batch_forecast_flow_rows_and_artifacts(trained: tuple[Store, State]) ->
     assert "data:image/png;base64," in str(published["forecast-plot"].data)
 
 
+def test_evaluate_flow_says_when_no_actuals_have_arrived(trained: tuple[Store, State]) -> None:
+    """Guards honest monitoring: no actuals yet is said in words, not shown as an empty table."""
+    store, _ = trained
+    state = evaluate(store=str(store.root), return_state=True)
+    assert state.result() == []
+    published = _artifacts(_run_id(state))
+    assert "realised-error" not in published
+    assert "No actuals have arrived yet" in str(published["realised-error-status"].data)
+
+
 def test_evaluate_flow_scores_runs_once_actuals_arrive(
     trained: tuple[Store, State], tmp_path: Path
 ) -> None:

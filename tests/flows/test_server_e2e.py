@@ -9,6 +9,7 @@ checks that the UI lists the deployments. Set ``MOE_SCREENSHOT_DIR`` to keep the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,10 +17,12 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
 
@@ -35,7 +38,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from storage import Store
 from storage.sql import query
 from tests.flows.conftest import FAST_RETRAIN
-from tests.pipeline.conftest import write_series
+from tests.pipeline.conftest import champion_with_bad_actuals, write_series
 
 pytestmark = pytest.mark.slow
 
@@ -314,3 +317,50 @@ def test_prefect_yaml_deploy_and_process_worker(server: Server, served: Served) 
         Store.open(served.store), "SELECT count(*) FROM forecasts WHERE run_id = $1", ["via-worker"]
     )
     assert rows.column(0)[0].as_py() == N_SERIES * HORIZON
+
+
+class _WebhookReceiver:
+    """A local HTTP endpoint that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, object]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                length = int(self.headers.get("content-length") or 0)
+                received.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.received = received
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+
+
+def test_alert_reaches_a_webhook_through_an_automation(server: Server) -> None:
+    """Guards notifications: bad actuals -> moe.alert.realised-error -> automation -> webhook."""
+    receiver = _WebhookReceiver()
+    try:
+        store = server.tmp / "alert-store"
+        champion_with_bad_actuals(store, server.tmp)
+        moe = [sys.executable, "-m", "pipeline.cli"]
+        _run([*moe, "alerts", "webhook", receiver.url], server)
+        _run([*moe, "alerts", "webhook", receiver.url], server)  # a rerun adds no automation
+        _run([*moe, "--store", str(store), "evaluate"], server, timeout=RUN_TIMEOUT_S)
+        deadline = time.monotonic() + 120
+        while not receiver.received and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(5)  # a second automation would have posted by now
+        subjects = [call.get("subject") for call in receiver.received]
+        assert subjects == ["moe.alert.realised-error"], receiver.received
+        body = str(receiver.received[0].get("body"))
+        assert "realised MAPE above 8%" in body and "r3" in body
+    finally:
+        receiver.close()

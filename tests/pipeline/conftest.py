@@ -41,3 +41,40 @@ def write_series(
 @pytest.fixture
 def series_file(tmp_path: Path) -> Path:
     return write_series(tmp_path / "series.jsonl")
+
+
+def champion_with_bad_actuals(root: Path, data: Path) -> dict[str, list[float]]:
+    """A store at ``root``: a champion on offline experts (horizon 6) from 12 series, three
+    forecast runs r1-r3, then actuals 10x off the last value (the MAPE alert holds).
+
+    Returns the series the forecasts were made from (id -> values).
+    """
+    from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
+    from pipeline.evaluate import evaluate_forecasts
+    from pipeline.forecast import batch_forecast
+    from pipeline.retrain import retrain
+    from storage import Store, ingest_jsonl
+
+    store = Store.open(root)
+    short = write_series(data / "short.jsonl", n_series=12, length=60)
+    config = {
+        "experts": ["seasonal_naive", "autoets", "autotheta"],
+        "input_length": 24,
+        "pred_length": 6,
+        "season_length": 1,
+        "max_windows_per_series": 4,
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
+        "jsonl_paths": [str(short)],
+    }
+    retrain(store, RetrainConfig.model_validate(config))
+    for run_id in ("r1", "r2", "r3"):
+        batch_forecast(store, ForecastConfig(run_id=run_id))
+    records = [json.loads(line) for line in short.read_text().splitlines()]
+    with open(data / "bad_actuals.jsonl", "w") as handle:
+        for record in records:
+            last = record["sequence"][-1]
+            longer = {**record, "sequence": record["sequence"] + [10 * last] * 6}
+            handle.write(json.dumps(longer) + "\n")
+    ingest_jsonl(store, data / "bad_actuals.jsonl")
+    assert evaluate_forecasts(store, EvaluateConfig()).alert is not None
+    return {record["series_id"]: record["sequence"] for record in records}

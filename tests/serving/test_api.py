@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -16,27 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
-from pipeline.evaluate import evaluate_forecasts
-from pipeline.forecast import batch_forecast
-from pipeline.retrain import retrain
-from storage import Store, ingest_jsonl
 from storage.schemas import QUANTILE_COLUMNS
-from tests.pipeline.conftest import write_series
+from tests.pipeline.conftest import champion_with_bad_actuals
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-123"
-PRED_LENGTH = 6
-RETRAIN = {
-    "experts": ["seasonal_naive", "autoets", "autotheta"],
-    "input_length": 24,
-    "pred_length": PRED_LENGTH,
-    "season_length": 1,
-    "max_windows_per_series": 4,
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
-}
+PRED_LENGTH = 6  # of champion_with_bad_actuals
 
 
 @dataclass(frozen=True)
@@ -52,29 +38,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _prepare_store(root: Path, data: Path) -> dict[str, list[float]]:
-    """Champion from offline experts, three forecast runs, then actuals 10x off (alert)."""
-    store = Store.open(root)
-    short = write_series(data / "short.jsonl", n_series=12, length=60)
-    retrain(store, RetrainConfig.model_validate({**RETRAIN, "jsonl_paths": [str(short)]}))
-    for run_id in ("r1", "r2", "r3"):
-        batch_forecast(store, ForecastConfig(run_id=run_id))
-    records = [json.loads(line) for line in short.read_text().splitlines()]
-    with open(data / "bad_actuals.jsonl", "w") as handle:
-        for record in records:
-            last = record["sequence"][-1]
-            longer = {**record, "sequence": record["sequence"] + [10 * last] * PRED_LENGTH}
-            handle.write(json.dumps(longer) + "\n")
-    ingest_jsonl(store, data / "bad_actuals.jsonl")
-    assert evaluate_forecasts(store, EvaluateConfig()).alert is not None
-    return {record["series_id"]: record["sequence"] for record in records}
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`moe --store S api --port P` with a bearer token, started and stopped like a user would."""
     root = tmp_path_factory.mktemp("api") / "store"
-    series = _prepare_store(root, tmp_path_factory.mktemp("data"))
+    series = champion_with_bad_actuals(root, tmp_path_factory.mktemp("data"))
     port = _free_port()
     env = {**os.environ, "MOE_API_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "pipeline.cli", "--store", str(root), "api"]
