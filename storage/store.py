@@ -169,16 +169,31 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _scan_sql(self, table: str) -> str:
-        folder = self.table_dir(table).as_posix().replace("'", "''")
-        if table in HIVE_KEY:
-            return (
-                f"read_parquet('{folder}/**/*.parquet', union_by_name=true, hive_partitioning=true)"
-            )
-        return f"read_parquet('{folder}/*.parquet', union_by_name=true)"
+    def part_files(self, table: str) -> list[Path]:
+        """Every Parquet part of ``table`` now (the files its view reads), sorted."""
+        folder = self.table_dir(table)
+        pattern = "*/*.parquet" if table in HIVE_KEY else "*.parquet"
+        return sorted(folder.glob(pattern))
 
-    def _create_views(self, connection: duckdb.DuckDBPyConnection) -> None:
-        scans = {table: self._scan_sql(table) for table in TABLE_SCHEMAS}
+    def _scan_sql(self, table: str, files: list[Path] | None = None) -> str:
+        """``read_parquet`` over the table's folder (globbed at query time) or over ``files``."""
+        hive = ", hive_partitioning=true" if table in HIVE_KEY else ""
+        if files is not None:
+            quoted = ", ".join("'" + f.as_posix().replace("'", "''") + "'" for f in files)
+            return f"read_parquet([{quoted}], union_by_name=true{hive})"
+        folder = self.table_dir(table).as_posix().replace("'", "''")
+        pattern = "**/*.parquet" if table in HIVE_KEY else "*.parquet"
+        return f"read_parquet('{folder}/{pattern}', union_by_name=true{hive})"
+
+    def _create_views(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        files: dict[str, list[Path]] | None = None,
+    ) -> None:
+        scans = {
+            table: self._scan_sql(table, None if files is None else files[table])
+            for table in TABLE_SCHEMAS
+        }
         for view, body in VIEW_SQL.items():
             # View names and folder paths come from storage.schemas and the store, never users.
             statement = f"CREATE OR REPLACE VIEW {view} AS {body.format(**scans)}"
