@@ -89,12 +89,37 @@ def write_forecasts(
     quantiles: np.ndarray | None,
     part_name: str | None = None,
 ) -> None:
-    """Store one batch: ``point`` ``(n, H)``, ``quantiles`` ``(n, H, Q)`` or None."""
+    """Store one batch: ``point`` ``(n, H)``, ``quantiles`` ``(n, H, Q)`` or None.
+
+    Under the store's writer lock, windows another writer cached meanwhile are dropped, so
+    two precomputes of the same windows at once leave one row per window.
+    """
     n, horizon = point.shape
     if n != len(hashes) or horizon != model.pred_length:
         raise ValueError(
             f"point has shape {point.shape}, expected ({len(hashes)}, {model.pred_length})"
         )
+    with store.writer():
+        done = cached_window_hashes(store, model)
+        keep = np.fromiter((h not in done for h in hashes), bool, count=n)
+        if not keep.all():
+            hashes = [h for h, k in zip(hashes, keep, strict=True) if k]
+            point = point[keep]
+            quantiles = None if quantiles is None else quantiles[keep]
+            n = len(hashes)
+        if n:
+            _write_batch(store, model, hashes, point, quantiles, part_name)
+
+
+def _write_batch(
+    store: Store,
+    model: CachedModel,
+    hashes: Sequence[str],
+    point: np.ndarray,
+    quantiles: np.ndarray | None,
+    part_name: str | None,
+) -> None:
+    n, horizon = point.shape
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * horizon)
     point_list = pa.ListArray.from_arrays(offsets, pa.array(point.astype(np.float32).ravel()))
     if quantiles is None:

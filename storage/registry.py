@@ -78,10 +78,38 @@ def register_model(
 ) -> str:
     """Copy the artifact into the store, record the version; returns the version id."""
     version = _new_version()
+    with store.writer():
+        return _register_locked(
+            store,
+            artifact,
+            version,
+            gate_kind=gate_kind,
+            expert_keys=expert_keys,
+            input_length=input_length,
+            pred_length=pred_length,
+            train_windows=train_windows,
+            backtest_mase=backtest_mase,
+            metrics=metrics,
+        )
+
+
+def _register_locked(
+    store: Store,
+    artifact: str | os.PathLike[str],
+    version: str,
+    *,
+    gate_kind: str,
+    expert_keys: Sequence[str],
+    input_length: int,
+    pred_length: int,
+    train_windows: int,
+    backtest_mase: float | None,
+    metrics: dict[str, object],
+) -> str:
     models_dir = store.root / "models"
     models_dir.mkdir(exist_ok=True)
     destination = models_dir / f"{version}.pt"
-    staging = store.tmp_dir / f"{version}.pt"
+    staging = store.tmp_dir / f"{os.getpid()}-{version}.pt"
     shutil.copyfile(artifact, staging)
     os.replace(staging, destination)
     row = {
@@ -168,14 +196,20 @@ def _verify(model: ModelVersion) -> None:
 
 def promote(store: Store, version: str, reason: str) -> ModelVersion:
     """Make ``version`` the champion (its artifact must be intact)."""
-    model = get_model(store, version)
-    _verify(model)
-    record_event(store, version, "promoted", reason)
+    with store.writer():
+        model = get_model(store, version)
+        _verify(model)
+        record_event(store, version, "promoted", reason)
     return get_model(store, version)
 
 
 def rollback(store: Store, reason: str = "manual rollback") -> ModelVersion:
     """Restore the champion before the current one."""
+    with store.writer():
+        return _rollback_locked(store, reason)
+
+
+def _rollback_locked(store: Store, reason: str) -> ModelVersion:
     history = (
         query(
             store,
