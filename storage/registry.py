@@ -218,7 +218,9 @@ def get_model(store: Store, version: str) -> ModelVersion:
     )
     if rows.num_rows == 0:
         known = [m.model_version for m in list_models(store)]
-        raise RegistryError(f"unknown model version {version!r}; known: {known}")
+        raise RegistryError(
+            f"unknown model version {version!r}; known: {known} (see moe models list)"
+        )
     return _row_to_version(rows.to_pylist()[0])
 
 

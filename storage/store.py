@@ -88,6 +88,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _partition_value(value: str) -> str:
+    """``value`` if it is a name a partition folder may carry; reserved and path-like refused."""
+    if not value or "/" in value or "\\" in value or value.startswith((".", "_")):
+        raise ValueError(
+            f"invalid partition value {value!r}: names starting with '.' or '_' are reserved "
+            "by the store, and '/' is not allowed"
+        )
+    return value
+
+
 class Store:
     """A folder of Parquet tables. Cheap to construct; ``open`` creates the layout."""
 
@@ -255,7 +265,7 @@ class Store:
             raise ValueError(f"invalid part name {part_name!r}")
         folder = self.table_dir(table)
         for key, value in (partition or {}).items():
-            folder = folder / f"{key}={value}"
+            folder = folder / f"{key}={_partition_value(value)}"
         return folder / f"{part_name}.parquet"
 
     def has_part(self, table: str, part_name: str, partition: dict[str, str] | None = None) -> bool:
@@ -297,6 +307,8 @@ class Store:
         leaves the previous rows (or none) and a rerun leaves exactly one set.
         """
         schema = TABLE_SCHEMAS[table]
+        for value in partition.values():
+            _partition_value(value)  # refuse reserved names before any work
         staging = self.tmp_dir / f"partition-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
 
@@ -308,7 +320,7 @@ class Store:
             yield write
             final = self.table_dir(table)
             for key, value in partition.items():
-                final = final / f"{key}={value}"
+                final = final / f"{key}={_partition_value(value)}"
             retired = self.tmp_dir / f"retired-{os.getpid()}-{uuid.uuid4().hex}"
             with self.writer():  # the swap is the write; staging needed no lock
                 if final.exists():
