@@ -196,6 +196,10 @@ def _prefect_env() -> None:
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect will start a temporary server
+        from flows.server_guard import install
+
+        install()  # ...which then dies with this process, even on kill -9
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -326,15 +326,18 @@ def _ingest_file(
     first_line_of: dict[str, int] = {}
 
     def flush(chunk: _Chunk, index: int) -> None:
+        # Runs in the writer thread while ingest_jsonl's thread holds the writer lock.
         if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
             table = chunk.series_table(source, report.ingest_id, started_at)
-            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table)
+            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table, held=True)
         # Rejects carry no content key: keep only lines of this file not stored before, so
         # a rerun with any chunk size adds none twice.
         chunk.rejects = [item for item in chunk.rejects if item[0] not in stored_rejects]
         if chunk.rejects:
             rejects = chunk.rejects_table(source, sha, report.ingest_id)
-            store.write_part("ingest_rejects", f"{report.ingest_id}-{index:06d}", rejects)
+            store.write_part(
+                "ingest_rejects", f"{report.ingest_id}-{index:06d}", rejects, held=True
+            )
 
     def reject(chunk: _Chunk, line_number: int, error: LineError, raw: bytes) -> None:
         report.rejected += 1

@@ -55,7 +55,7 @@ _DEFAULT_LOCK_TIMEOUT_S = 900.0
 _TMP_OWNER = re.compile(r"^(?:partition-|retired-)?(\d+)-")
 # One lock object per lock file per process: two flock()s on one file from one process
 # would block each other, and the in-process count makes the lock re-entrant.
-_LOCKS: dict[str, filelock.FileLock] = {}
+_LOCKS: dict[str, tuple[threading.RLock, filelock.FileLock]] = {}
 _LOCKS_GUARD = threading.Lock()
 _LAYOUT_DIGEST = hashlib.sha256(
     repr((sorted(VIEW_SQL.items()), [(t, str(s)) for t, s in TABLE_SCHEMAS.items()])).encode()
@@ -133,42 +133,51 @@ class Store:
 
     # -- the writer lock ------------------------------------------------------------------
 
-    def _lock(self) -> filelock.FileLock:
+    def _locks(self) -> tuple[threading.RLock, filelock.FileLock]:
         path = str(self.root / _LOCK_FILE)
         with _LOCKS_GUARD:
-            lock = _LOCKS.get(path)
-            if lock is None:
-                lock = filelock.FileLock(path, thread_local=False)
-                _LOCKS[path] = lock
-            return lock
+            if path not in _LOCKS:
+                # The RLock orders this process' threads; the file lock orders processes.
+                _LOCKS[path] = (threading.RLock(), filelock.FileLock(path, thread_local=False))
+            return _LOCKS[path]
 
     @contextmanager
     def writer(self, timeout: float | None = None) -> Iterator[None]:
-        """Hold the store's cross-process writer lock (re-entrant within this process).
+        """Hold the store's writer lock: one writing thread in one process at a time.
 
-        Waits up to ``timeout`` seconds (default ``$MOE_WRITER_LOCK_TIMEOUT`` or 900), then
-        raises ``StoreBusy`` naming the process that holds it.
+        Re-entrant in the holding thread. Waits up to ``timeout`` seconds (default
+        ``$MOE_WRITER_LOCK_TIMEOUT`` or 900), then raises ``StoreBusy`` naming the holder.
         """
         if timeout is None:
             timeout = float(os.environ.get(LOCK_TIMEOUT_ENV_VAR, _DEFAULT_LOCK_TIMEOUT_S))
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = self._lock()
-        try:
-            lock.acquire(timeout=timeout)
-        except filelock.Timeout as error:
-            owner = self.root / _OWNER_FILE
-            holder = owner.read_text().strip() if owner.exists() else "unknown"
+        threads, files = self._locks()
+        if not threads.acquire(timeout=timeout if timeout >= 0 else -1):
             raise StoreBusy(
-                f"another process is writing to the store {self.root} (holder: {holder}); "
-                f"wait for it to finish, or raise ${LOCK_TIMEOUT_ENV_VAR} (waited {timeout:g} s)"
-            ) from error
+                f"another thread of this process is writing to the store {self.root}; "
+                f"waited {timeout:g} s"
+            )
         try:
-            if lock.lock_counter == 1:  # outermost: this process just became the writer
-                (self.root / _OWNER_FILE).write_text(f"pid {os.getpid()} since {time.ctime()}\n")
-                self.clean_stale()
-            yield
+            try:
+                files.acquire(timeout=timeout)
+            except filelock.Timeout as error:
+                owner = self.root / _OWNER_FILE
+                holder = owner.read_text().strip() if owner.exists() else "unknown"
+                raise StoreBusy(
+                    f"another process is writing to the store {self.root} (holder: {holder}); "
+                    f"wait for it to finish, or raise ${LOCK_TIMEOUT_ENV_VAR} "
+                    f"(waited {timeout:g} s)"
+                ) from error
+            try:
+                if files.lock_counter == 1:  # outermost: this process just became the writer
+                    owner_line = f"pid {os.getpid()} since {time.ctime()}\n"
+                    (self.root / _OWNER_FILE).write_text(owner_line)
+                    self.clean_stale()
+                yield
+            finally:
+                files.release()
         finally:
-            lock.release()
+            threads.release()
 
     def clean_stale(self) -> list[Path]:
         """Remove ``tmp/`` entries of dead writers and empty partition folders.
@@ -278,11 +287,15 @@ class Store:
         data: pa.Table,
         partition: dict[str, str] | None = None,
         compression: str = "zstd",
+        *,
+        held: bool = False,
     ) -> Path:
         """Write ``data`` as one whole part; replaces a part of the same name (idempotent).
 
         ``data`` is cast to the table's declared schema, so a wrong column fails here, not
         later in a reader. ``compression="none"`` suits float arrays read back in bulk.
+        Takes the writer lock unless ``held``: the caller's operation already holds it from
+        another thread of this process (ingest's background part writer).
         """
         schema = TABLE_SCHEMAS[table]
         try:
@@ -292,8 +305,11 @@ class Store:
                 f"rows for table {table!r} do not match its schema: {error}"
             ) from error
         destination = self.part_path(table, part_name, partition)
-        with self.writer():
+        if held:
             self._write_atomic(data, destination, compression)
+        else:
+            with self.writer():
+                self._write_atomic(data, destination, compression)
         return destination
 
     @contextmanager
