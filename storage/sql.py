@@ -24,7 +24,10 @@ Either layer alone refuses the known escapes (``EXPLAIN ANALYZE COPY ... TO '<st
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +74,26 @@ class ReadOnlyViolation(ValueError):
     """The SQL would write, attach, copy, change settings or read outside the store."""
 
 
-def _parser() -> duckdb.DuckDBPyConnection:
-    """A bare connection used only to parse (nothing user-written is executed on it)."""
+_PARSERS: dict[int, duckdb.DuckDBPyConnection] = {}  # one per process (never shared by fork)
+_PARSER_LOCK = threading.Lock()
+
+
+def _new_parser() -> duckdb.DuckDBPyConnection:
+    """A bare, locked-down connection used only to parse: user text is only ever a bound
+    parameter of ``json_serialize_sql`` or an argument of ``extract_statements`` here."""
     connection = duckdb.connect(":memory:", config=dict(_SANDBOX_CONFIG))
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection
+
+
+@contextmanager
+def _parser() -> Iterator[duckdb.DuckDBPyConnection]:
+    with _PARSER_LOCK:  # a DuckDB connection serves one thread at a time
+        parser = _PARSERS.get(os.getpid())
+        if parser is None:
+            parser = _PARSERS[os.getpid()] = _new_parser()
+        yield parser
 
 
 def _kind(statement: Any) -> str:
@@ -185,8 +202,7 @@ def _check_tree(parser: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 def check_read_only(sql: str) -> None:
     """Raise ``ReadOnlyViolation`` unless ``sql`` is one plain query over the store's views."""
-    parser = _parser()
-    try:
+    with _parser() as parser:
         statement = _one_statement(parser, sql)
         if _kind(statement) == "EXPLAIN":
             inner = _one_statement(parser, _explained(statement.query))
@@ -202,8 +218,6 @@ def check_read_only(sql: str) -> None:
                 "written by the pipeline, never through SQL"
             )
         _check_tree(parser, statement.query)
-    finally:
-        parser.close()
 
 
 def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
