@@ -97,3 +97,40 @@ def test_temporary_server_dies_with_a_killed_cli() -> None:
     if not _gone(server):
         os.kill(server, signal.SIGKILL)
         pytest.fail("the temporary server outlived the killed CLI")
+
+
+@pytest.mark.slow
+def test_retrain_forecast_and_ingest_at_once(store: Store, tmp_path: Path) -> None:
+    """A retrain, a batch forecast and an ingest in three processes: nothing lost or doubled."""
+    first = write_series(tmp_path / "a.jsonl", 20)
+    retrain(store, CONFIG.model_copy(update={"jsonl_paths": [str(first)]}), experts=fake_trio())
+    more = write_series(tmp_path / "b.jsonl", 30, seed=1)  # ids s000..s029: 10 new, 20 changed
+    second = CONFIG.model_copy(update={"jsonl_paths": [str(first)], "promotion_margin": 0.0})
+    workers = [
+        _worker("retrain", str(store.root), second.model_dump_json(), "0.05"),
+        _worker("forecast", str(store.root), "busy", "5", "0.05"),
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "--store", str(store.root), "ingest", str(more)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        ),
+    ]
+    codes = [worker.wait(timeout=300) for worker in workers]
+    assert codes == [0, 0, 0], [w.stderr.read() for w in workers if w.stderr]
+    # A repeat of a series' previous content is a duplicate; A -> B -> A is a legit revert
+    # (the retrain re-ingests a.jsonl after or before b.jsonl changed 20 series).
+    counts = query(
+        store,
+        "SELECT (SELECT count(*) FROM series), (SELECT count(*) FROM series_versions), "
+        "(SELECT count(*) FROM (SELECT content_hash = lag(content_hash) OVER (PARTITION BY "
+        "series_id ORDER BY version) AS repeated FROM series_versions) WHERE repeated), "
+        "(SELECT count(*) FROM model_registry), "
+        "(SELECT count(*) FROM forecasts WHERE run_id = 'busy'), "
+        "(SELECT count(DISTINCT (series_id, step)) FROM forecasts WHERE run_id = 'busy'), "
+        "(SELECT count(DISTINCT series_id) FROM forecasts WHERE run_id = 'busy')",
+    ).to_pylist()[0]
+    series, versions, repeated, models, rows, distinct_rows, forecast_series = counts.values()
+    assert (series, repeated, models) == (30, 0, 2) and versions in (50, 70)
+    assert rows == distinct_rows == forecast_series * CONFIG.pred_length
+    assert forecast_series in (20, 30)  # the series stored when the forecast listed them
