@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -172,7 +171,7 @@ def _invalid(row: dict[str, object]) -> str | None:
     if not isinstance(keys, list) or len(keys) < 2 or not all(isinstance(k, str) for k in keys):
         return f"expert_keys {keys!r} is not a list of at least two names"
     mase = row.get("backtest_mase")
-    if mase is not None and (not isinstance(mase, float) or math.isnan(mase)):
+    if mase is not None and not isinstance(mase, float):  # NaN is a (bad) score, not forgery
         return f"backtest_mase {mase!r} is not a number"
     if row.get("status") not in _STATUSES:
         return f"status {row.get('status')!r} is unknown"
