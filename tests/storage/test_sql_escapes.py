@@ -91,6 +91,7 @@ ESCAPES: list[str] = [
     "SELECT * FROM force_checkpoint()",
     "SELECT * FROM duckdb_settings()",
     "SELECT * FROM sniff_csv('{secret}')",
+    "SELECT * FROM read_text('.tmp/secret')",  # DuckDB's default temp folder was readable
     # nesting: subqueries, CTEs, set operations, lateral, scalar subqueries, comments
     "SELECT * FROM (SELECT * FROM (SELECT * FROM read_text('{secret}')))",
     "WITH x AS (SELECT * FROM read_text('{secret}')) SELECT * FROM x",
@@ -169,6 +170,7 @@ _FILE_ATTEMPTS = [
     "SELECT * FROM glob('{tables}/*')",
     "SELECT * FROM read_parquet('{tables}/series_versions/*.parquet')",
     "EXPORT DATABASE '{tables}/export'",
+    "SELECT * FROM read_text('.tmp/secret')",
     "SET allowed_paths = ['/']",
     "SET enable_external_access = true",
     "INSTALL httpfs",
