@@ -81,6 +81,29 @@ def cached_window_hashes(store: Store, model: CachedModel) -> set[str]:
     return set() if table is None else set(table.column("window_hash").to_pylist())
 
 
+# The hashes of the partition last written, and which part files they came from: a
+# precompute writes many batches into one partition, and re-reading every part for each
+# batch would grow quadratically. One entry only, so a long-lived worker holds no more.
+_LAST_SEEN: dict[str, tuple[set[str], set[str]]] = {}
+
+
+def _cached_incrementally(store: Store, model: CachedModel) -> set[str]:
+    """``cached_window_hashes``, reading only part files not seen by the previous call."""
+    folder = _partition_dir(store, model)
+    key = str(folder)
+    files_seen, hashes = _LAST_SEEN.get(key, (set(), set()))
+    if key not in _LAST_SEEN:
+        _LAST_SEEN.clear()
+    current = {f.name for f in folder.glob("*.parquet")} if folder.exists() else set()
+    if not files_seen <= current:  # a part vanished (store rebuilt): start over
+        files_seen, hashes = set(), set()
+    for name in sorted(current - files_seen):
+        table = pq.read_table(folder / name, columns=["window_hash"])
+        hashes.update(table.column("window_hash").to_pylist())
+    _LAST_SEEN[key] = (current, hashes)
+    return hashes
+
+
 def write_forecasts(
     store: Store,
     model: CachedModel,
@@ -100,7 +123,7 @@ def write_forecasts(
             f"point has shape {point.shape}, expected ({len(hashes)}, {model.pred_length})"
         )
     with store.writer():
-        done = cached_window_hashes(store, model)
+        done = _cached_incrementally(store, model)
         keep = np.fromiter((h not in done for h in hashes), bool, count=n)
         if not keep.all():
             hashes = [h for h, k in zip(hashes, keep, strict=True) if k]
