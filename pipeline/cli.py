@@ -49,15 +49,16 @@ class UserError(Exception):
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe bad input, not a bug (torch-free imports only)."""
-    from moe.artifact import ArtifactError  # light: no expert libraries
+    """Exceptions that describe bad input or a refused request, not a bug.
 
+    ``ValueError`` covers ``ArtifactError``, pydantic-free config checks and messages such
+    as "no training windows: ingest longer series"; ``KeyError``/``IndexError`` stay bugs.
+    """
     return (
         UserError,
         IngestError,
         ReadOnlyViolation,
         RegistryError,
-        ArtifactError,
         StoreNotFound,
         StoreBusy,
         NotADirectoryError,
@@ -66,7 +67,6 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         ValidationError,
         duckdb.Error,
         ValueError,
-        LookupError,
     )
 
 
