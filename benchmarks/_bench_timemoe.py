@@ -15,7 +15,6 @@ With ``pred_length`` <= 64 both paths are one forward pass over the window.
 from __future__ import annotations
 
 import argparse
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,7 +67,6 @@ def bench_timemoe(
     from moe.experts.base import ExpertConfig
     from moe.experts.timemoe import TimeMoEForecaster
 
-    warnings.filterwarnings("ignore", "The attention mask API under", FutureWarning)
     torch.manual_seed(seed)
     model = TimeMoeForPrediction(TimeMoeConfig(**TIMEMOE_50M))
     model = model.to(device=device, dtype=getattr(torch, dtype)).eval().requires_grad_(False)

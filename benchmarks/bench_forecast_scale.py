@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 def _setup(root: Path, n_series: int) -> None:
     """Ingest ``n_series`` series and register a gate trained on the fake experts."""
+    from moe.experts.fake import fake_trio
     from pipeline.config import RetrainConfig
     from pipeline.retrain import retrain
     from storage import Store, ingest_jsonl
-    from tests.fake_experts import fake_trio
 
     store = Store.open(root / "store")
     data = root / "series.jsonl"
@@ -55,10 +55,10 @@ def _setup(root: Path, n_series: int) -> None:
 
 def _forecast(root: Path, chunk: int) -> None:
     """The measured part, in its own process: batch forecast over every stored series."""
+    from moe.experts.fake import fake_trio
     from pipeline.config import ForecastConfig
     from pipeline.forecast import batch_forecast
     from storage import Store
-    from tests.fake_experts import fake_trio
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()

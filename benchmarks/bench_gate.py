@@ -16,7 +16,7 @@ similar cost (the per-expert time on the batch is printed to check that).
 
 Expert specs for ``--experts`` (comma-separated; the factory is pluggable):
 
-* ``fake:NAME``: ``tests.fake_experts.FakeExpert`` (almost free; shows overheads only);
+* ``fake:NAME``: ``moe.experts.fake.FakeExpert`` (almost free; shows overheads only);
 * ``mlp:NAME[:WIDTH]``: a random-weight MLP forecaster (synthetic, similar-cost experts);
 * ``random:moirai|timemoe|timesfm``: the full-size architectures with random weights, built
   from the other benchmark helpers (compute of the real checkpoints; forecasts meaningless);
@@ -143,7 +143,7 @@ def make_expert(spec: str, input_length: int, pred_length: int, device: str) -> 
 
         return build_expert(spec, ExpertConfig(device=device))
     if kind == "fake":
-        from tests.fake_experts import FakeExpert
+        from moe.experts.fake import FakeExpert
 
         return FakeExpert(rest, factor=1.0 + 0.1 * (zlib.crc32(rest.encode()) % 7))
     if kind == "mlp":

@@ -87,7 +87,7 @@ def one_line(error: BaseException) -> str:
 
 
 def sample_path() -> Path:
-    """The bundled real sample: 300 M3 monthly series (see tools/make_sample_data.py)."""
+    """The bundled real sample: 300 M3 monthly series (see scripts/make_sample_data.py)."""
     return Path(str(resources.files("pipeline") / "sample_data" / "m3_monthly_sample.jsonl.gz"))
 
 

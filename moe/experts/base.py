@@ -28,7 +28,16 @@ __all__ = [
     "Expert",
     "ExpertLoadError",
     "MissingExtraError",
+    "TORCH_DTYPES",
+    "torch_dtype",
 ]
+
+#: The torch dtype of each ``ExpertConfig.dtype`` name (the one map every adapter uses).
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 #: Quantile levels of the cached/stored layout, ascending. 0.05 and 0.95 give a 90% interval.
 QUANTILE_LEVELS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -109,3 +118,14 @@ class MissingExtraError(ImportError):
             f"expert {expert!r} needs the Python package {module!r}; "
             f"install it with: pip install -e '.[{extra}]'"
         )
+
+
+def torch_dtype(name: str, supported: tuple[str, ...], expert: str, hint: str = "") -> torch.dtype:
+    """``TORCH_DTYPES[name]`` for an adapter that runs only in the ``supported`` dtypes.
+
+    Raises ``ValueError`` naming the expert, the supported names and the given one (plus
+    ``hint``, e.g. what to use instead).
+    """
+    if name not in supported:
+        raise ValueError(f"{expert} dtype must be one of {sorted(supported)}, got {name!r}{hint}")
+    return TORCH_DTYPES[name]

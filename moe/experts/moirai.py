@@ -63,11 +63,13 @@ from moe.experts._loading import (
 )
 from moe.experts.base import (
     QUANTILE_LEVELS,
+    TORCH_DTYPES,
     ExpertCapabilities,
     ExpertConfig,
     ExpertForecast,
     ExpertLoadError,
     MissingExtraError,
+    torch_dtype,
 )
 
 if TYPE_CHECKING:
@@ -96,7 +98,7 @@ TOKENS_PER_CALL = 1 << 17
 _NAME = "moirai"
 _DISPLAY = "Moirai"  # in input and configuration errors; load errors say "Moirai-MoE"
 _WEIGHT_FILES = ("config.json", "model.safetensors")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_SUPPORTED_DTYPES = ("float32", "bfloat16")
 _MEDIAN = QUANTILE_LEVELS.index(0.5)
 _WEIGHTS = WeightsSpec(
     expert="Moirai-MoE",
@@ -150,8 +152,7 @@ class MoiraiExpert:
             seed: seed of the sampling generator (re-seeded per row and step).
             max_context: longest context used; longer ones keep their last points.
         """
-        if dtype not in _DTYPES:
-            raise ValueError(f"Moirai dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        torch_dtype(dtype, _SUPPORTED_DTYPES, "Moirai")
         if num_samples < 1 or batch_size < 1:
             raise ValueError(
                 f"Moirai num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}"
@@ -267,7 +268,7 @@ class MoiraiExpert:
         device_type = tokens.target.device.type
         try:
             with torch.autocast(
-                device_type, dtype=_DTYPES[self._dtype], enabled=self._dtype != "float32"
+                device_type, dtype=TORCH_DTYPES[self._dtype], enabled=self._dtype != "float32"
             ):
                 distribution = self.module(
                     tokens.target,  # P is the largest patch size: no padding to it needed
@@ -324,11 +325,12 @@ def build(config: ExpertConfig) -> MoiraiExpert:
     except ImportError as error:
         raise MissingExtraError(_NAME, "moirai", "uni2ts") from error
 
-    if config.dtype not in _DTYPES:
-        raise ValueError(
-            f"Moirai dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}"
-            " (float16 is not supported; use bfloat16 on GPUs)"
-        )
+    torch_dtype(
+        config.dtype,
+        _SUPPORTED_DTYPES,
+        "Moirai",
+        " (float16 is not supported; use bfloat16 on GPUs)",
+    )
     device = check_device(config.device, _DISPLAY)
     source = resolve_weights(_WEIGHTS, config)
     try:

@@ -19,7 +19,9 @@ Library
     KV cache are broken on transformers 5, so this adapter rolls out autoregressively
     itself over ``forward(use_cache=False)``: each step asks the model for
     ``max_horizon_length=remaining``, which selects the largest output head that fits
-    (TimeMoE-50M heads: 1, 8, 32, 64), and appends the prediction to the input.
+    (TimeMoE-50M heads: 1, 8, 32, 64), and appends the prediction to the input. The
+    attention mask comes from ``moe.experts._timemoe_mask``, not from the private
+    transformers helper sktime calls (removed in transformers 5.24).
 
 Preprocessing (per row, in this order)
     * Longer than ``max_context`` (the checkpoint's ``max_position_embeddings``, 4096 for
@@ -60,8 +62,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from moe.experts import _timemoe_mask
 from moe.experts._loading import WeightsSpec, fingerprint, how_to_provide, resolve_weights
 from moe.experts.base import (
+    TORCH_DTYPES,
     ExpertCapabilities,
     ExpertConfig,
     ExpertForecast,
@@ -89,7 +93,6 @@ _TIMEMOE_MAX_CONTEXT = 4096
 #: Upper bound on one layer's eager attention scores per forward call, in bytes.
 ATTENTION_BUDGET_BYTES = 4 * 2**30
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
@@ -136,8 +139,12 @@ class TimeMoEForecaster:
                 f"Time-MoE checkpoint {checkpoint!r} has input_size={model_config.input_size}; "
                 "this expert forecasts univariate series and needs input_size=1"
             )
+        try:  # sktime's call to a vanished transformers helper (see _timemoe_mask)
+            _timemoe_mask.install(model)
+        except RuntimeError as exc:
+            raise ExpertLoadError(str(exc)) from exc
         self._device = torch.device(config.device)
-        self._dtype = _DTYPES[config.dtype]
+        self._dtype = TORCH_DTYPES[config.dtype]
         self._model = model.to(device=self._device, dtype=self._dtype).eval()
         self._model.requires_grad_(False)
         self._batch_size = config.batch_size
@@ -246,7 +253,7 @@ def _load(model_class: Any, directory: Path, config: ExpertConfig) -> nn.Module:
 def _from_pretrained(model_class: Any, directory: str, config: ExpertConfig) -> nn.Module:
     """``from_pretrained`` on a local directory that refuses partially random weights."""
     model, info = model_class.from_pretrained(
-        directory, dtype=_DTYPES[config.dtype], local_files_only=True, output_loading_info=True
+        directory, dtype=TORCH_DTYPES[config.dtype], local_files_only=True, output_loading_info=True
     )
     problems = {key: value for key, value in info.items() if value and key != "error_msgs"}
     if problems or info.get("error_msgs"):

@@ -62,6 +62,7 @@ from moe.experts.base import (
     ExpertForecast,
     ExpertLoadError,
     MissingExtraError,
+    torch_dtype,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ CHECKPOINT_ENV_VAR = "MOE_TIMESFM_CHECKPOINT"
 
 _NAME = "timesfm"
 _DISPLAY = "TimesFM"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_SUPPORTED_DTYPES = ("float32", "bfloat16")
 _TOLERANCE = 1e-6  # the library's threshold below which a scale counts as zero
 
 
@@ -271,16 +272,14 @@ def build(config: ExpertConfig) -> TimesFM25Expert:
     except ImportError as error:
         raise MissingExtraError(_NAME, "timesfm", "transformers") from error
 
-    if config.dtype not in _DTYPES:
-        raise ValueError(
-            f"TimesFM dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}"
-            " (float16 is not offered for TimesFM)"
-        )
+    dtype = torch_dtype(
+        config.dtype, _SUPPORTED_DTYPES, "TimesFM", " (float16 is not offered for TimesFM)"
+    )
     device = check_device(config.device, _DISPLAY)
     source = resolve_weights(_WEIGHTS, config)
     try:
         loaded = TimesFm2_5ModelForPrediction.from_pretrained(
-            source.directory, dtype=_DTYPES[config.dtype], output_loading_info=True
+            source.directory, dtype=dtype, output_loading_info=True
         )
         model, info = cast("tuple[TimesFm2_5ModelForPrediction, dict[str, Any]]", loaded)
     except Exception as error:  # re-raised with the place; transformers' errors vary

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from moe.experts import EXPERT_NAMES, FOUNDATION_EXPERTS, Expert, build_expert
+from moe.experts.fake import FakeExpert
 from tests.experts.contract import assert_expert_contract
-from tests.fake_experts import FakeExpert
 
 
 def _factory(name: str) -> Callable[[Path], Expert]:

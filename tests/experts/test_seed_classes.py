@@ -21,8 +21,8 @@ from moe.experts import (
     TimesFMExpert,
     build_expert,
 )
+from moe.experts.fake import FakeExpert
 from moe.experts.registry import _BUILDERS
-from tests.fake_experts import FakeExpert
 
 SEED_CLASSES = {"moirai": MoiraiMoEExpert, "timemoe": TimeMoEExpert, "timesfm": TimesFMExpert}
 

@@ -15,10 +15,6 @@ from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtra
 from moe.experts.timemoe import CHECKPOINT_ENV_VAR, TimeMoEForecaster, _fill_missing, build
 from tests.experts.tiny_timemoe import make_tiny, tiny_model
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:The attention mask API under:FutureWarning"  # sktime's Time-MoE uses the old helper
-)
-
 NAN = float("nan")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moe.experts.base import ExpertForecast
-from tests.fake_experts import FakeExpert, fake_trio
+from moe.experts.fake import FakeExpert, fake_trio
 
 __all__ = ["RecordingExpert", "recording_trio", "synthetic_windows"]
 

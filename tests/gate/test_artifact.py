@@ -11,8 +11,8 @@ import torch
 
 from moe.api import MissingExpertError, load_router, predict_from_model, train_and_save
 from moe.artifact import FORMAT_VERSION, ArtifactError, data_fingerprint, load_artifact
+from moe.experts.fake import FakeExpert, fake_trio
 from moe.training import TrainConfig
-from tests.fake_experts import FakeExpert, fake_trio
 
 SEED_KEYS = {"gating_state", "expert_keys", "pred_length", "input_length"}
 

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe.experts.base import Expert
+from moe.experts.fake import fake_trio
 from moe.gates import GateKind
 from moe.router import MoERouter, Routing, mix, replay_top2, run_experts, select_top2
 from moe.scaling import scale_context, scale_forecasts, window_scale
 from moe.training import TrainConfig, train_gate, train_gate_live
-from tests.fake_experts import fake_trio
 from tests.gate.helpers import recording_trio, synthetic_windows
 
 FAST = settings(max_examples=40, deadline=None)

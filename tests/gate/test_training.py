@@ -9,11 +9,11 @@ from torch import nn
 
 from moe._fast_linear import FastLinearTrainer
 from moe.experts.base import Expert, ExpertCapabilities, ExpertForecast
+from moe.experts.fake import fake_trio
 from moe.gates import LinearGate, load_balancing_loss
 from moe.router import mix, run_experts, select_top2
 from moe.scaling import scale_context, seasonal_naive_scale, window_scale
 from moe.training import TrainConfig, best_pair, train_gate, train_gate_live
-from tests.fake_experts import fake_trio
 from tests.gate.helpers import synthetic_windows
 
 

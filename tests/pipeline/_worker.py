@@ -8,11 +8,11 @@ import time
 import torch
 
 from moe.experts.base import ExpertForecast
+from moe.experts.fake import FakeExpert, fake_trio
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
 from pipeline.retrain import retrain
 from storage import Store
-from tests.fake_experts import FakeExpert, fake_trio
 
 
 class SlowFake(FakeExpert):

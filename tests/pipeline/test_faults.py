@@ -12,12 +12,12 @@ from pathlib import Path
 
 import duckdb
 
+from moe.experts.fake import fake_trio
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
 from pipeline.retrain import retrain
 from storage import Store
 from storage.sql import query
-from tests.fake_experts import fake_trio
 from tests.pipeline.conftest import write_series
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from moe.experts.fake import fake_trio
 from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
 from pipeline.evaluate import evaluate_forecasts
 from pipeline.forecast import batch_forecast
@@ -14,7 +15,6 @@ from storage import Store, ingest_jsonl
 from storage.registry import champion, list_models
 from storage.schemas import QUANTILE_COLUMNS
 from storage.sql import query
-from tests.fake_experts import fake_trio
 from tests.pipeline.conftest import write_series
 
 FAST_TRAIN = {"epochs": 3, "batch_size": 32, "lr": 0.01}

