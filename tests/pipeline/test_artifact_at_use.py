@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from moe.artifact import ArtifactError, GateArtifact, save_artifact
+from moe.experts.fake import fake_trio
 from moe.gates import build_gate
 from pipeline.config import ForecastConfig
 from pipeline.forecast import batch_forecast
 from storage import Store, ingest_jsonl
 from storage.registry import RegistryError, champion, promote, register_model
 from storage.sql import query
-from tests.fake_experts import fake_trio
 
 KEYS = ["moirai", "timemoe", "timesfm"]
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from moe.experts.fake import fake_trio
 from pipeline.retrain import retrain
 from storage import Store
 from storage.sql import query
-from tests.fake_experts import fake_trio
 from tests.pipeline.conftest import write_series
 from tests.pipeline.test_faults import CONFIG, REPO, _worker
 
