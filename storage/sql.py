@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +57,7 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 #: System schemas whose (read-only, in-memory) catalog tables may be named.
 _SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog"})
 _LOCAL_CATALOGS = frozenset({"", "memory"})
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _READ_RETRIES = 3  # a part renamed away between listing and reading: list again
 
 # Settings fixed when the connection is created (before ``lock_configuration``).
@@ -67,6 +69,7 @@ _SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
     "allow_community_extensions": False,
     "allow_unsigned_extensions": False,
     "allow_persistent_secrets": False,
+    "python_enable_replacements": False,  # `FROM df` must not scan a Python variable
 }
 
 
@@ -174,6 +177,11 @@ def _check_tree(parser: duckdb.DuckDBPyConnection, sql: str) -> None:
         if isinstance(node.get("cte_map"), dict)
         for entry in node["cte_map"].get("map", [])
     }
+    # CTE names are checked without their scopes, so a CTE may not be named like a file:
+    # `WITH "/x.csv" AS (...)` must not let a `FROM '/x.csv'` elsewhere pass as that CTE.
+    for name in ctes:
+        if not _IDENTIFIER.match(name):
+            raise ReadOnlyViolation(f"CTE name {name!r} must be a plain identifier")
     views = {name.lower() for name in VIEW_NAMES}
     for node in nodes:
         kind = node.get("type")

@@ -105,6 +105,8 @@ ESCAPES: list[str] = [
     "SELECT/**/*/**/FROM/**/read_text('{secret}')",
     "FROM read_text('{secret}')",
     "WITH series AS (SELECT 1) SELECT * FROM evil_table",
+    "SELECT * FROM (WITH \"{secret}\" AS (SELECT 1) SELECT 1), '{secret}'",
+    "SELECT * FROM hostile",  # a Python variable of that name must not be scanned
     "SELECT * FROM evil_db.main.series",
     "SELECT * FROM temp.main.t",
     # not SQL at all
@@ -264,3 +266,17 @@ def test_no_temp_folder_is_created(hostile: tuple[Store, Path], tmp_path: Path) 
     finally:
         os.chdir(cwd)
     assert not (tmp_path / ".tmp").exists()
+
+
+def test_sandbox_does_not_scan_python_variables(hostile: tuple[Store, Path]) -> None:
+    """DuckDB's Python replacement scan (FROM <variable>) is off in the sandbox."""
+    import pandas as pd
+
+    store, _ = hostile
+    leak = pd.DataFrame({"secret": ["hunter2"]})  # noqa: F841 - the name is the attack
+    connection = readonly_connection(store)
+    try:
+        with pytest.raises(duckdb.CatalogException):
+            connection.sql("SELECT * FROM leak").fetchall()
+    finally:
+        connection.close()
