@@ -43,6 +43,9 @@ __all__ = [
     "GateArtifact",
     "save_artifact",
     "load_artifact",
+    "validate_artifact",
+    "MAX_INPUT_LENGTH",
+    "MAX_PRED_LENGTH",
     "data_fingerprint",
     "library_versions",
 ]
@@ -52,6 +55,12 @@ FORMAT_VERSION = 1
 _SUPPORTED_VERSIONS = (0, 1)
 _SEED_KEYS = ("gating_state", "expert_keys", "pred_length", "input_length")
 _REQUIRED_V1 = (*_SEED_KEYS, "format_version", "gate", "experts", "scaling")
+#: Bounds checked before anything is allocated from a file (the retrain config's limits).
+MAX_INPUT_LENGTH = 4096
+MAX_PRED_LENGTH = 1024
+_MAX_EXPERTS = 64
+_MAX_GATE_WIDTH = 4096
+_MAX_GATE_HEADS = 64
 
 
 class ArtifactError(ValueError):
@@ -264,6 +273,7 @@ def load_artifact(path: str | Path) -> GateArtifact:
         _check_keys(path, raw, _REQUIRED_V1)
         fields = {key: raw[key] for key in GateArtifact.__dataclass_fields__ if key in raw}
         artifact = GateArtifact(**fields)
+    validate_artifact(artifact, f"model file {str(path)!r}")
     if len(artifact.experts) != len(artifact.expert_keys):
         raise ArtifactError(
             f"model file {str(path)!r}: {len(artifact.experts)} expert entries for "
@@ -274,3 +284,64 @@ def load_artifact(path: str | Path) -> GateArtifact:
     except (ValueError, KeyError) as error:
         raise ArtifactError(f"model file {str(path)!r}: {error}") from error
     return artifact
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ArtifactError(f"{where}: {name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def validate_artifact(artifact: GateArtifact, where: str = "model") -> None:
+    """Raise ``ArtifactError`` unless ``artifact`` is internally consistent and bounded.
+
+    Checked before any gate is built, so a hostile file cannot make us allocate: lengths
+    within ``MAX_INPUT_LENGTH``/``MAX_PRED_LENGTH``, gate width/heads bounded; distinct
+    ``expert_keys`` (at least 2) that name the ``experts`` entries in order; every gate
+    weight a finite floating tensor; quantile levels finite and in (0, 1).
+    """
+    _bounded_int(artifact.input_length, "input_length", 1, MAX_INPUT_LENGTH, where)
+    _bounded_int(artifact.pred_length, "pred_length", 1, MAX_PRED_LENGTH, where)
+    keys = artifact.expert_keys
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise ArtifactError(f"{where}: expert_keys must be a list of names, got {keys!r}")
+    if not 2 <= len(keys) <= _MAX_EXPERTS or len(set(keys)) != len(keys):
+        raise ArtifactError(
+            f"{where}: expert_keys must be 2..{_MAX_EXPERTS} distinct names, got {keys}"
+        )
+    entries = artifact.experts
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ArtifactError(f"{where}: experts must be a list of dicts")
+    names = [entry.get("name") for entry in entries]
+    if names != keys:
+        raise ArtifactError(
+            f"{where}: expert_keys {keys} disagree with the experts list {names} "
+            "(the gate's outputs would be matched to the wrong experts)"
+        )
+    gate = artifact.gate
+    if not isinstance(gate, dict) or not isinstance(gate.get("kind"), str):
+        raise ArtifactError(f"{where}: gate must be a dict with a 'kind', got {gate!r}")
+    if "width" in gate:
+        _bounded_int(gate["width"], "gate width", 1, _MAX_GATE_WIDTH, where)
+    if "heads" in gate:
+        _bounded_int(gate["heads"], "gate heads", 1, _MAX_GATE_HEADS, where)
+    if not isinstance(artifact.scaling, dict) or not isinstance(
+        artifact.scaling.get("method"), str
+    ):
+        raise ArtifactError(f"{where}: scaling must be a dict with a 'method'")
+    state = artifact.gating_state
+    if not isinstance(state, dict) or not state:
+        raise ArtifactError(f"{where}: gating_state must be a non-empty dict of tensors")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise ArtifactError(f"{where}: gating_state[{name!r}] is not a floating tensor")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(
+                f"{where}: gating_state[{name!r}] holds NaN or infinite weights; "
+                "the gate would forecast NaN: retrain it"
+            )
+    levels = artifact.quantile_levels
+    if not isinstance(levels, list) or not all(
+        isinstance(q, (int, float)) and not isinstance(q, bool) and 0.0 < q < 1.0 for q in levels
+    ):
+        raise ArtifactError(f"{where}: quantile_levels must be numbers in (0, 1), got {levels!r}")

@@ -11,6 +11,10 @@
 ``moe sql "SELECT ..."`` read-only SQL over the store's views
 ``moe store catalog``   (re)write catalog.duckdb for the DuckDB CLI
 ``moe train`` / ``moe predict``  the seed's command line (same flags as main.py)
+
+User errors (a bad path, bad JSON, an unknown series, no champion, a busy store...) print
+one line, ``error: <what is wrong and what to do>``, and exit 2; ``--debug`` adds the
+traceback. Read-only commands never create a store: a mistyped ``--store`` says so.
 """
 
 from __future__ import annotations
@@ -20,18 +24,69 @@ import csv
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
+import duckdb
 import pyarrow as pa
+from pydantic import ValidationError
 
 from storage import IngestError, IngestReport, Store, ingest_jsonl
+from storage.registry import RegistryError
 from storage.sql import ReadOnlyViolation, query
+from storage.store import StoreBusy, StoreNotFound
+
+if TYPE_CHECKING:  # the configs import torch; the CLI imports them only when a job needs them
+    from pipeline.config import ForecastConfig, RetrainConfig
 
 __all__ = ["main", "format_table", "sample_path"]
 
 _MAX_REJECTS_SHOWN = 20
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; printed as one line, exit 2."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe bad input or a refused request, not a bug.
+
+    ``ValueError`` covers ``ArtifactError``, pydantic-free config checks and messages such
+    as "no training windows: ingest longer series"; ``KeyError``/``IndexError`` stay bugs.
+    """
+    return (
+        UserError,
+        IngestError,
+        ReadOnlyViolation,
+        RegistryError,
+        StoreNotFound,
+        StoreBusy,
+        NotADirectoryError,
+        FileNotFoundError,
+        PermissionError,
+        ValidationError,
+        duckdb.Error,
+        ValueError,
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line: pydantic errors as ``field: problem; ...``."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "config"
+            parts.append(f"{where}: {item['msg']}")
+        text = (
+            f"invalid {error.title}: " + "; ".join(parts) + " (the fields and their limits "
+            "are described in pipeline/config.py)"
+        )
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 def sample_path() -> Path:
@@ -65,9 +120,10 @@ def _print_ingest(report: IngestReport, out: Callable[[str], None]) -> None:
         out(f"rejected {rejected.describe(report.source_file)}")
     if report.rejected > _MAX_REJECTS_SHOWN:
         more = report.rejected - _MAX_REJECTS_SHOWN
+        # By the file's digest: a re-ingest stores no reject twice, so its own id has none.
         out(
-            f'... and {more} more: moe sql "SELECT * FROM ingest_rejects WHERE ingest_id = '
-            f"'{report.ingest_id}'\""
+            f'... and {more} more: moe sql "SELECT line_number, field, reason FROM '
+            f"ingest_rejects WHERE file_sha256 = '{report.file_sha256}' ORDER BY line_number\""
         )
     records = report.accepted + report.rejected
     out(
@@ -89,7 +145,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         try:
             report = ingest_jsonl(store, path, chunk_lines=args.chunk_lines)
         except IngestError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             status = 2
             continue
         _print_ingest(report, print)
@@ -99,15 +155,17 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    store = Store.open(args.store)
-    try:
-        table = query(store, args.query, [json.loads(p) for p in args.param])
-    except ReadOnlyViolation as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # DuckDB's own message (unknown column, syntax) is the best one
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    store = Store.open_existing(args.store)
+    parameters = []
+    for index, text in enumerate(args.param, start=1):
+        try:
+            parameters.append(json.loads(text))
+        except json.JSONDecodeError as error:
+            raise UserError(
+                f"--param number {index} ({text!r}) is not JSON ({error.msg}); quote strings "
+                """as JSON, e.g. --param '"abc"'"""
+            ) from error
+    table = query(store, args.query, parameters)
     if args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(table.column_names)
@@ -120,7 +178,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_store(args: argparse.Namespace) -> int:
-    store = Store.open(args.store)
+    store = Store.open_existing(args.store)
     path = store.write_catalog()
     print(f"wrote {path}; open it with: duckdb -readonly {path}")
     return 0
@@ -141,6 +199,10 @@ def _prefect_env() -> None:
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect will start a temporary server
+        from flows.server_guard import install
+
+        install()  # ...which then dies with this process, even on kill -9
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -173,53 +235,88 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_retrain(args: argparse.Namespace) -> int:
-    _prefect_env()
-    from flows.jobs import retrain
+def _parse_retrain_config(args: argparse.Namespace) -> RetrainConfig:
     from pipeline.config import RetrainConfig
 
     config = RetrainConfig.model_validate_json(args.config) if args.config else RetrainConfig()
     if args.jsonl:
         config = RetrainConfig.model_validate({**config.model_dump(), "jsonl_paths": args.jsonl})
-    print(retrain(config=config, store=args.store))
+    for path in config.jsonl_paths:
+        if path != "-" and not Path(path).exists():
+            raise UserError(f"{path}: no such file (given in --jsonl or the config's jsonl_paths)")
+    return config
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    config = _parse_retrain_config(args)  # checked before Prefect starts
+    store = Store.open(args.store)
+    _prefect_env()
+    from flows.jobs import retrain
+
+    print(retrain(config=config, store=str(store.root)))
     return 0
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
-    _prefect_env()
-    from flows.jobs import batch_forecast
     from pipeline.config import ForecastConfig
 
     config = ForecastConfig(
         series_ids=args.series or None, model_version=args.model_version, run_id=args.run_id
     )
-    print(batch_forecast(config=config, store=args.store))
+    store = Store.open_existing(args.store)
+    _check_forecast(store, config)  # a user error here prints one line, before Prefect starts
+    _prefect_env()
+    from flows.jobs import batch_forecast
+
+    print(batch_forecast(config=config, store=str(store.root)))
     return 0
 
 
+def _check_forecast(store: Store, config: ForecastConfig) -> None:
+    from pipeline.forecast import choose_model
+    from pipeline.models import load_verified_artifact
+    from storage.registry import champion
+
+    if config.model_version is None and champion(store) is None:
+        raise UserError(
+            f"the store {store.root} has no champion model yet: run `moe retrain` first "
+            "(or pass --model-version VERSION)"
+        )
+    model = choose_model(store, config.model_version)
+    load_verified_artifact(store, model)
+    if config.series_ids:
+        known = query(
+            store,
+            "SELECT series_id FROM series WHERE list_contains($1, series_id)",
+            [list(config.series_ids)],
+        ).column(0)
+        unknown = sorted(set(config.series_ids) - set(known.to_pylist()))
+        if unknown:
+            raise UserError(
+                f"{len(unknown)} requested series are not in the store: {unknown[:5]}; "
+                'list them with: moe sql "SELECT series_id FROM series"'
+            )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    store = Store.open_existing(args.store)
     _prefect_env()
     from flows.jobs import evaluate
 
-    print(evaluate(store=args.store))
+    print(evaluate(store=str(store.root)))
     return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from storage.registry import RegistryError, promote, rollback
+    from storage.registry import promote, rollback
 
-    store = Store.open(args.store)
-    try:
-        if args.action == "promote":
-            if not args.version:
-                print("error: moe models promote VERSION", file=sys.stderr)
-                return 2
-            promote(store, args.version, args.reason or "manual promotion")
-        elif args.action == "rollback":
-            rollback(store, args.reason or "manual rollback")
-    except RegistryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    store = Store.open_existing(args.store)
+    if args.action == "promote":
+        if not args.version:
+            raise UserError("which version? moe models promote VERSION (see moe models list)")
+        promote(store, args.version, args.reason or "manual promotion")
+    elif args.action == "rollback":
+        rollback(store, args.reason or "manual rollback")
     table = query(
         store,
         "SELECT model_version, status, last_event, gate_kind, expert_keys, input_length, "
@@ -267,10 +364,30 @@ def _cmd_seed(mode: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moe", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="moe", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--store", default=None, help="store folder (default: $MOE_STORE or ./moe_store)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error, not one line"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -319,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
     webhook.set_defaults(run=_cmd_alerts)
     ingest = commands.add_parser("ingest", help="ingest JSONL or JSONL.gz files")
     ingest.add_argument("files", nargs="+")
-    ingest.add_argument("--chunk-lines", type=int, default=10_000)
+    ingest.add_argument("--chunk-lines", type=_positive_int, default=10_000)
     ingest.add_argument("--strict", action="store_true", help="exit 3 when a line is rejected")
     ingest.set_defaults(run=_cmd_ingest)
 
@@ -329,7 +446,7 @@ def _parser() -> argparse.ArgumentParser:
         "--param", action="append", default=[], help="a JSON value bound to $1, $2, ... in order"
     )
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    sql.add_argument("--max-rows", type=int, default=50)
+    sql.add_argument("--max-rows", type=_positive_int, default=50)
     sql.set_defaults(run=_cmd_sql)
 
     store = commands.add_parser("store", help="store maintenance")
@@ -345,7 +462,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(error, _user_error_types()):
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 2
+        print(
+            f"internal error: {type(error).__name__}: {one_line(error)} "
+            "(rerun with --debug for the traceback, and report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

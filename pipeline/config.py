@@ -115,7 +115,9 @@ class ForecastConfig(BaseModel):
     )
     run_id: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        # Starts with a letter or digit: '_empty' (the store's placeholder) and '.', '..'
+        # are names the store uses or the file system resolves, never a user's run.
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Rerunning with the same id replaces that run's rows; None = new id.",
     )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]'.")

@@ -28,6 +28,7 @@ from moe.api import load_router
 from moe.experts.base import Expert
 from moe.router import MoERouter
 from pipeline.config import ForecastConfig
+from pipeline.models import load_verified_artifact
 from storage.registry import ModelVersion, RegistryError, champion, get_model
 from storage.schemas import QUANTILE_COLUMNS
 from storage.series import StoredSeries, load_series
@@ -144,7 +145,7 @@ def batch_forecast(
     name; a worker that keeps them loaded, or tests with fakes).
     """
     model = choose_model(store, config.model_version)
-    router = load_router(model.artifact_path, config.device, experts=experts)
+    router = load_router(load_verified_artifact(store, model), config.device, experts=experts)
     run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     if config.series_ids is None:
         ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from moe.api import build_artifact, load_router, resolve_experts
-from moe.artifact import GateArtifact, load_artifact, save_artifact
+from moe.artifact import GateArtifact, save_artifact
 from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
 from moe.metrics import mase
@@ -23,6 +23,7 @@ from moe.router import MoERouter
 from moe.training import train_gate
 from pipeline.backtest import Scores, score_models, write_scores
 from pipeline.config import RetrainConfig
+from pipeline.models import load_verified_artifact
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.windows import windows_from_store
 from storage.ingest import IngestReport, ingest_jsonl
@@ -222,7 +223,7 @@ def _champion_mase(
     current = champion(store)
     if current is None:
         return None
-    artifact = load_artifact(current.artifact_path)
+    artifact = load_verified_artifact(store, current)
     if (artifact.input_length, artifact.pred_length) != (config.input_length, config.pred_length):
         return current.model_version, float("inf")  # cannot forecast these windows at all
     by_key = {expert.cache_key: expert for expert in loaded}

@@ -81,6 +81,29 @@ def cached_window_hashes(store: Store, model: CachedModel) -> set[str]:
     return set() if table is None else set(table.column("window_hash").to_pylist())
 
 
+# The hashes of the partition last written, and which part files they came from: a
+# precompute writes many batches into one partition, and re-reading every part for each
+# batch would grow quadratically. One entry only, so a long-lived worker holds no more.
+_LAST_SEEN: dict[str, tuple[set[str], set[str]]] = {}
+
+
+def _cached_incrementally(store: Store, model: CachedModel) -> set[str]:
+    """``cached_window_hashes``, reading only part files not seen by the previous call."""
+    folder = _partition_dir(store, model)
+    key = str(folder)
+    files_seen, hashes = _LAST_SEEN.get(key, (set(), set()))
+    if key not in _LAST_SEEN:
+        _LAST_SEEN.clear()
+    current = {f.name for f in folder.glob("*.parquet")} if folder.exists() else set()
+    if not files_seen <= current:  # a part vanished (store rebuilt): start over
+        files_seen, hashes = set(), set()
+    for name in sorted(current - files_seen):
+        table = pq.read_table(folder / name, columns=["window_hash"])
+        hashes.update(table.column("window_hash").to_pylist())
+    _LAST_SEEN[key] = (current, hashes)
+    return hashes
+
+
 def write_forecasts(
     store: Store,
     model: CachedModel,
@@ -89,12 +112,37 @@ def write_forecasts(
     quantiles: np.ndarray | None,
     part_name: str | None = None,
 ) -> None:
-    """Store one batch: ``point`` ``(n, H)``, ``quantiles`` ``(n, H, Q)`` or None."""
+    """Store one batch: ``point`` ``(n, H)``, ``quantiles`` ``(n, H, Q)`` or None.
+
+    Under the store's writer lock, windows another writer cached meanwhile are dropped, so
+    two precomputes of the same windows at once leave one row per window.
+    """
     n, horizon = point.shape
     if n != len(hashes) or horizon != model.pred_length:
         raise ValueError(
             f"point has shape {point.shape}, expected ({len(hashes)}, {model.pred_length})"
         )
+    with store.writer():
+        done = _cached_incrementally(store, model)
+        keep = np.fromiter((h not in done for h in hashes), bool, count=n)
+        if not keep.all():
+            hashes = [h for h, k in zip(hashes, keep, strict=True) if k]
+            point = point[keep]
+            quantiles = None if quantiles is None else quantiles[keep]
+            n = len(hashes)
+        if n:
+            _write_batch(store, model, hashes, point, quantiles, part_name)
+
+
+def _write_batch(
+    store: Store,
+    model: CachedModel,
+    hashes: Sequence[str],
+    point: np.ndarray,
+    quantiles: np.ndarray | None,
+    part_name: str | None,
+) -> None:
+    n, horizon = point.shape
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * horizon)
     point_list = pa.ListArray.from_arrays(offsets, pa.array(point.astype(np.float32).ravel()))
     if quantiles is None:

@@ -9,10 +9,18 @@ Guarantees:
   ``lines_read = blank_lines + accepted + rejected`` for every ingest, recorded in
   ``ingest_runs``.
 * Idempotent: a series is written only when its content differs from the latest stored
-  version of its id, and reject parts are named after the file's SHA-256, the chunk size
-  and the chunk index. Re-ingesting a file adds no rows; a rerun after ``kill -9`` writes
-  only what had not landed. (Two ingests of the same file at the same moment are not
-  guarded against.)
+  version of its id, and a reject only when the file (by SHA-256) has no reject stored for
+  that line number, whatever the chunk size. Re-ingesting a file adds no rows; a rerun
+  after ``kill -9`` writes only what had not landed. The whole ingest holds the store's
+  writer lock, so two ingests of the same file at once store it once.
+* Honest about failures: an ``ingest_runs`` row with ``status = 'started'`` is written
+  first and replaced at the end by ``complete``, or by ``partial`` (with ``error``) when the
+  file cannot be read to its end (a truncated gzip, an I/O error): the lines read before
+  the failure are stored and counted, and a rerun on the complete file adds the rest. A
+  ``started`` row that never became anything else is a killed ingest.
+* Standard input (``-``, ``/dev/stdin``) and named pipes are read once, as they arrive,
+  into a spool file under the store's ``tmp/`` (memory stays bounded), then ingested like a
+  file; an interactive terminal is refused instead of waiting for typing.
 * Series ids: ``series_id`` when present, else ``<file stem>:<line number>``. A duplicate id
   inside one file is rejected (the first occurrence wins). A different content under an
   id already stored becomes a new version; the ``series`` view shows the latest.
@@ -23,6 +31,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
+import stat
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +49,8 @@ from storage.store import Store
 
 __all__ = ["IngestError", "IngestReport", "RejectedLine", "ingest_jsonl", "content_hash"]
 
+STDIN = "-"
+_GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _MAX_RAW_LINE_CHARS = 1_000_000  # a reject keeps its raw text up to this length
 
@@ -71,6 +84,8 @@ class IngestReport:
     unchanged: int = 0
     rejected: int = 0
     rejects: list[RejectedLine] = field(default_factory=list)  # first ``max_listed`` only
+    status: str = "started"  # started | complete | partial
+    error: str | None = None  # why a partial ingest stopped
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -97,14 +112,59 @@ def _check_readable(path: Path) -> None:
         raise IngestError(f"{path}: permission denied")
 
 
+def _is_stream(path: str | os.PathLike[str]) -> bool:
+    """Standard input, a pipe, a FIFO or a character device: readable once, no size."""
+    if str(path) == STDIN:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _spool(store: Store, path: str | os.PathLike[str]) -> Path:
+    """Copy a stream once, as it arrives, into ``tmp/`` (gzip kept as is); returns the copy."""
+    name = "stdin" if str(path) == STDIN else Path(path).name or "stream"
+    spooled = store.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+    try:
+        if str(path) == STDIN:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise IngestError(
+                    "standard input is a terminal: pipe a file in (moe ingest - < data.jsonl)"
+                )
+            source = sys.stdin.buffer
+            with open(spooled, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        else:
+            with open(path, "rb") as source_file, open(spooled, "wb") as out:
+                if os.isatty(source_file.fileno()):
+                    raise IngestError(f"{path}: is a terminal: pipe a file in instead")
+                shutil.copyfileobj(source_file, out, 1 << 20)
+    except OSError as error:
+        spooled.unlink(missing_ok=True)
+        raise IngestError(f"{path}: cannot read: {error}") from error
+    except BaseException:
+        spooled.unlink(missing_ok=True)
+        raise
+    return spooled
+
+
 def _file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _open_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
-    """Yield ``(line without its ending, whether it had a line ending)``; BOM stripped."""
-    opener = gzip.open if path.name.endswith(".gz") else open
+def _open_lines(path: Path, sniff: bool = False) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line without its ending, whether it had a line ending)``; BOM stripped.
+
+    Gzip is chosen by the ``.gz`` name, or by its magic bytes when ``sniff`` (a stream).
+    """
+    compressed = path.name.endswith(".gz")
+    if sniff:
+        with open(path, "rb") as probe:
+            compressed = probe.read(2) == _GZIP_MAGIC
+    opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as handle:
             first = True
@@ -184,6 +244,27 @@ class _Chunk:
         )
 
 
+def _stored_reject_lines(store: Store, sha: str) -> set[int]:
+    """Line numbers of ``sha``'s file that already have a reject row (any earlier ingest)."""
+    connection = store.connect()
+    try:
+        rows = connection.execute(
+            "SELECT DISTINCT line_number FROM ingest_rejects WHERE file_sha256 = $1", [sha]
+        ).fetchall()
+    finally:
+        connection.close()
+    return {int(line) for (line,) in rows}
+
+
+def _write_run(
+    store: Store, report: IngestReport, started: datetime, finished: datetime | None
+) -> None:
+    run = {key: [value] for key, value in report.as_dict().items() if key != "rejects"}
+    run["started_at"] = [started]
+    run["finished_at"] = [finished]
+    store.write_part("ingest_runs", report.ingest_id, pa.table(run))
+
+
 def ingest_jsonl(
     store: Store,
     path: str | os.PathLike[str],
@@ -192,32 +273,71 @@ def ingest_jsonl(
     max_listed: int = 1000,
     on_progress: Callable[[int], None] | None = None,
 ) -> IngestReport:
-    """Ingest one JSONL file into ``store``; returns the counts (also stored).
+    """Ingest one JSONL file (or ``-`` for standard input) into ``store``; returns the counts.
 
-    Raises ``IngestError`` when the file itself cannot be read; bad lines never raise.
-    ``on_progress`` is called with the number of lines read after each chunk.
+    Raises ``IngestError`` when the file itself cannot be read (before any row: nothing is
+    stored; midway: the rows before are stored and the run is recorded as ``partial``);
+    bad lines never raise. ``on_progress`` is called with the lines read after each chunk.
+    Holds the store's writer lock throughout.
     """
     if chunk_lines < 1:
         raise ValueError(f"chunk_lines must be >= 1, got {chunk_lines}")
-    file_path = Path(path)
-    _check_readable(file_path)
-    source = str(file_path.resolve())
+    with store.writer():
+        if _is_stream(path):
+            spooled = _spool(store, path)
+            try:
+                name = "<stdin>" if str(path) == STDIN else str(Path(path).absolute())
+                prefix = "stdin" if str(path) == STDIN else _derived_id_prefix(Path(path))
+                return _ingest_file(
+                    store, spooled, name, prefix, True, chunk_lines, max_listed, on_progress
+                )
+            finally:
+                spooled.unlink(missing_ok=True)
+        file_path = Path(path)
+        _check_readable(file_path)
+        return _ingest_file(
+            store,
+            file_path,
+            str(file_path.resolve()),
+            _derived_id_prefix(file_path),
+            False,
+            chunk_lines,
+            max_listed,
+            on_progress,
+        )
+
+
+def _ingest_file(
+    store: Store,
+    file_path: Path,
+    source: str,
+    prefix: str,
+    sniff: bool,
+    chunk_lines: int,
+    max_listed: int,
+    on_progress: Callable[[int], None] | None,
+) -> IngestReport:
     sha = _file_sha256(file_path)
     started_at = datetime.now(UTC)
     report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256=sha)
+    _write_run(store, report, started_at, None)  # a killed ingest leaves this 'started' row
     latest = _latest_hashes(store)
+    stored_rejects = _stored_reject_lines(store, sha)
     first_line_of: dict[str, int] = {}
-    prefix = _derived_id_prefix(file_path)
 
     def flush(chunk: _Chunk, index: int) -> None:
+        # Runs in the writer thread while ingest_jsonl's thread holds the writer lock.
         if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
             table = chunk.series_table(source, report.ingest_id, started_at)
-            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table)
-        # Rejects carry no content key: name their part after the file and the chunking.
-        rejects_part = f"{sha[:24]}-c{chunk_lines}-{index:06d}"
-        if chunk.rejects and not store.has_part("ingest_rejects", rejects_part):
+            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table, held=True)
+        # Rejects carry no content key: keep only lines of this file not stored before, so
+        # a rerun with any chunk size adds none twice.
+        chunk.rejects = [item for item in chunk.rejects if item[0] not in stored_rejects]
+        if chunk.rejects:
             rejects = chunk.rejects_table(source, sha, report.ingest_id)
-            store.write_part("ingest_rejects", rejects_part, rejects)
+            store.write_part(
+                "ingest_rejects", f"{report.ingest_id}-{index:06d}", rejects, held=True
+            )
 
     def reject(chunk: _Chunk, line_number: int, error: LineError, raw: bytes) -> None:
         report.rejected += 1
@@ -252,29 +372,37 @@ def ingest_jsonl(
 
     # One writer thread: Arrow/Parquet encoding releases the GIL, so writing chunk k overlaps
     # parsing chunk k+1. At most two chunks are in memory at once.
+    failure: IngestError | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
         pending: Future[None] | None = None
         chunk, chunk_index = _Chunk(), 0
-        for line_number, (raw, ended) in enumerate(_open_lines(file_path), start=1):
-            report.lines_read += 1
-            if raw.strip():
-                take(chunk, line_number, raw, ended)
-            else:
-                report.blank_lines += 1
-            if line_number % chunk_lines == 0:
-                if pending is not None:
-                    pending.result()  # surface a write error now; bound memory to two chunks
-                pending = writer.submit(flush, chunk, chunk_index)
-                chunk, chunk_index = _Chunk(), chunk_index + 1
-                if on_progress is not None:
-                    on_progress(report.lines_read)
+        try:
+            for line_number, (raw, ended) in enumerate(_open_lines(file_path, sniff), start=1):
+                report.lines_read += 1
+                if raw.strip():
+                    take(chunk, line_number, raw, ended)
+                else:
+                    report.blank_lines += 1
+                if line_number % chunk_lines == 0:
+                    if pending is not None:
+                        pending.result()  # surface a write error now; bound memory
+                    pending = writer.submit(flush, chunk, chunk_index)
+                    chunk, chunk_index = _Chunk(), chunk_index + 1
+                    if on_progress is not None:
+                        on_progress(report.lines_read)
+        except IngestError as error:  # the file ended early or could not be read
+            failure = IngestError(str(error).replace(str(file_path), source))
         if pending is not None:
             pending.result()
-        flush(chunk, chunk_index)
+        flush(chunk, chunk_index)  # what was read before a failure is valid and kept
 
-    finished_at = datetime.now(UTC)
-    run = {key: [value] for key, value in report.as_dict().items() if key != "rejects"}
-    run["started_at"] = [started_at]
-    run["finished_at"] = [finished_at]
-    store.write_part("ingest_runs", report.ingest_id, pa.table(run))
+    report.status = "complete" if failure is None else "partial"
+    report.error = None if failure is None else str(failure)
+    _write_run(store, report, started_at, datetime.now(UTC))
+    if failure is not None:
+        raise IngestError(
+            f"{failure}; stored the {report.lines_read} lines read before it "
+            f"({report.accepted} accepted, {report.rejected} rejected) and recorded ingest "
+            f"{report.ingest_id} as partial: ingest the complete file again to finish"
+        ) from failure
     return report

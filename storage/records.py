@@ -59,11 +59,45 @@ def _decode(raw: bytes) -> object | LineError:
         bad = raw[error.start : error.start + 1].hex()
         return LineError("line", f"invalid UTF-8 byte 0x{bad} at byte {error.start + 1}")
     try:
-        return json.loads(text)
+        parsed = json.loads(text)
     except json.JSONDecodeError as error:
         return LineError("line", f"invalid JSON at column {error.colno}: {error.msg}")
     except RecursionError:
         return LineError("line", "invalid JSON: nesting too deep")
+    # The stdlib accepts lone surrogate escapes ("\udc80") that orjson refuses; such a string
+    # cannot be stored as UTF-8, so the line is rejected wherever the string is.
+    where = _lone_surrogate(parsed, "")
+    if where is not None:
+        return LineError(
+            where or "line", "invalid Unicode: a lone surrogate escape (\\ud800-\\udfff)"
+        )
+    return parsed
+
+
+def _lone_surrogate(value: object, where: str) -> str | None:
+    """Path of the first string (key or value) that is not valid Unicode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "line"
+            found = _lone_surrogate(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            found = _lone_surrogate(item, where)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(value: object) -> str:
@@ -178,7 +212,12 @@ def parse_line(raw: bytes) -> SeriesRecord | LineError:
     if isinstance(parsed_values, LineError):
         return parsed_values
     values, n_missing = parsed_values
-    series_id = _parse_series_id(record.get("series_id"))
+    raw_id = record.get("series_id")
+    if isinstance(raw_id, float) and raw_id.is_integer():
+        # orjson reads integers beyond 64 bits as floats; the stdlib keeps them exact.
+        exact = json.loads(raw).get("series_id")
+        raw_id = exact if isinstance(exact, int) else raw_id
+    series_id = _parse_series_id(raw_id)
     if isinstance(series_id, LineError):
         return series_id
     start = _parse_start(record.get("start"))

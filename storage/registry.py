@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -34,7 +35,13 @@ __all__ = [
     "list_models",
     "get_model",
     "file_sha256",
+    "models_dir",
+    "read_verified_artifact",
 ]
+
+_VERSION = re.compile(r"^v\d{8}-\d{6}-[0-9a-f]{6}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_STATUSES = frozenset({"champion", "archived"})
 
 
 class RegistryError(LookupError):
@@ -60,6 +67,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def models_dir(store: Store) -> Path:
+    """Where registered artifacts live: ``<store>/models``; nothing outside is ever loaded."""
+    return store.root / "models"
+
+
 def _new_version() -> str:
     return datetime.now(UTC).strftime("v%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
@@ -78,10 +90,38 @@ def register_model(
 ) -> str:
     """Copy the artifact into the store, record the version; returns the version id."""
     version = _new_version()
-    models_dir = store.root / "models"
-    models_dir.mkdir(exist_ok=True)
-    destination = models_dir / f"{version}.pt"
-    staging = store.tmp_dir / f"{version}.pt"
+    with store.writer():
+        return _register_locked(
+            store,
+            artifact,
+            version,
+            gate_kind=gate_kind,
+            expert_keys=expert_keys,
+            input_length=input_length,
+            pred_length=pred_length,
+            train_windows=train_windows,
+            backtest_mase=backtest_mase,
+            metrics=metrics,
+        )
+
+
+def _register_locked(
+    store: Store,
+    artifact: str | os.PathLike[str],
+    version: str,
+    *,
+    gate_kind: str,
+    expert_keys: Sequence[str],
+    input_length: int,
+    pred_length: int,
+    train_windows: int,
+    backtest_mase: float | None,
+    metrics: dict[str, object],
+) -> str:
+    folder = models_dir(store)
+    folder.mkdir(exist_ok=True)
+    destination = folder / f"{version}.pt"
+    staging = store.tmp_dir / f"{os.getpid()}-{version}.pt"
     shutil.copyfile(artifact, staging)
     os.replace(staging, destination)
     row = {
@@ -112,7 +152,39 @@ def record_event(store: Store, version: str, event: str, reason: str) -> None:
     store.write_part("model_events", f"{version}-{event}-{uuid.uuid4().hex[:8]}", pa.table(row))
 
 
+def _invalid(row: dict[str, object]) -> str | None:
+    """Why a registry row cannot be trusted, or None (rows are validated when read)."""
+    version = row.get("model_version")
+    if not isinstance(version, str) or not _VERSION.match(version):
+        return f"model_version {version!r} is not a version id this registry writes"
+    sha = row.get("artifact_sha256")
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        return f"artifact_sha256 {sha!r} is not a sha256 digest"
+    path = row.get("artifact_path")
+    if not isinstance(path, str) or Path(path).name != f"{version}.pt":
+        return f"artifact_path {path!r} is not <store>/models/{version}.pt"
+    for name in ("input_length", "pred_length"):
+        value = row.get(name)
+        if not isinstance(value, int) or value < 1:
+            return f"{name} {value!r} is not a positive integer"
+    keys = row.get("expert_keys")
+    if not isinstance(keys, list) or len(keys) < 2 or not all(isinstance(k, str) for k in keys):
+        return f"expert_keys {keys!r} is not a list of at least two names"
+    mase = row.get("backtest_mase")
+    if mase is not None and not isinstance(mase, float):  # NaN is a (bad) score, not forgery
+        return f"backtest_mase {mase!r} is not a number"
+    if row.get("status") not in _STATUSES:
+        return f"status {row.get('status')!r} is unknown"
+    return None
+
+
 def _row_to_version(row: dict[str, object]) -> ModelVersion:
+    problem = _invalid(row)
+    if problem is not None:
+        raise RegistryError(
+            f"registry row for model {row.get('model_version')!r} is invalid: {problem}; "
+            "the store's model_versions table was changed outside the pipeline"
+        )
     return ModelVersion(
         model_version=str(row["model_version"]),
         artifact_path=str(row["artifact_path"]),
@@ -145,7 +217,9 @@ def get_model(store: Store, version: str) -> ModelVersion:
     )
     if rows.num_rows == 0:
         known = [m.model_version for m in list_models(store)]
-        raise RegistryError(f"unknown model version {version!r}; known: {known}")
+        raise RegistryError(
+            f"unknown model version {version!r}; known: {known} (see moe models list)"
+        )
     return _row_to_version(rows.to_pylist()[0])
 
 
@@ -154,28 +228,70 @@ def champion(store: Store) -> ModelVersion | None:
     return _row_to_version(rows.to_pylist()[0]) if rows.num_rows else None
 
 
-def _verify(model: ModelVersion) -> None:
+def _artifact_file(store: Store, model: ModelVersion) -> Path:
+    """The artifact's path, refused unless it is a regular file in the store's models folder."""
+    folder = models_dir(store).resolve()
     path = Path(model.artifact_path)
-    if not path.exists():
-        raise RegistryError(f"artifact of {model.model_version} is missing: {path}")
-    actual = file_sha256(path)
+    if not path.is_absolute():
+        path = store.root / path
+    if path.is_symlink():
+        raise RegistryError(f"artifact of {model.model_version} is a symbolic link: {path}")
+    resolved = path.resolve()
+    if resolved.parent != folder:
+        # A store moved as a whole keeps working: the file is looked up under its own name.
+        moved = folder / f"{model.model_version}.pt"
+        if Path(model.artifact_path).parent.name == "models" and moved.is_file():
+            resolved = moved
+        else:
+            raise RegistryError(
+                f"artifact of {model.model_version} is outside the store's models folder "
+                f"{folder}: {model.artifact_path}"
+            )
+    if resolved.name != f"{model.model_version}.pt":
+        raise RegistryError(f"artifact of {model.model_version} has the wrong name: {resolved}")
+    if not resolved.is_file():
+        raise RegistryError(f"artifact of {model.model_version} is missing: {resolved}")
+    return resolved
+
+
+def read_verified_artifact(store: Store, model: ModelVersion) -> bytes:
+    """The artifact's bytes, read once and checked against the registered sha256.
+
+    Callers load from these bytes, so the file cannot change between check and use.
+    """
+    path = _artifact_file(store, model)
+    with open(path, "rb") as handle:
+        content = handle.read()
+    actual = hashlib.sha256(content).hexdigest()
     if actual != model.artifact_sha256:
         raise RegistryError(
-            f"artifact of {model.model_version} changed on disk: sha256 {actual}, "
-            f"registered {model.artifact_sha256}"
+            f"artifact of {model.model_version} changed on disk after it was registered "
+            f"(sha256 {actual}, registered {model.artifact_sha256}): refusing to use it; "
+            f"restore the file or promote another version (moe models list)"
         )
+    return content
+
+
+def _verify(store: Store, model: ModelVersion) -> None:
+    read_verified_artifact(store, model)
 
 
 def promote(store: Store, version: str, reason: str) -> ModelVersion:
     """Make ``version`` the champion (its artifact must be intact)."""
-    model = get_model(store, version)
-    _verify(model)
-    record_event(store, version, "promoted", reason)
+    with store.writer():
+        model = get_model(store, version)
+        _verify(store, model)
+        record_event(store, version, "promoted", reason)
     return get_model(store, version)
 
 
 def rollback(store: Store, reason: str = "manual rollback") -> ModelVersion:
     """Restore the champion before the current one."""
+    with store.writer():
+        return _rollback_locked(store, reason)
+
+
+def _rollback_locked(store: Store, reason: str) -> ModelVersion:
     history = (
         query(
             store,
@@ -190,6 +306,6 @@ def rollback(store: Store, reason: str = "manual rollback") -> ModelVersion:
     if previous is None:
         raise RegistryError("no earlier champion to roll back to")
     model = get_model(store, previous)
-    _verify(model)
+    _verify(store, model)
     record_event(store, previous, "rolled_back", f"{reason} (from {current})")
     return get_model(store, previous)

@@ -66,6 +66,8 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
             ("new_versions", pa.int64()),
             ("unchanged", pa.int64()),
             ("rejected", pa.int64()),
+            ("status", pa.string()),  # started (killed if it stays so) | complete | partial
+            ("error", pa.string()),  # why a partial ingest stopped
         ]
     ),
     # Every rejected line, with its raw text and the reason.

@@ -1,63 +1,276 @@
 """Read-only SQL over the store's views, for ``moe sql`` and for programs.
 
-Two independent guards: only SELECT-like statements are accepted (checked on DuckDB's own
-parse, not with a regex), and the connection is sandboxed (no external access except the
-store's table folders, configuration locked) so that a table function such as
-``read_csv('/etc/passwd')`` inside a SELECT cannot read other files either.
+Read-only by construction, with two independent layers:
+
+1. **What may run** is decided from DuckDB's own parse, never from keywords. The text must
+   be exactly one statement of type SELECT (``SHOW``/``DESCRIBE``/``SUMMARIZE`` are SELECTs
+   in DuckDB), or ``EXPLAIN`` of one; ``EXPLAIN ANALYZE`` executes its statement and is
+   refused whatever it explains. The SELECT's syntax tree (``json_serialize_sql``) is then
+   walked: every table it names must be one of the store's views, a CTE of the query or an
+   ``information_schema``/``pg_catalog`` table, and every table function must be on a short
+   allow-list (no ``read_*``, ``glob``, ``query``, ``query_table``, ``pragma_*``, ...).
+2. **What the connection can touch**: an in-memory DuckDB whose views list the store's
+   Parquet parts by name, with external access disabled except for exactly those files
+   (``allowed_paths``; no folder is allowed, so nothing new can be created even inside
+   the store), no temp folder (``temp_directory=''``: no spill file, and no readable
+   ``.tmp/`` folder), no extension install/auto-load, no persistent secrets, and the
+   configuration locked so the query cannot undo any of it.
+
+Either layer alone refuses the known escapes (``EXPLAIN ANALYZE COPY ... TO '<store>/...'``,
+``ATTACH``, ``read_text('/etc/passwd')``, ``query('...')``); the test corpus in
+``tests/storage/test_sql_escapes.py`` checks both and that the store is byte-identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from storage.schemas import TABLE_SCHEMAS, VIEW_NAMES
 from storage.store import Store
 
-__all__ = ["ReadOnlyViolation", "query", "readonly_connection"]
+__all__ = ["ReadOnlyViolation", "query", "readonly_connection", "check_read_only"]
 
-_ALLOWED_STATEMENTS = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
+#: Table functions a read-only query may call: generators and catalog listings only.
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "duckdb_columns",
+        "duckdb_views",
+        "duckdb_tables",
+        "duckdb_types",
+        "duckdb_functions",
+        "duckdb_keywords",
+    }
+)
+#: System schemas whose (read-only, in-memory) catalog tables may be named.
+_SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog"})
+_LOCAL_CATALOGS = frozenset({"", "memory"})
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_READ_RETRIES = 3  # a part renamed away between listing and reading: list again
+
+# Settings fixed when the connection is created (before ``lock_configuration``).
+_SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "temp_directory": "",  # no spill files anywhere; queries that need one fail instead
+    "max_temp_directory_size": "0KiB",
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+    "allow_persistent_secrets": False,
+    "python_enable_replacements": False,  # `FROM df` must not scan a Python variable
+}
 
 
 class ReadOnlyViolation(ValueError):
-    """The SQL would write, attach, copy or read outside the store."""
+    """The SQL would write, attach, copy, change settings or read outside the store."""
 
 
-def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection with the store's views, locked down to reading the store."""
-    connection = store.connect()
-    allowed = store.tables_dir.as_posix() + "/"
-    connection.execute("SET allowed_directories = [$1]", [allowed])
+_PARSERS: dict[int, duckdb.DuckDBPyConnection] = {}  # one per process (never shared by fork)
+_PARSER_LOCK = threading.Lock()
+
+
+def _new_parser() -> duckdb.DuckDBPyConnection:
+    """A bare, locked-down connection used only to parse: user text is only ever a bound
+    parameter of ``json_serialize_sql`` or an argument of ``extract_statements`` here."""
+    connection = duckdb.connect(":memory:", config=dict(_SANDBOX_CONFIG))
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection
 
 
-def _check_statements(connection: duckdb.DuckDBPyConnection, sql: str) -> None:
+@contextmanager
+def _parser() -> Iterator[duckdb.DuckDBPyConnection]:
+    with _PARSER_LOCK:  # a DuckDB connection serves one thread at a time
+        parser = _PARSERS.get(os.getpid())
+        if parser is None:
+            parser = _PARSERS[os.getpid()] = _new_parser()
+        yield parser
+
+
+def _kind(statement: Any) -> str:
+    return str(statement.type).rsplit(".", 1)[-1]
+
+
+def _one_statement(parser: duckdb.DuckDBPyConnection, sql: str) -> Any:
     try:
-        statements = connection.extract_statements(sql)
-    except duckdb.Error as error:
+        statements = parser.extract_statements(sql)
+    except (duckdb.Error, ValueError) as error:  # ValueError: a statement kind unknown to Python
         raise ReadOnlyViolation(f"cannot parse SQL: {error}") from error
     if len(statements) != 1:
-        raise ReadOnlyViolation(f"expected exactly one statement, got {len(statements)}")
-    kind = statements[0].type
-    if kind not in _ALLOWED_STATEMENTS:
-        name = str(kind).rsplit(".", 1)[-1]
         raise ReadOnlyViolation(
-            f"only SELECT queries are allowed here (got {name}); the store is "
-            "written by the pipeline, never through SQL"
+            f"expected exactly one statement, got {len(statements)}; run them one at a time"
         )
+    return statements[0]
+
+
+def _explained(sql: str) -> str:
+    """The statement an ``EXPLAIN`` explains, or ``ReadOnlyViolation`` for ``EXPLAIN ANALYZE``.
+
+    Uses DuckDB's tokenizer (comments are tokens of their own) to skip ``EXPLAIN`` and its
+    options: ``EXPLAIN [ANALYZE|ANALYSE] [(option, ...)] statement``.
+    """
+    tokens = [
+        (position, kind)
+        for position, kind in duckdb.tokenize(sql)
+        if kind != duckdb.token_type.comment
+    ]
+
+    def word(index: int) -> str:
+        position = tokens[index][0]
+        end = tokens[index + 1][0] if index + 1 < len(tokens) else len(sql)
+        return sql[position:end].strip().lower()
+
+    if not tokens or word(0) != "explain":
+        raise ReadOnlyViolation("cannot find what EXPLAIN explains")
+    index = 1
+    if index < len(tokens) and word(index) in ("analyze", "analyse"):
+        raise ReadOnlyViolation("EXPLAIN ANALYZE executes its statement and is not allowed here")
+    if index < len(tokens) and word(index) == "(":
+        depth = 0
+        while index < len(tokens):
+            text = word(index)
+            if text in ("analyze", "analyse"):
+                raise ReadOnlyViolation(
+                    "EXPLAIN (ANALYZE) executes its statement and is not allowed here"
+                )
+            depth += text.count("(") - text.count(")")
+            index += 1
+            if depth <= 0:
+                break
+    if index >= len(tokens):
+        raise ReadOnlyViolation("EXPLAIN without a statement")
+    return sql[tokens[index][0] :]
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _check_tree(parser: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Walk the SELECT's syntax tree: only store views, CTEs and allow-listed functions."""
+    row = parser.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()
+    tree = json.loads(row[0]) if row else {"error": True, "error_message": "no parse"}
+    if tree.get("error"):
+        raise ReadOnlyViolation(f"not a plain query: {tree.get('error_message')}")
+    nodes = list(_walk(tree))
+    ctes = {
+        str(entry.get("key", "")).lower()
+        for node in nodes
+        if isinstance(node.get("cte_map"), dict)
+        for entry in node["cte_map"].get("map", [])
+    }
+    # CTE names are checked without their scopes, so a CTE may not be named like a file:
+    # `WITH "/x.csv" AS (...)` must not let a `FROM '/x.csv'` elsewhere pass as that CTE.
+    for name in ctes:
+        if not _IDENTIFIER.match(name):
+            raise ReadOnlyViolation(f"CTE name {name!r} must be a plain identifier")
+    views = {name.lower() for name in VIEW_NAMES}
+    for node in nodes:
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            name = str(function.get("function_name", "")).lower()
+            if name not in ALLOWED_TABLE_FUNCTIONS or function.get("schema"):
+                raise ReadOnlyViolation(
+                    f"table function {name!r} is not allowed here (allowed: "
+                    f"{', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))}); query the store's views"
+                )
+        elif kind == "BASE_TABLE":
+            table = str(node.get("table_name", "")).lower()
+            schema = str(node.get("schema_name", "")).lower()
+            catalog = str(node.get("catalog_name", "")).lower()
+            local = catalog in _LOCAL_CATALOGS and schema in ("", "main")
+            if not (
+                (local and (table in views or table in ctes))
+                or (catalog in _LOCAL_CATALOGS | {"system"} and schema in _SYSTEM_SCHEMAS)
+            ):
+                raise ReadOnlyViolation(
+                    f"unknown table {table!r}: query one of the store's views "
+                    f"({', '.join(sorted(views))})"
+                )
+
+
+def check_read_only(sql: str) -> None:
+    """Raise ``ReadOnlyViolation`` unless ``sql`` is one plain query over the store's views."""
+    with _parser() as parser:
+        statement = _one_statement(parser, sql)
+        if _kind(statement) == "EXPLAIN":
+            inner = _one_statement(parser, _explained(statement.query))
+            if _kind(inner) != "SELECT":
+                raise ReadOnlyViolation(
+                    f"EXPLAIN of a {_kind(inner)} statement is not allowed; only queries"
+                )
+            _check_tree(parser, inner.query)
+            return
+        if _kind(statement) != "SELECT":
+            raise ReadOnlyViolation(
+                f"only SELECT queries are allowed here (got {_kind(statement)}); the store is "
+                "written by the pipeline, never through SQL"
+            )
+        _check_tree(parser, statement.query)
+
+
+def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with the store's views that can read only the store's parts.
+
+    The views name today's parts explicitly, so the only files this connection may open are
+    those parts (``allowed_paths``); no folder is allowed, so it can create no file.
+    """
+    files = {table: store.part_files(table) for table in TABLE_SCHEMAS}
+    connection = duckdb.connect(":memory:", config=dict(_SANDBOX_CONFIG))
+    try:
+        allowed = [path.as_posix() for paths in files.values() for path in paths]
+        connection.execute("SET allowed_directories = []")
+        connection.execute("SET allowed_paths = $1", [allowed])
+        connection.execute("SET enable_external_access = false")
+        store._create_views(connection, files)
+        connection.execute("SET lock_configuration = true")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _is_vanished_part(error: duckdb.Error) -> bool:
+    text = str(error)
+    return isinstance(error, duckdb.IOException) and (
+        "No files found" in text or "No such file" in text or "not exist" in text
+    )
 
 
 def query(store: Store, sql: str, parameters: Sequence[object] | None = None) -> pa.Table:
     """Run one read-only statement with bound ``parameters`` (``$1`` or ``?``)."""
-    connection = readonly_connection(store)
-    try:
-        _check_statements(connection, sql)
+    if not Path(store.tables_dir).is_dir():
+        raise FileNotFoundError(f"no store at {store.root}")
+    check_read_only(sql)
+    for attempt in range(_READ_RETRIES):
+        connection = readonly_connection(store)
         try:
             return connection.sql(sql, params=list(parameters or [])).to_arrow_table()
         except duckdb.PermissionException as error:
             raise ReadOnlyViolation(f"refused: {error}") from error
-    finally:
-        connection.close()
+        except duckdb.IOException as error:
+            # A writer replaced a run's folder after the parts were listed: list them again.
+            if attempt + 1 == _READ_RETRIES or not _is_vanished_part(error):
+                raise
+        finally:
+            connection.close()
+    raise AssertionError("unreachable")

@@ -83,3 +83,20 @@ def test_missing_windows_raise(store: Store) -> None:
     """Reading windows that were never computed names the expert and the count."""
     with pytest.raises(LookupError, match="moirai"):
         load_cached(store, [FakeExpert("moirai")], _context(3), 2)
+
+
+def test_a_batch_cached_meanwhile_is_not_stored_twice(store: Store) -> None:
+    """Two precomputes that both computed the same windows store each window once."""
+    from storage.cache import CachedModel, write_forecasts
+    from storage.sql import query
+
+    model = CachedModel("moirai", "fake:moirai", 8, 3)
+    hashes = [f"h{i}" for i in range(10)]
+    point = np.arange(30, dtype=np.float32).reshape(10, 3)
+    write_forecasts(store, model, hashes[:6], point[:6], None, "first")
+    write_forecasts(store, model, hashes, point, None, "second")  # 4 new, 6 cached meanwhile
+    write_forecasts(store, model, hashes[:6], point[:6], None, "third")  # all cached: no part
+    rows = query(store, "SELECT window_hash FROM expert_forecasts").column(0).to_pylist()
+    assert sorted(rows) == sorted(hashes)
+    parts = store.table_dir("expert_forecasts").glob("cache=*/*.parquet")
+    assert sorted(p.stem for p in parts if "_empty" not in str(p)) == ["first", "second"]

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from storage import Store, ingest_jsonl
-from storage.sql import ReadOnlyViolation, query
+from storage.sql import ReadOnlyViolation, query, readonly_connection
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,8 +45,14 @@ def test_file_reads_outside_the_store_are_refused(filled: Store, tmp_path: Path)
     """A table function reading an arbitrary file inside a SELECT is refused."""
     secret = tmp_path / "secret.csv"
     secret.write_text("a\n1\n")
-    with pytest.raises(ReadOnlyViolation, match="Permission"):
+    with pytest.raises(ReadOnlyViolation, match="read_csv"):
         query(filled, f"SELECT * FROM read_csv('{secret}')")
+    connection = readonly_connection(filled)  # the sandbox alone refuses it too
+    try:
+        with pytest.raises(duckdb.PermissionException):
+            connection.sql(f"SELECT * FROM read_csv('{secret}')").fetchall()
+    finally:
+        connection.close()
 
 
 def test_parameters_are_bound(filled: Store) -> None:
