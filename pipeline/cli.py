@@ -338,7 +338,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_api(args: argparse.Namespace) -> int:
     from serving import TOKEN_ENV_VAR, serve
 
-    store = Store.open(args.store)
+    store = Store.open_existing(args.store)  # serving never creates a store
     token_note = (
         f"bearer token from {TOKEN_ENV_VAR}" if os.environ.get(TOKEN_ENV_VAR) else "no token"
     )

@@ -26,6 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from moe.artifact import ArtifactError
 from pipeline.config import EvaluateConfig
 from pipeline.evaluate import mape_alert
 from serving.batching import MicroBatcher
@@ -191,8 +192,11 @@ def create_app(store: Store, settings: ServiceSettings | None = None) -> FastAPI
         ]
         try:
             results = await batcher.submit(request.model_version, items)
-        except RegistryError as error:
-            raise HTTPException(status_code=404, detail=str(error)) from error
+        except RegistryError as error:  # no champion yet (503) or an unknown version (404)
+            status = 503 if request.model_version is None else 404
+            raise HTTPException(status_code=status, detail=str(error)) from error
+        except ArtifactError as error:  # the model file failed verification: never serve it
+            raise HTTPException(status_code=503, detail=str(error)) from error
         batch = results[0][0]
         forecasts: list[SeriesForecast] = [
             result_batch.forecasts[row] for result_batch, row in results

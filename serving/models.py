@@ -3,9 +3,11 @@
 ``RouterCache`` keeps loaded routers by registry version and follows the champion: the
 registry is read at most every ``champion_refresh_s`` seconds, so a promotion (or a
 rollback) reaches the service without a restart while a request does not pay a registry
-read. Routers are loaded through the same path as batch forecasts (``choose_model`` and
-``load_router``), and every forecast row is made by ``pipeline.forecast.forecast_rows``,
-so a forecast over HTTP equals the stored batch forecast of the same series.
+read. Routers are loaded through the same verified path as batch forecasts
+(``choose_model``, ``load_verified_artifact``: registry sha256, path inside the store,
+artifact consistency; then ``load_router``), and every forecast row is made by
+``pipeline.forecast.forecast_rows``, so a forecast over HTTP equals the stored batch
+forecast of the same series.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow as pa
 from moe.api import load_router
 from moe.router import MoERouter
 from pipeline.forecast import choose_model, forecast_rows
+from pipeline.models import load_verified_artifact
 from serving.schemas import ExpertWeight, SeriesForecast, SeriesIn
 from storage.registry import ModelVersion
 from storage.schemas import QUANTILE_COLUMNS
@@ -66,7 +69,7 @@ class RouterCache:
         if model.model_version in self._routers:
             self._routers.move_to_end(model.model_version)
             return self._routers[model.model_version]
-        router = load_router(model.artifact_path, self._device)
+        router = load_router(load_verified_artifact(self._store, model), self._device)
         self._routers[model.model_version] = (model, router)
         while len(self._routers) > self._max_models:
             self._routers.popitem(last=False)

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage import Store
+from storage.registry import champion
 from storage.schemas import QUANTILE_COLUMNS
 from tests.pipeline.conftest import champion_with_bad_actuals
 
@@ -30,6 +32,7 @@ class Service:
     url: str
     series: dict[str, list[float]]  # what the stored forecasts were made from
     auth: dict[str, str]
+    root: Path  # the store
 
 
 def _free_port() -> int:
@@ -38,11 +41,8 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """`moe --store S api --port P` with a bearer token, started and stopped like a user would."""
-    root = tmp_path_factory.mktemp("api") / "store"
-    series = champion_with_bad_actuals(root, tmp_path_factory.mktemp("data"))
+def _start_api(root: Path) -> tuple[subprocess.Popen[str], str]:
+    """`moe --store ROOT api --port P` with the bearer token; returns once /health answers."""
     port = _free_port()
     env = {**os.environ, "MOE_API_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "pipeline.cli", "--store", str(root), "api"]
@@ -55,21 +55,34 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"moe api did not start (rc {process.poll()}):\n{output}")
+        time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """`moe --store S api --port P` with a bearer token, started and stopped like a user would."""
+    root = tmp_path_factory.mktemp("api") / "store"
+    series = champion_with_bad_actuals(root, tmp_path_factory.mktemp("data"))
+    process, url = _start_api(root)
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
-                pytest.fail(f"moe api did not start (rc {process.poll()}):\n{output}")
-            time.sleep(0.5)
-        yield Service(url, series, {"Authorization": f"Bearer {TOKEN}"})
+        yield Service(url, series, {"Authorization": f"Bearer {TOKEN}"}, root)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        _stop(process)
 
 
 def _post(service: Service, body: object, **kwargs: object) -> httpx.Response:
@@ -216,3 +229,18 @@ def test_concurrent_requests_share_model_calls(service: Service) -> None:
     requests = after["requests"] - before["requests"]
     calls = after["calls"] - before["calls"]
     assert requests == 48 and calls < requests
+
+
+def test_a_tampered_champion_is_never_served(service: Service) -> None:
+    """Guards artifact verification at use: a changed model file gets 503, not forecasts."""
+    path = Path(champion(Store.open_existing(service.root)).artifact_path)
+    original = path.read_bytes()
+    path.write_bytes(original + b"tampered")
+    process, url = _start_api(service.root)
+    try:
+        body = {"series": [{"values": [1.0, 2.0, 3.0]}]}
+        response = httpx.post(f"{url}/v1/forecast", json=body, headers=service.auth, timeout=60)
+        assert response.status_code == 503 and "sha256" in response.text, response.text
+    finally:
+        _stop(process)
+        path.write_bytes(original)
