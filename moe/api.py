@@ -300,6 +300,7 @@ def load_router(
         scaling=artifact.scaling["method"],
         gate_width=int(artifact.gate.get("width", 32)),
         gate_heads=int(artifact.gate.get("heads", 4)),
+        gate_spec=dict(artifact.gate),
     )
     router.gating.load_state_dict(artifact.gating_state)
     return router.eval()

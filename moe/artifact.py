@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from moe.experts.base import QUANTILE_LEVELS
-from moe.gates import build_gate
+from moe.gates import build_gate_from_spec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -85,13 +85,8 @@ class GateArtifact:
     def build_gate(self) -> nn.Module:
         """The trained gate, rebuilt from ``gate`` and loaded with ``gating_state`` (eval mode)."""
         spec = self.gate
-        gate = build_gate(
-            spec["kind"],
-            self.input_length,
-            self.pred_length,
-            len(self.expert_keys),
-            int(spec.get("width", 32)),
-            int(spec.get("heads", 4)),
+        gate = build_gate_from_spec(
+            spec, self.input_length, self.pred_length, len(self.expert_keys)
         )
         try:
             gate.load_state_dict(self.gating_state)
