@@ -100,6 +100,9 @@ class FeaturePairGate(nn.Module):
     needs_forecasts = False
     raw_context = True  # computes features from the unscaled context, NaN = missing
     uses_history = True  # accepts ``history`` (B, E); None means "no history"
+    input_mean: torch.Tensor  # (F',) buffers: standardisation fitted on training rows
+    input_std: torch.Tensor
+    pair_index: torch.Tensor  # (P, 2) int64: the experts of each pair
 
     def __init__(
         self,
@@ -224,7 +227,8 @@ class FeaturePairGate(nn.Module):
                 columns = torch.arange(self.n_inputs)
                 columns[start : start + self.n_experts] = start + torch.tensor(order)
                 first_layer: nn.Linear = twin.net[0]  # type: ignore[assignment]
-                first_layer.weight.copy_(self.net[0].weight[:, columns])  # type: ignore[index]
+                own_first: nn.Linear = self.net[0]  # type: ignore[assignment]
+                first_layer.weight.copy_(own_first.weight[:, columns])
                 twin.input_mean.copy_(self.input_mean[columns])
                 twin.input_std.copy_(self.input_std[columns])
         return twin

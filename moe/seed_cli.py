@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 __all__ = ["build_parser", "run"]
 
@@ -91,7 +92,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.season_length is not None and args.season_length < 1:
         parser.error(f"--season-length must be >= 1, got {args.season_length}")
     hyper = (args.epochs, args.batch_size, args.lr, args.gate)
-    gate_fit = args.gate_fit or ("fixed" if any(v is not None for v in hyper) else "validated")
+    gate_fit: Literal["validated", "fixed"] = args.gate_fit or (
+        "fixed" if any(v is not None for v in hyper) else "validated"
+    )
     experts = (
         "auto"
         if args.experts == "auto"
