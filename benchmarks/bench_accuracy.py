@@ -45,6 +45,7 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,13 +127,23 @@ def _family_best(fit: GateFit) -> dict[str, CandidateScore]:
     return best
 
 
-def run_dataset(
-    name: str,
-    expert_names: list[str],
-    store: Store,
-    args: argparse.Namespace,
-) -> Scores | None:
-    """Precompute, train both gates, score and print one data set's table."""
+@dataclass
+class Prepared:
+    """One data set's windows with every expert's cached forecasts."""
+
+    name: str
+    data: BenchSeries
+    windows: BenchWindows
+    experts: list[Expert]
+    points: torch.Tensor  # (N, E, H)
+    quantiles: torch.Tensor  # (N, E, H, Q)
+    started: float
+
+
+def prepare_dataset(
+    name: str, expert_names: list[str], store: Store, args: argparse.Namespace
+) -> Prepared | None:
+    """Windows of one data set, its expert cache filled and read (None: nothing to compare)."""
     started = time.perf_counter()
     data: BenchSeries = load_series(name, args.max_series)
     input_length = args.input_length or DATASETS[name].input_length
@@ -170,27 +181,73 @@ def run_dataset(
         return None
     points, quantiles = load_cached(store, experts, windows.context, data.horizon)
     assert quantiles is not None
-    keys = [expert.name for expert in experts]
-    train_rows = torch.from_numpy(~windows.is_test)
-    test_rows = torch.from_numpy(windows.is_test)
-    context = torch.from_numpy(windows.context)
-    target = torch.from_numpy(windows.target)
+    return Prepared(name, data, windows, experts, points, quantiles, started)
+
+
+def _pad(values: torch.Tensor, length: int, left: bool, fill: float) -> torch.Tensor:
+    """Pad the last axis of ``values`` to ``length`` with ``fill`` (on the left or right)."""
+    missing = length - values.shape[-1]
+    if missing == 0:
+        return values
+    padding = torch.full((*values.shape[:-1], missing), fill, dtype=values.dtype)
+    return torch.cat([padding, values] if left else [values, padding], dim=-1)
+
+
+def fit_on(sets: list[Prepared], args: argparse.Namespace) -> GateFit:
+    """``moe.selection.fit_gate`` on the training windows of ``sets`` (pooled when several:
+    contexts NaN-padded on the left to the longest L, targets NaN-padded and forecasts
+    zero-padded on the right to the longest H, so every window keeps its own MASE)."""
+    length = max(p.windows.context.shape[1] for p in sets)
+    horizon = max(p.windows.target.shape[1] for p in sets)
+    parts: dict[str, list[torch.Tensor]] = {"context": [], "target": [], "points": []}
+    masks: list[np.ndarray] = []
+    series_index: list[np.ndarray] = []
+    origin: list[np.ndarray] = []
+    offset = 0
+    for p in sets:
+        train = ~p.windows.is_test
+        rows = torch.from_numpy(train)
+        parts["context"].append(
+            _pad(torch.from_numpy(p.windows.context)[rows], length, True, float("nan"))
+        )
+        parts["target"].append(
+            _pad(torch.from_numpy(p.windows.target)[rows], horizon, False, float("nan"))
+        )
+        parts["points"].append(_pad(p.points[rows], horizon, False, 0.0))
+        masks.append(p.windows.is_validation[train])
+        series_index.append(p.windows.series_index[train] + offset)
+        origin.append(p.windows.origin[train])
+        offset += len(p.data.ids)
+    periods = {p.data.period for p in sets}
     fit = fit_gate(
-        context[train_rows],
-        target[train_rows],
-        points[train_rows],
-        validation_mask=torch.from_numpy(windows.is_validation)[train_rows],
-        season_length=data.period,
-        series_index=windows.series_index[~windows.is_test],
-        origin=windows.origin[~windows.is_test],
+        torch.cat(parts["context"]),
+        torch.cat(parts["target"]),
+        torch.cat(parts["points"]),
+        validation_mask=torch.from_numpy(np.concatenate(masks)),
+        season_length=periods.pop() if len(periods) == 1 else 12,
+        series_index=np.concatenate(series_index),
+        origin=np.concatenate(origin),
         kinds=args.gates,
         use_history=args.history,
         time_budget_s=args.budget,
         seed=args.seed,
         log=None if args.quiet else print,
     )
-    print(f"  selection on {int(windows.is_validation.sum())} validation windows:")
+    names = "+".join(p.name for p in sets)
+    print(f"  selection ({names}) on {int(np.concatenate(masks).sum())} validation windows:")
     print("  " + fit.table().replace("\n", "\n  "), flush=True)
+    return fit
+
+
+def score_dataset(p: Prepared, fit: GateFit, args: argparse.Namespace) -> Scores:
+    """Score the experts, each family's best candidate and the chosen fit on the test windows."""
+    windows, data, points, quantiles = p.windows, p.data, p.points, p.quantiles
+    keys = [expert.name for expert in p.experts]
+    n_test = int(windows.is_test.sum())
+    test_rows = torch.from_numpy(windows.is_test)
+    context = torch.from_numpy(windows.context)
+    target = torch.from_numpy(windows.target)
+    gate_length = fit.result.gate.input_length
     # Test windows' history: every training window of the series is strictly older.
     history = past_expert_mase(
         points, target, mase_scales(context, data.period), windows.series_index, windows.origin
@@ -198,13 +255,18 @@ def run_dataset(
     mixtures: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     rows = [(f"gate_{family}", c) for family, c in _family_best(fit).items()]
     rows.append(("production_fit", fit.chosen))
+    test_context = _pad(context[test_rows], gate_length, True, float("nan"))
     for label, candidate in rows:
         artifact = build_artifact(
-            candidate.result, experts, context[train_rows], target[train_rows], points[train_rows]
+            candidate.result,
+            p.experts,
+            test_context[:1],  # shapes only: the fingerprint is not the point here
+            target[test_rows][:1],
+            points[test_rows][:1],
         )
-        router = load_router(artifact, experts=experts)
+        router = load_router(artifact, experts=p.experts)
         output = router.route_cached(
-            context[test_rows], points[test_rows], quantiles[test_rows], history[test_rows]
+            test_context, points[test_rows], quantiles[test_rows], history[test_rows]
         )
         mixed_quantiles = None if output.quantiles is None else output.quantiles.numpy()
         mixtures[label] = (output.point.numpy(), mixed_quantiles)
@@ -225,12 +287,22 @@ def run_dataset(
         season_length=data.period,
     )
     _print_table(
-        f"{DATASETS[name].description}, {n_test} series, official holdout "
-        f"({time.perf_counter() - started:.0f}s)",
+        f"{DATASETS[p.name].description}, {n_test} series, official holdout "
+        f"({time.perf_counter() - p.started:.0f}s)",
         scores,
         keys,
     )
     return scores
+
+
+def run_dataset(
+    name: str, expert_names: list[str], store: Store, args: argparse.Namespace
+) -> Scores | None:
+    """Precompute, fit the gate on this data set's training windows, score and print."""
+    prepared = prepare_dataset(name, expert_names, store, args)
+    if prepared is None:
+        return None
+    return score_dataset(prepared, fit_on([prepared], args), args)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -249,6 +321,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="add feature-pair candidates that route on each expert's past MASE on the series",
     )
     parser.add_argument("--budget", type=float, default=600.0, help="selection seconds")
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="fit one gate on the training windows of every --datasets set, score each set",
+    )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
     parser.add_argument("--max-series", type=int, default=None, help="evenly spaced subset")
     parser.add_argument("--train-windows", type=int, default=3, help="per series, at most")
@@ -281,8 +358,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"command: {command}", flush=True)
     store = Store.open(args.store)
-    for name in args.datasets:
-        run_dataset(name, args.experts, store, args)
+    if args.pool and not args.precompute_only:
+        sets = [prepare_dataset(name, args.experts, store, args) for name in args.datasets]
+        ready = [p for p in sets if p is not None]
+        if ready:
+            fit = fit_on(ready, args)
+            for prepared in ready:
+                score_dataset(prepared, fit, args)
+    else:
+        for name in args.datasets:
+            run_dataset(name, args.experts, store, args)
     print(f"\ntotal {time.perf_counter() - started:.0f}s", flush=True)
 
 

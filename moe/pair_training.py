@@ -18,11 +18,12 @@ gate inputs (``FeaturePairGate.raw_inputs``) to share across a grid.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
 from moe.feature_gate import FeaturePairGate
-from moe.training import EpochMetrics, TrainConfig, TrainResult
+from moe.training import EpochMetrics, TrainConfig, TrainResult, _cpu_threads
 
 __all__ = ["pair_errors", "train_pair_gate", "build_pair_gate"]
 
@@ -81,7 +82,14 @@ def _chosen_errors(
         return errors.gather(1, best[:, None]).squeeze(1), best
 
 
-def train_pair_gate(
+def train_pair_gate(*args: Any, **kwargs: Any) -> TrainResult:
+    """Train a ``FeaturePairGate`` (``_train_pair_gate``) with one CPU thread: each step is a
+    few tiny kernels, and OpenMP hand-offs on a busy CPU made them 10-100x slower."""
+    with _cpu_threads(1):
+        return _train_pair_gate(*args, **kwargs)
+
+
+def _train_pair_gate(
     context: torch.Tensor,
     target: torch.Tensor,
     points: torch.Tensor,
