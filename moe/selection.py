@@ -31,6 +31,7 @@ an int or ``(N,)`` per-window seasons.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ def one_standard_error(
 
 
 def candidate_configs(
-    kinds: Sequence[str], season_length: int, seed: int, use_history: bool
+    kinds: Sequence[str], season_length: int, seed: int, use_history: bool, n_experts: int
 ) -> list[tuple[str, str, TrainConfig]]:
     """The grid: ``(name, family, config)`` per candidate, simplest first."""
     base = TrainConfig(
@@ -154,20 +155,28 @@ def candidate_configs(
         pair = base.model_copy(update={"gate": "linear", "init": "best_pair", "epochs": 0})
         out.append(("pair (best on training windows)", "pair", pair))
     if "linear" in kinds:
-        for lr in (1e-2, 1e-3):
-            for delta in (2.0, 0.1):
-                config = base.model_copy(
-                    update={
-                        "gate": "linear",
-                        "init": "best_pair",
-                        "lr": lr,
-                        "huber_delta": delta,
-                        "epochs": 30,
-                        "batch_size": 64,
-                        "keep_best_epoch": True,
-                    }
-                )
-                out.append((f"linear lr={lr:g} delta={delta:g}", "linear", config))
+        # Every pair start (None: the pair best on the training windows): top-2 selection has
+        # no gradient, so the start decides which pair the gate can leave (docs/ACCURACY.md).
+        starts: list[tuple[int, int] | None] = [None]
+        starts += list(itertools.combinations(range(n_experts), 2))
+        for start in starts:
+            for lr in (1e-2, 1e-3):
+                for delta in (2.0, 0.1):
+                    config = base.model_copy(
+                        update={
+                            "gate": "linear",
+                            "init": "best_pair",
+                            "start_pair": start,
+                            "lr": lr,
+                            "huber_delta": delta,
+                            "epochs": 30,
+                            "batch_size": 64,
+                            "keep_best_epoch": True,
+                        }
+                    )
+                    where = "best" if start is None else f"{start[0]}+{start[1]}"
+                    name = f"linear start={where} lr={lr:g} delta={delta:g}"
+                    out.append((name, "linear", config))
     if "feature_pair" in kinds:
         for history in (False, True) if use_history else (False,):
             for weights in ("equal", "learned"):
@@ -277,7 +286,9 @@ def fit_gate(
     inputs: dict[bool, torch.Tensor] = {}
     candidates: list[CandidateScore] = []
     skipped: list[str] = []
-    for name, family, config in candidate_configs(kinds, typical_season, seed, use_history):
+    for name, family, config in candidate_configs(
+        kinds, typical_season, seed, use_history, points.shape[1]
+    ):
         if candidates and time.perf_counter() - started > time_budget_s:
             skipped.append(name)
             continue
