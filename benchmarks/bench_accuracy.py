@@ -145,7 +145,7 @@ def prepare_dataset(
 ) -> Prepared | None:
     """Windows of one data set, its expert cache filled and read (None: nothing to compare)."""
     started = time.perf_counter()
-    data: BenchSeries = load_series(name, args.max_series)
+    data: BenchSeries = load_series(name, args.max_series.get(name, args.max_series.get("")))
     input_length = args.input_length or DATASETS[name].input_length
     windows: BenchWindows = make_windows(
         data, input_length, args.train_windows, args.stride, args.min_context
@@ -327,7 +327,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="fit one gate on the training windows of every --datasets set, score each set",
     )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
-    parser.add_argument("--max-series", type=int, default=None, help="evenly spaced subset")
+    parser.add_argument(
+        "--max-series",
+        default="",
+        help="seeded random subset: N for every data set, or per set, e.g. m3=400,m1=617",
+    )
     parser.add_argument("--train-windows", type=int, default=3, help="per series, at most")
     parser.add_argument("--stride", type=int, default=None, help="default: the horizon")
     parser.add_argument("--min-context", type=int, default=36, help="observed points needed")
@@ -340,6 +344,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
+    limits: dict[str, int] = {}
+    for item in (part for part in args.max_series.split(",") if part):
+        name, _, count = item.rpartition("=")
+        if not count.isdigit():
+            parser.error(f"--max-series: {item!r} is not N or name=N")
+        limits[name] = int(count)
+    args.max_series = limits
     args.experts = [e for e in args.experts.split(",") if e]
     args.gates = [g for g in args.gates.split(",") if g]
     unknown = [d for d in args.datasets if d not in DATASETS]
