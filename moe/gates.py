@@ -7,7 +7,7 @@ Every gate is called as ``gate(context, forecasts)``:
   ``needs_forecasts = True`` read it; the linear gate routes before any expert runs.
 * returns logits ``(B, E)``; the expert axis follows the router's ``expert_keys`` order.
 
-Two kinds, chosen by ``TrainConfig.gate``:
+Three kinds, chosen by ``TrainConfig.gate``:
 
 * ``"linear"``: the seed's gate, one ``nn.Linear(input_length, n_experts)``. Sparse at
   inference: only the two chosen experts run.
@@ -15,6 +15,9 @@ Two kinds, chosen by ``TrainConfig.gate``:
   token (its forecast, an expert embedding and the window's context); one self-attention
   layer lets the experts' outputs inform each other's scores ("collaborative experts"),
   plus the linear gate's term. Dense at inference: all experts must run first.
+* ``"feature_pair"``: an MLP on cheap series features (and optionally each expert's past
+  error on the same series) scores expert *pairs* (``moe.feature_gate``). Sparse. It reads
+  the raw context (``raw_context = True``) and an optional ``history`` ``(B, E)``.
 
 ``start_at_pair`` turns a fresh gate into a constant router that sends every window to one
 pair of experts, weighted equally (``TrainConfig.init="best_pair"``). Top-2 selection has
@@ -30,10 +33,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 from torch import nn
+
+from moe.feature_gate import FeaturePairGate
 
 __all__ = [
     "GateKind",
@@ -41,6 +46,7 @@ __all__ = [
     "LinearGate",
     "ContextualGate",
     "build_gate",
+    "build_gate_from_spec",
     "load_balancing_loss",
     "PAIR_MARGIN",
 ]
@@ -50,7 +56,7 @@ __all__ = [
 #: can still overturn.
 PAIR_MARGIN = 2.0
 
-GateKind = Literal["linear", "contextual"]
+GateKind = Literal["linear", "contextual", "feature_pair"]
 _GateT = TypeVar("_GateT", bound=nn.Module)
 
 
@@ -219,7 +225,7 @@ def build_gate(
     n_experts: int,
     width: int = 32,
     heads: int = 4,
-) -> LinearGate | ContextualGate:
+) -> LinearGate | ContextualGate | FeaturePairGate:
     """A freshly initialised gate of ``kind`` (initialised from torch's current RNG)."""
     if n_experts < 2:
         raise ValueError(f"top-2 routing needs at least 2 experts, got {n_experts}")
@@ -231,7 +237,35 @@ def build_gate(
         return LinearGate(input_length, n_experts)
     if kind == "contextual":
         return ContextualGate(input_length, pred_length, n_experts, width=width, heads=heads)
-    raise ValueError(f"unknown gate kind {kind!r}; expected 'linear' or 'contextual'")
+    if kind == "feature_pair":
+        return FeaturePairGate(input_length, pred_length, n_experts)
+    raise ValueError(
+        f"unknown gate kind {kind!r}; expected 'linear', 'contextual' or 'feature_pair'"
+    )
+
+
+def build_gate_from_spec(
+    spec: dict[str, Any], input_length: int, pred_length: int, n_experts: int
+) -> LinearGate | ContextualGate | FeaturePairGate:
+    """A fresh gate from the artifact's ``gate`` dict (``hyperparameters()`` of a trained one)."""
+    if spec.get("kind") == "feature_pair":
+        return FeaturePairGate(
+            input_length,
+            pred_length,
+            n_experts,
+            season_length=int(spec.get("season_length", 12)),
+            hidden=int(spec.get("hidden", 32)),
+            use_history=bool(spec.get("use_history", False)),
+            learned_weights=bool(spec.get("learned_weights", False)),
+        )
+    return build_gate(
+        spec["kind"],
+        input_length,
+        pred_length,
+        n_experts,
+        int(spec.get("width", 32)),
+        int(spec.get("heads", 4)),
+    )
 
 
 def load_balancing_loss(probs: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from moe.experts.base import QUANTILE_LEVELS, Expert, ExpertConfig
-from moe.gates import GateKind, build_gate
+from moe.gates import GateKind, build_gate, build_gate_from_spec
 from moe.scaling import ScalingMethod, scale_context, scale_forecasts, window_scale
 
 __all__ = [
@@ -267,6 +267,7 @@ class MoERouter(nn.Module):
         scaling: ScalingMethod = "mean_abs",
         gate_width: int = 32,
         gate_heads: int = 4,
+        gate_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.input_length = input_length
@@ -277,9 +278,14 @@ class MoERouter(nn.Module):
             SEED_EXPERTS if experts is None else experts, ExpertConfig(device=str(self.device))
         )
         self.expert_keys: list[str] = [expert.name for expert in self.experts]
-        self.gating = build_gate(
-            gate, input_length, pred_length, len(self.experts), gate_width, gate_heads
-        ).to(self.device)
+        if gate_spec is not None:  # an artifact's gate dict (any kind, with its settings)
+            self.gating = build_gate_from_spec(
+                gate_spec, input_length, pred_length, len(self.experts)
+            ).to(self.device)
+        else:
+            self.gating = build_gate(
+                gate, input_length, pred_length, len(self.experts), gate_width, gate_heads
+            ).to(self.device)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != self.input_length:
@@ -287,17 +293,34 @@ class MoERouter(nn.Module):
             raise ValueError(f"router input must have shape (B, {self.input_length}), got {shape}")
         return x.to(device=self.device, dtype=torch.float32)
 
-    def route(self, x: torch.Tensor) -> RouterOutput:
-        """Forecast ``x`` ``(B, input_length)`` -> ``RouterOutput`` (point ``(B, H)``, ...)."""
+    def _logits(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        forecasts: torch.Tensor | None,
+        history: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Gate logits ``(B, E)``. Gates with ``raw_context`` (the feature-pair gate) read the
+        unscaled ``x`` with its NaN (their features are scale-free and need the gaps), and
+        ``history`` ``(B, E)`` (each expert's past MASE on the series, NaN = none)."""
+        if getattr(self.gating, "raw_context", False):
+            return self.gating(x, forecasts, history)
+        return self.gating(context, forecasts)
+
+    def route(self, x: torch.Tensor, history: torch.Tensor | None = None) -> RouterOutput:
+        """Forecast ``x`` ``(B, input_length)`` -> ``RouterOutput`` (point ``(B, H)``, ...).
+
+        ``history`` ``(B, E)``: optional past per-expert MASE for gates that use it.
+        """
         x = self._check_input(x)
         scale = window_scale(x, self.scaling)  # (B, 1)
         context = scale_context(x, scale)  # (B, L)
         if self.gating.needs_forecasts:
             points, quantiles = run_experts(self.experts, x, self.pred_length)
-            logits = self.gating(context, scale_forecasts(points, scale))
+            logits = self._logits(x, context, scale_forecasts(points, scale), history)
             selection = select_top2(logits)
         else:
-            selection = select_top2(self.gating(context, None))
+            selection = select_top2(self._logits(x, context, None, history))
             points, quantiles = run_experts(self.experts, x, self.pred_length, selection.indices)
         mixture = mix(selection, points, quantiles)
         return RouterOutput(
@@ -307,12 +330,17 @@ class MoERouter(nn.Module):
         )
 
     def route_cached(
-        self, x: torch.Tensor, points: torch.Tensor, quantiles: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        points: torch.Tensor,
+        quantiles: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
     ) -> RouterOutput:
         """Top-2 dispatch replayed on cached forecasts instead of running the experts.
 
         ``x`` ``(N, input_length)``, ``points`` ``(N, E, H)``, ``quantiles`` ``(N, E, H, Q)``
-        in this router's expert order; same routing and mixing as ``route``.
+        and ``history`` ``(N, E)`` in this router's expert order; same routing and mixing
+        as ``route``.
         """
         x = self._check_input(x)
         points = points.to(self.device, torch.float32)
@@ -320,7 +348,7 @@ class MoERouter(nn.Module):
         context = scale_context(x, scale)  # (B, L)
         forecasts = scale_forecasts(points, scale) if self.gating.needs_forecasts else None
         with torch.no_grad():
-            mixture = replay_top2(self.gating(context, forecasts), points, quantiles)
+            mixture = replay_top2(self._logits(x, context, forecasts, history), points, quantiles)
         return RouterOutput(
             point=mixture.point,
             quantiles=mixture.quantiles,

@@ -19,6 +19,7 @@ __all__ = [
     "ScalingMethod",
     "window_scale",
     "seasonal_naive_scale",
+    "mase_scales",
     "scale_context",
     "scale_forecasts",
 ]
@@ -65,6 +66,26 @@ def seasonal_naive_scale(context: torch.Tensor, season_length: int) -> torch.Ten
         usable = torch.isnan(scale) & torch.isfinite(changes) & (changes > 0)
         scale = torch.where(usable, changes, scale)
     return torch.where(torch.isnan(scale), fallback, scale)
+
+
+def mase_scales(context: torch.Tensor, season_lengths: torch.Tensor | int) -> torch.Tensor:
+    """``seasonal_naive_scale`` with one season per window: ``(N, L)``, ``(N,)`` -> ``(N,)``.
+
+    Lets series of different frequencies (monthly 12, quarterly 4, ...) share one loss in
+    MASE units.
+    """
+    seasons = torch.as_tensor(season_lengths, dtype=torch.int64).reshape(-1)
+    if seasons.numel() == 1:
+        seasons = seasons.expand(context.shape[0])
+    if seasons.shape != (context.shape[0],):
+        raise ValueError(
+            f"season_lengths must have shape ({context.shape[0]},), got {tuple(seasons.shape)}"
+        )
+    out = torch.empty(context.shape[0], dtype=context.dtype, device=context.device)
+    for season in seasons.unique().tolist():
+        rows = (seasons == season).nonzero().squeeze(1).to(context.device)
+        out[rows] = seasonal_naive_scale(context[rows], int(season)).squeeze(1)
+    return out
 
 
 def scale_context(context: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

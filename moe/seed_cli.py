@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 __all__ = ["build_parser", "run"]
 
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--gate", choices=("linear", "contextual"))
     tuning.add_argument("--seed", type=int)
     tuning.add_argument("--windowing", choices=("seed", "rolling"))
+    parser.add_argument(
+        "--season-length",
+        type=int,
+        help="train: seasonal period (default: from the lines' freq, else 12 as in moe retrain)",
+    )
+    parser.add_argument(
+        "--gate-fit",
+        choices=("validated", "fixed"),
+        help="train: 'validated' = the production fit (moe.selection.fit_gate, as moe retrain); "
+        "'fixed' = train with the seed's hyperparameters and the overrides. Default: "
+        "'fixed' when --epochs/--batch-size/--lr/--gate is given, else 'validated'",
+    )
     return parser
 
 
@@ -76,6 +89,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "windowing": args.windowing,
     }
     config = TrainConfig(**{key: value for key, value in overrides.items() if value is not None})
+    if args.season_length is not None and args.season_length < 1:
+        parser.error(f"--season-length must be >= 1, got {args.season_length}")
+    hyper = (args.epochs, args.batch_size, args.lr, args.gate)
+    gate_fit: Literal["validated", "fixed"] = args.gate_fit or (
+        "fixed" if any(v is not None for v in hyper) else "validated"
+    )
     experts = (
         "auto"
         if args.experts == "auto"
@@ -89,14 +108,18 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.device,
         experts=experts,
         config=config,
+        gate_fit=gate_fit,
+        season_length=args.season_length,
     )
-    final = artifact.metrics["final"]
+    final = artifact.metrics["final"] or {"train_loss": float("nan"), "val_loss": None}
     print(
         f"saved {args.save_path}: experts {','.join(artifact.expert_keys)}, gate "
         f"{artifact.gate['kind']}, {artifact.metrics['n_train']} train / "
         f"{artifact.metrics['n_val']} validation windows, final train loss "
         f"{final['train_loss']:.4f}, val loss {final['val_loss']}"
     )
+    if "selection" in artifact.metrics:
+        print(f"gate fit: chosen on validation: {artifact.metrics['selection']['chosen']}")
     return 0
 
 

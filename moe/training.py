@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from moe._fast_linear import FastLinearTrainer
 from moe.experts.base import Expert
+from moe.feature_gate import FeaturePairGate
 from moe.gates import ContextualGate, GateKind, LinearGate, build_gate, load_balancing_loss
 from moe.router import mix, run_experts, select_top2
 from moe.scaling import (
@@ -63,8 +64,9 @@ class TrainConfig(BaseModel):
     seed: int = Field(default=0, description="Seeds gate init, the validation split and shuffling.")
     gate: GateKind = Field(
         default="linear",
-        description="'linear' (seed's nn.Linear, sparse inference) or 'contextual' "
-        "(attention over the experts' forecasts; all experts run at inference).",
+        description="'linear' (seed's nn.Linear, sparse inference), 'contextual' "
+        "(attention over the experts' forecasts; all experts run at inference) or "
+        "'feature_pair' (an MLP on series features picks a pair; sparse; moe.pair_training).",
     )
     init: Literal["random", "best_pair"] = Field(
         default="random",
@@ -90,6 +92,18 @@ class TrainConfig(BaseModel):
     )
     season_length: int = Field(
         default=1, ge=1, description="Season of the 'seasonal_naive' loss scale (12 = monthly)."
+    )
+    pair_hidden: int = Field(default=32, ge=1, description="Feature-pair gate: MLP width.")
+    pair_weights: Literal["equal", "learned"] = Field(
+        default="equal", description="Feature-pair gate: mix the pair equally or learn w."
+    )
+    use_history: bool = Field(
+        default=False,
+        description="Feature-pair gate: also route on each expert's past MASE on the same "
+        "series (strictly older windows; moe.feature_gate.past_expert_mase).",
+    )
+    weight_decay: float = Field(
+        default=0.0, ge=0, description="Feature-pair gate: AdamW weight decay."
     )
     gate_width: int = Field(default=32, ge=1, description="Contextual gate: token width.")
     gate_heads: int = Field(default=4, ge=1, description="Contextual gate: attention heads.")
@@ -171,7 +185,7 @@ class TrainResult:
     gate before any training (epoch 0), so that "no training" can win a model selection.
     """
 
-    gate: LinearGate | ContextualGate
+    gate: LinearGate | ContextualGate | FeaturePairGate
     config: TrainConfig
     history: list[EpochMetrics]
     n_train: int
@@ -293,6 +307,8 @@ def _fit(
     ``(N, E, H)``) a linear gate trains through ``FastLinearTrainer`` (same math,
     hand-written gradients); otherwise through autograd.
     """
+    if config.gate == "feature_pair":
+        raise ValueError("the feature-pair gate trains on cached forecasts only (train_gate)")
     n_windows, input_length = context.shape
     pred_length = target.shape[1]
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
@@ -438,6 +454,10 @@ def train_gate(
     *,
     validation_mask: torch.Tensor | None = None,
     engine: Literal["auto", "autograd"] = "auto",
+    mase_scale: torch.Tensor | None = None,
+    history: torch.Tensor | None = None,
+    season_lengths: torch.Tensor | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train a gate on cached expert forecasts, replaying top-2 dispatch with a gather.
 
@@ -450,9 +470,22 @@ def train_gate(
             ``config.val_fraction`` of the windows.
         engine: ``"auto"`` trains the linear gate with hand-written gradients (same result,
             several times faster); ``"autograd"`` forces the generic autograd loop.
+        mase_scale: ``(N,)`` each window's MASE denominator, e.g. from per-series season
+            lengths (``moe.scaling.mase_scales``); None: the seasonal-naive scale of the
+            context with ``config.season_length``. Used with ``loss_scale="seasonal_naive"``
+            and always by the feature-pair gate.
+        history: ``(N, E)`` feature-pair gate with ``use_history``: each expert's past MASE
+            on the same series (NaN = none).
+        season_lengths: ``(N,)`` feature-pair gate: season of each window's features
+            (None: ``config.season_length``).
+        inputs: feature-pair gate: precomputed raw inputs ``(N, F')`` (shared by a grid).
     """
     config = config or TrainConfig()
     _check_inputs(context, target)
+    if mase_scale is not None and mase_scale.reshape(-1).shape != (context.shape[0],):
+        raise ValueError(
+            f"mase_scale must have shape ({context.shape[0]},), got {tuple(mase_scale.shape)}"
+        )
     if (
         points.ndim != 3
         or points.shape[0] != context.shape[0]
@@ -469,10 +502,29 @@ def train_gate(
             f"cached forecasts are NaN/inf in {int(bad.any(dim=1).sum())} windows "
             f"(expert positions {experts}); recompute or drop those windows"
         )
+    if config.gate == "feature_pair":
+        from moe.pair_training import train_pair_gate  # it imports this module
+
+        if mase_scale is None:
+            mase_scale = seasonal_naive_scale(context.float(), config.season_length)
+        return train_pair_gate(
+            context,
+            target,
+            points,
+            config,
+            validation_mask=validation_mask,
+            mase_scale=mase_scale,
+            history=history,
+            season_lengths=season_lengths,
+            inputs=inputs,
+        )
     device = torch.device(config.device)
     context = context.to(device, torch.float32)
     scale = window_scale(context, config.scaling)  # (N, 1)
     scaled_points = scale_forecasts(points.to(device, torch.float32), scale)  # (N, E, H)
+    weight = _loss_weight(context, scale, config)
+    if mase_scale is not None and config.loss_scale == "seasonal_naive":
+        weight = scale / mase_scale.reshape(-1, 1).to(scale)
     return _fit(
         scale_context(context, scale),
         target.to(device, torch.float32) / scale,
@@ -480,7 +532,7 @@ def train_gate(
         lambda rows, selected: scaled_points[rows],
         config,
         validation_mask,
-        _loss_weight(context, scale, config),
+        weight,
         cached_points=scaled_points if engine == "auto" else None,
     )
 

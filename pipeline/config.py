@@ -74,9 +74,10 @@ class RetrainConfig(BaseModel):
             keep_best_epoch=True,
             loss_scale="seasonal_naive",
         ),
-        description="Gate training hyperparameters (seed defaults: 5 epochs, batch 8, lr 1e-3). "
-        "The newest training window of each series validates; the best epoch is kept; the "
-        "loss is a MASE, with this config's season_length.",
+        description="Gate training seed. The gate itself is chosen by the validated "
+        "selection (moe.selection.fit_gate: best pair, linear, feature-pair candidates on "
+        "each series' newest training window, one-SE rule), the same fit the accuracy "
+        "benchmark reports; only 'seed' is read from here.",
     )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
     expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")

@@ -20,7 +20,7 @@ from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
 from moe.metrics import mase
 from moe.router import MoERouter
-from moe.training import train_gate
+from moe.selection import fit_gate
 from pipeline.backtest import Scores, score_models, write_scores
 from pipeline.config import RetrainConfig
 from pipeline.models import load_verified_artifact
@@ -168,19 +168,24 @@ def train_and_backtest(
     target = torch.from_numpy(data.windows.target)
     windows = data.windows
     validation = newest_windows(windows.series_index[train], windows.origin[train])
-    result = train_gate(
+    # The production fit is the benchmarked fit (moe.selection.fit_gate); config.train
+    # still gives the seed. season_length also takes an (N,) tensor of per-window seasons.
+    fit = fit_gate(
         context[train],
         target[train],
         data.points[train].contiguous(),
-        config.train.model_copy(update={"season_length": config.season_length}),
         validation_mask=torch.from_numpy(validation),
+        season_length=config.season_length,
+        seed=config.train.seed,
     )
+    result = fit.result
     expert_config = ExpertConfig(
         batch_size=config.expert_batch_size, season_length=config.season_length
     )
     artifact = build_artifact(
         result, experts, context[train], target[train], data.points[train], expert_config
     )
+    artifact.metrics["selection"] = fit.summary()
     router = load_router(artifact, "cpu", experts=experts)
     holdout = data.windows.is_holdout
     scores = _score(router, experts, data, holdout, config.season_length)

@@ -1,0 +1,327 @@
+"""The one validated gate fit: candidates, a small grid, a time budget, a one-SE rule.
+
+``fit_gate`` is what ``moe retrain`` (``pipeline.retrain.train_and_backtest``), the seed's
+``train_and_save`` and ``benchmarks/bench_accuracy.py`` all call, so the production fit is
+the benchmarked fit.
+
+Protocol. The caller marks one validation window per series (its newest training
+window; a temporal split). Every candidate trains on the other windows with a loss in MASE
+units and is scored on the validation windows, per window, in MASE units:
+
+1. ``pair``: the constant router to the equally weighted expert pair that is best on the
+   training windows (simplest);
+2. ``linear``: the seed's linear gate started at that pair, best epoch kept;
+3. ``feature_pair``: the feature-pair gate (``moe.feature_gate``), equal or learned
+   weights, with or without each expert's past MASE on the same series (``history``);
+4. ``contextual``: attention over all experts' forecasts (dense at inference; most complex).
+
+The candidate with the lowest mean validation error is the reference; the **simplest**
+candidate whose paired mean difference to it is within one standard error of that
+difference is chosen (the one-standard-error rule: with dozens of candidates and a few
+hundred validation windows the lowest mean alone overfits validation). Candidates are
+tried in order of complexity and the grid stops adding candidates once ``time_budget_s``
+is spent (``pair`` is always tried). The chosen gate is returned as validated (trained on
+the non-validation windows): a refit on every window with the chosen epochs is a
+different gate, and refits drifted (docs/ACCURACY.md).
+
+Shapes: ``context`` ``(N, L)`` raw, NaN = missing; ``target`` ``(N, H)``; ``points``
+``(N, E, H)``; ``validation_mask``, ``series_index``, ``origin`` ``(N,)``; ``season_length``
+an int or ``(N,)`` per-window seasons.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from moe.feature_gate import FeaturePairGate, past_expert_mase
+from moe.router import mix, select_top2
+from moe.scaling import mase_scales, scale_context, scale_forecasts, window_scale
+from moe.training import TrainConfig, TrainResult, train_gate
+
+__all__ = [
+    "DEFAULT_KINDS",
+    "COMPLEXITY",
+    "CandidateScore",
+    "GateFit",
+    "candidate_configs",
+    "fit_gate",
+    "gate_logits",
+    "one_standard_error",
+]
+
+#: Candidate kinds ``fit_gate`` tries by default, simplest first. The contextual gate is
+#: left out by default: it needs every expert at inference (dense) and lost on Tourism.
+DEFAULT_KINDS: tuple[str, ...] = ("pair", "linear", "feature_pair")
+#: Rank used by the one-SE rule (lower = simpler = preferred when within one SE).
+COMPLEXITY = {"pair": 0, "linear": 1, "feature_pair": 2, "feature_pair+history": 3, "contextual": 4}
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate's validation result. ``errors`` ``(V,)`` per-window MASE."""
+
+    name: str
+    family: str  # a key of COMPLEXITY
+    config: TrainConfig
+    errors: torch.Tensor
+    seconds: float
+    result: TrainResult
+
+    @property
+    def mean(self) -> float:
+        return float(self.errors.mean())
+
+
+@dataclass
+class GateFit:
+    """The chosen gate, every candidate's validation score and why the choice was made."""
+
+    result: TrainResult
+    chosen: CandidateScore
+    best: CandidateScore
+    candidates: list[CandidateScore]
+    skipped: list[str] = field(default_factory=list)
+    history: torch.Tensor | None = None  # (N, E) past per-expert MASE the gate trained with
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for the artifact's ``metrics["selection"]``."""
+        return {
+            "rule": "one standard error (paired, per validation window, MASE units)",
+            "chosen": self.chosen.name,
+            "lowest_mean": self.best.name,
+            "n_validation": int(self.best.errors.numel()),
+            "candidates": [
+                {
+                    "name": c.name,
+                    "family": c.family,
+                    "val_mase": c.mean,
+                    "diff_vs_lowest": float((c.errors - self.best.errors).mean()),
+                    "se_vs_lowest": _paired_se(c.errors, self.best.errors),
+                    "seconds": round(c.seconds, 2),
+                }
+                for c in self.candidates
+            ],
+            "skipped_for_time": list(self.skipped),
+        }
+
+    def table(self) -> str:
+        """A fixed-width table of the candidates (validation MASE, paired SE)."""
+        lines = [f"{'candidate':<46}{'val MASE':>10}{'vs lowest':>11}{'SE':>8}"]
+        for c in self.candidates:
+            mark = " <- chosen" if c is self.chosen else ""
+            diff = float((c.errors - self.best.errors).mean())
+            se = _paired_se(c.errors, self.best.errors)
+            lines.append(f"{c.name:<46}{c.mean:>10.4f}{diff:>+11.4f}{se:>8.4f}{mark}")
+        return "\n".join(lines)
+
+
+def _paired_se(a: torch.Tensor, b: torch.Tensor) -> float:
+    difference = a - b
+    if difference.numel() < 2:
+        return 0.0
+    return float(difference.std() / difference.numel() ** 0.5)
+
+
+def one_standard_error(
+    candidates: Sequence[CandidateScore],
+) -> tuple[CandidateScore, CandidateScore]:
+    """(chosen, lowest-mean): the simplest candidate within one paired SE of the lowest."""
+    best = min(candidates, key=lambda c: c.mean)
+    within = [
+        c
+        for c in candidates
+        if float((c.errors - best.errors).mean()) <= _paired_se(c.errors, best.errors)
+    ]
+    chosen = min(within, key=lambda c: (COMPLEXITY[c.family], c.mean))
+    return chosen, best
+
+
+def candidate_configs(
+    kinds: Sequence[str], season_length: int, seed: int, use_history: bool, n_experts: int
+) -> list[tuple[str, str, TrainConfig]]:
+    """The grid: ``(name, family, config)`` per candidate, simplest first."""
+    base = TrainConfig(
+        loss_scale="seasonal_naive", season_length=season_length, seed=seed, balance_weight=0.0
+    )
+    out: list[tuple[str, str, TrainConfig]] = []
+    if "pair" in kinds:
+        pair = base.model_copy(update={"gate": "linear", "init": "best_pair", "epochs": 0})
+        out.append(("pair (best on training windows)", "pair", pair))
+    if "linear" in kinds:
+        # Every pair start (None: the pair best on the training windows): top-2 selection has
+        # no gradient, so the start decides which pair the gate can leave (docs/ACCURACY.md).
+        starts: list[tuple[int, int] | None] = [None]
+        starts += list(itertools.combinations(range(n_experts), 2))
+        for start in starts:
+            for lr in (1e-2, 1e-3):
+                for delta in (2.0, 0.1):
+                    config = base.model_copy(
+                        update={
+                            "gate": "linear",
+                            "init": "best_pair",
+                            "start_pair": start,
+                            "lr": lr,
+                            "huber_delta": delta,
+                            "epochs": 30,
+                            "batch_size": 64,
+                            "keep_best_epoch": True,
+                        }
+                    )
+                    where = "best" if start is None else f"{start[0]}+{start[1]}"
+                    name = f"linear start={where} lr={lr:g} delta={delta:g}"
+                    out.append((name, "linear", config))
+    if "feature_pair" in kinds:
+        for history in (False, True) if use_history else (False,):
+            for weights in ("equal", "learned"):
+                for decay in (1e-3, 1e-1):
+                    config = base.model_copy(
+                        update={
+                            "gate": "feature_pair",
+                            "lr": 3e-3,
+                            "epochs": 60,
+                            "batch_size": 128,
+                            "keep_best_epoch": True,
+                            "pair_weights": weights,
+                            "weight_decay": decay,
+                            "use_history": history,
+                        }
+                    )
+                    family = "feature_pair+history" if history else "feature_pair"
+                    name = f"{family} w={weights} wd={decay:g}"
+                    out.append((name, family, config))
+    if "contextual" in kinds:
+        for lr in (1e-3, 1e-2):
+            config = base.model_copy(
+                update={
+                    "gate": "contextual",
+                    "init": "best_pair",
+                    "lr": lr,
+                    "epochs": 25,
+                    "batch_size": 32,
+                    "keep_best_epoch": True,
+                }
+            )
+            out.append((f"contextual lr={lr:g}", "contextual", config))
+    return out
+
+
+def gate_logits(
+    result: TrainResult,
+    context: torch.Tensor,
+    points: torch.Tensor,
+    history: torch.Tensor | None = None,
+    inputs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits ``(n, E)`` of a trained gate on raw ``context`` ``(n, L)`` as the router
+    computes them (``inputs``: the feature-pair gate's precomputed raw inputs)."""
+    gate = result.gate
+    with torch.no_grad():
+        if isinstance(gate, FeaturePairGate):
+            if inputs is None:
+                inputs = gate.raw_inputs(context, history)
+            return gate.logits_for(*gate.pair_outputs(inputs))
+        scale = window_scale(context.float(), result.config.scaling)
+        scaled = scale_context(context.float(), scale)
+        forecasts = scale_forecasts(points.float(), scale) if gate.needs_forecasts else None
+        return gate(scaled, forecasts)
+
+
+def _window_mase(
+    mixed: torch.Tensor, target: torch.Tensor, mase_scale: torch.Tensor
+) -> torch.Tensor:
+    observed = ~torch.isnan(target)
+    errors = ((mixed - target.nan_to_num(0.0)).abs() * observed).sum(1)
+    return errors / observed.sum(1).clamp_min(1) / mase_scale
+
+
+def fit_gate(
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    *,
+    validation_mask: torch.Tensor,
+    season_length: int | torch.Tensor = 12,
+    series_index: np.ndarray | None = None,
+    origin: np.ndarray | None = None,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    use_history: bool = False,
+    time_budget_s: float = 300.0,
+    seed: int = 0,
+    log: Any = None,
+) -> GateFit:
+    """Run the validated selection (module docstring) on the training windows given.
+
+    ``use_history`` adds feature-pair candidates that route on each expert's past MASE on
+    the same series; it needs ``series_index`` and ``origin`` and is only honest when the
+    forecast path can supply the same history at inference. ``log``: a callable taking one
+    line of progress (e.g. ``print``), or None.
+    """
+    started = time.perf_counter()
+    context = context.float()
+    target = target.float()
+    points = points.float()
+    mask = validation_mask.to(torch.bool).reshape(-1)
+    if mask.shape != (context.shape[0],) or not mask.any() or mask.all():
+        raise ValueError(
+            "fit_gate needs a validation mask (N,) with some validation and some training "
+            f"windows, got {int(mask.sum())} of {mask.numel()} marked"
+        )
+    seasons = torch.as_tensor(season_length, dtype=torch.int64).reshape(-1)
+    seasons = seasons.expand(context.shape[0]) if seasons.numel() == 1 else seasons
+    typical_season = int(seasons.mode().values)
+    scale = mase_scales(context, seasons)  # (N,)
+    history = None
+    if use_history:
+        if series_index is None or origin is None:
+            raise ValueError("use_history needs series_index and origin (N,)")
+        history = past_expert_mase(points, target, scale, series_index, origin)
+    val_rows = mask.nonzero().squeeze(1)
+    inputs: dict[bool, torch.Tensor] = {}
+    candidates: list[CandidateScore] = []
+    skipped: list[str] = []
+    for name, family, config in candidate_configs(
+        kinds, typical_season, seed, use_history, points.shape[1]
+    ):
+        if candidates and time.perf_counter() - started > time_budget_s:
+            skipped.append(name)
+            continue
+        begun = time.perf_counter()
+        extra: dict[str, Any] = {"mase_scale": scale}
+        if config.gate == "feature_pair":
+            if config.use_history not in inputs:
+                probe = FeaturePairGate(
+                    context.shape[1],
+                    target.shape[1],
+                    points.shape[1],
+                    season_length=typical_season,
+                    use_history=config.use_history,
+                )
+                inputs[config.use_history] = probe.raw_inputs(
+                    context, history if config.use_history else None, seasons
+                )
+            extra.update(inputs=inputs[config.use_history], history=history)
+        result = train_gate(context, target, points, config, validation_mask=mask, **extra)
+        logits = gate_logits(
+            result,
+            context[val_rows],
+            points[val_rows],
+            None if history is None else history[val_rows],
+            inputs[config.use_history][val_rows] if config.gate == "feature_pair" else None,
+        )
+        mixed = mix(select_top2(logits), points[val_rows]).point
+        errors = _window_mase(mixed, target[val_rows], scale[val_rows])
+        candidate = CandidateScore(
+            name, family, config, errors, time.perf_counter() - begun, result
+        )
+        candidates.append(candidate)
+        if log is not None:
+            log(f"  candidate {name:<44} val MASE {candidate.mean:.4f} ({candidate.seconds:.1f}s)")
+    chosen, best = one_standard_error(candidates)
+    return GateFit(chosen.result, chosen, best, candidates, skipped, history)

@@ -1,0 +1,175 @@
+"""The feature-pair gate, its pair loss, past-error history and the validated selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moe.api import build_artifact, load_router
+from moe.artifact import load_artifact, save_artifact
+from moe.feature_gate import FeaturePairGate, past_expert_mase
+from moe.selection import fit_gate
+from moe.training import TrainConfig, train_gate
+from tests.gate.helpers import RecordingExpert
+
+L, H, E = 48, 6, 4
+
+
+def _routing_problem(
+    n_series: int = 120, signal: bool = True, seed: int = 0
+) -> dict[str, torch.Tensor | np.ndarray]:
+    """Seasonal and trending series; experts 0+1 are good on seasonal windows, 2+3 on trends.
+
+    Without ``signal`` experts 1+2 are best on every window (a constant pair wins).
+    Three windows per series (origins 0, H, 2H after the first context); the newest
+    validates.
+    """
+    rng = np.random.default_rng(seed)
+    contexts, targets, points, series, origins, kinds = [], [], [], [], [], []
+    for index in range(n_series):
+        seasonal = index % 2 == 0
+        t = np.arange(L + 3 * H)
+        if seasonal:
+            values = 50 + 10 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 0.5, t.size)
+        else:
+            values = 50 + 0.8 * t + rng.normal(0, 0.5, t.size)
+        for rank in range(3):
+            start = rank * H
+            target = values[start + L : start + L + H]
+            good = (0, 1) if seasonal else (2, 3)
+            if not signal:
+                good = (1, 2)
+            noise = np.array([1.0 if e in good else 6.0 for e in range(E)])
+            signs = rng.choice([-1.0, 1.0], size=(E, 1))
+            forecast = target[None, :] + signs * noise[:, None] * rng.uniform(0.5, 1.5, (E, H))
+            contexts.append(values[start : start + L])
+            targets.append(target)
+            points.append(forecast)
+            series.append(index)
+            origins.append(start + L)
+            kinds.append(seasonal)
+    origin = np.asarray(origins)
+    series_index = np.asarray(series)
+    newest = origin == origin.max()
+    return {
+        "context": torch.tensor(np.stack(contexts), dtype=torch.float32),
+        "target": torch.tensor(np.stack(targets), dtype=torch.float32),
+        "points": torch.tensor(np.stack(points), dtype=torch.float32),
+        "series_index": series_index,
+        "origin": origin,
+        "validation": torch.from_numpy(newest),
+        "seasonal": np.asarray(kinds),
+    }
+
+
+def _fit(problem: dict[str, torch.Tensor | np.ndarray], **kwargs: object):  # type: ignore[no-untyped-def]
+    return fit_gate(
+        problem["context"],  # type: ignore[arg-type]
+        problem["target"],  # type: ignore[arg-type]
+        problem["points"],  # type: ignore[arg-type]
+        validation_mask=problem["validation"],  # type: ignore[arg-type]
+        season_length=12,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_selection_picks_the_feature_gate_when_features_predict_the_pair() -> None:
+    """Guards the feature-pair gate and the one-SE rule: per-series routing wins when it pays."""
+    problem = _routing_problem(n_series=80)
+    fit = _fit(problem, kinds=("pair", "linear", "feature_pair"))
+    assert fit.chosen.family == "feature_pair"
+    pair = next(c for c in fit.candidates if c.family == "pair")
+    assert (
+        fit.chosen.mean < pair.mean - 2 * float((fit.chosen.errors - pair.errors).std()) / 40**0.5
+    )
+    gate = fit.result.gate
+    rows = problem["validation"]
+    logits = gate(problem["context"][rows])  # type: ignore[index]
+    chosen = set_of_top2(logits)
+    seasonal = problem["seasonal"][rows.numpy()]  # type: ignore[union-attr, index]
+    right = [c == ({0, 1} if s else {2, 3}) for c, s in zip(chosen, seasonal, strict=True)]
+    assert np.mean(right) > 0.9
+
+
+def set_of_top2(logits: torch.Tensor) -> list[set[int]]:
+    return [set(row) for row in logits.topk(2, dim=1).indices.tolist()]
+
+
+def test_selection_keeps_the_constant_pair_without_signal() -> None:
+    """Guards the one-SE rule: when one pair is best everywhere, the simplest candidate wins."""
+    fit = _fit(_routing_problem(signal=False))
+    assert fit.chosen.family == "pair"
+    assert fit.result.start_pair == (1, 2)
+    assert {"chosen", "candidates", "rule"} <= set(fit.summary())
+
+
+def test_time_budget_keeps_the_pair_and_skips_the_rest() -> None:
+    """Guards the time budget: with no time left only the first (simplest) candidate runs."""
+    fit = _fit(_routing_problem(n_series=20), time_budget_s=0.0)
+    assert [c.family for c in fit.candidates] == ["pair"] and fit.skipped
+
+
+def test_feature_gate_artifact_round_trip_and_sparse_inference(tmp_path: Path) -> None:
+    """Guards the artifact path: weights_only load, same routing, only the chosen pair runs."""
+    problem = _routing_problem(n_series=40)
+    config = TrainConfig(
+        gate="feature_pair", epochs=20, batch_size=32, lr=1e-2, season_length=12,
+        pair_weights="learned",
+    )  # fmt: skip
+    result = train_gate(
+        problem["context"],  # type: ignore[arg-type]
+        problem["target"],  # type: ignore[arg-type]
+        problem["points"],  # type: ignore[arg-type]
+        config,
+        validation_mask=problem["validation"],  # type: ignore[arg-type]
+    )
+    experts = [RecordingExpert(f"e{i}", 1.0 + 0.1 * i) for i in range(E)]
+    context, target, points = problem["context"], problem["target"], problem["points"]
+    artifact = build_artifact(result, experts, context, target, points)  # type: ignore[arg-type]
+    path = save_artifact(artifact, tmp_path / "model.pt")
+    raw = torch.load(path, weights_only=True)
+    assert raw["gate"]["kind"] == "feature_pair" and raw["gate"]["learned_weights"] is True
+    loaded = load_artifact(path)
+    router = load_router(loaded, experts=experts)
+    batch = context[:8]  # type: ignore[index]
+    expected = result.gate(batch).topk(2, dim=1).indices
+    output = router.route(batch)
+    assert torch.equal(output.routing.indices, expected)
+    for index, expert in enumerate(experts):
+        rows_used = int((expected == index).any(dim=1).sum())
+        assert sum(b.shape[0] for b in expert.batches) == rows_used
+    weights = output.routing.weights
+    assert torch.allclose(weights.sum(dim=1), torch.ones(8)) and (weights > 0).all()
+
+
+def test_permuted_gate_routes_to_the_same_experts() -> None:
+    """Guards FeaturePairGate.permuted: reordering experts reorders logits, routing is unchanged."""
+    torch.manual_seed(0)
+    gate = FeaturePairGate(L, H, E, use_history=True, learned_weights=True).eval()
+    problem = _routing_problem(n_series=10)
+    context = problem["context"]
+    history = torch.rand(context.shape[0], E)  # type: ignore[union-attr]
+    order = [2, 0, 3, 1]
+    twin = gate.permuted(order)
+    with torch.no_grad():
+        original = gate(context, None, history)  # type: ignore[arg-type]
+        permuted = twin(context, None, history[:, order])  # type: ignore[arg-type]
+    assert torch.allclose(original[:, order], permuted, atol=1e-4)
+
+
+def test_past_expert_mase_uses_only_strictly_older_windows() -> None:
+    """Guards against leakage: a window's history never reads its own or overlapping targets."""
+    points = torch.tensor([[[1.0, 1.0]], [[2.0, 2.0]], [[4.0, 4.0]], [[8.0, 8.0]]])  # (4, 1, 2)
+    target = torch.zeros(4, 2)
+    scale = torch.ones(4)
+    series = np.array([0, 0, 0, 1])
+    origin = np.array([10, 12, 11, 12])  # window 2 overlaps window 1's target (11 + 2 > 12)
+    history = past_expert_mase(points, target, scale, series, origin)
+    assert torch.isnan(history[0]).all()  # the oldest window has no history
+    assert history[1].item() == 1.0  # only window 0 (ends at 12 <= 12), not window 2
+    assert history[2].isnan().all()  # window 0 ends at 12 > 11: overlaps, left out
+    assert history[3].isnan().all()  # other series never count
+    target[1] = 100.0  # a window's own target never changes its history
+    assert torch.equal(past_expert_mase(points, target, scale, series, origin)[1], history[1])

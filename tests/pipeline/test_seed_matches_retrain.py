@@ -1,0 +1,96 @@
+"""The seed command line and ``moe retrain`` fit the same gate on the same real series.
+
+Both run the validated selection (``moe.selection.fit_gate``) with real offline experts on
+M3 monthly series from the bundled sample. The seed path sees each series without its
+last ``H`` points, so its windows are exactly the retrain's training windows (and its
+validation windows the retrain's newest training windows); both gates are then scored on
+the retrain's backtest windows, which neither trained on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moe.api import load_router
+from moe.metrics import mase
+from moe.seed_cli import run
+from pipeline.config import RetrainConfig
+from pipeline.retrain import build_experts_for, load_training_data, prepare_windows, retrain
+from storage import Store
+
+SAMPLE = Path(__file__).resolve().parents[2] / "pipeline" / "sample_data"
+EXPERTS = ["seasonal_naive", "autoets", "autotheta"]
+L, H = 36, 18
+KEEP = L + 3 * H  # the last 90 points: 1 backtest + 2 training windows per series
+
+
+def _sample() -> list[dict[str, object]]:
+    """Sample series with at least ``KEEP`` points, cut to their last ``KEEP``."""
+    with gzip.open(SAMPLE / "m3_monthly_sample.jsonl.gz", "rt") as handle:
+        records = [json.loads(line) for line in handle]
+    return [{**r, "sequence": r["sequence"][-KEEP:]} for r in records if len(r["sequence"]) >= KEEP]
+
+
+def _write(path: Path, records: list[dict[str, object]]) -> Path:
+    with open(path, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, RetrainConfig, float]:
+    """``moe retrain`` on the sample (with freq): its store, config and backtest MASE."""
+    folder = tmp_path_factory.mktemp("seed_vs_retrain")
+    store = Store.open(folder / "store")
+    config = RetrainConfig(
+        jsonl_paths=[str(_write(folder / "full.jsonl", _sample()))],
+        experts=EXPERTS,  # type: ignore[arg-type]
+        input_length=L,
+        pred_length=H,
+        season_length=12,
+        max_windows_per_series=64,  # the seed path's default cap, so the windows agree
+        forecast_after=False,
+    )
+    result = retrain(store, config)
+    return store, config, result.scores.overall()["mixture"]["mase"]
+
+
+@pytest.mark.parametrize("with_freq", [True, False])
+def test_seed_command_line_is_not_worse_than_retrain(
+    retrained: tuple[Store, RetrainConfig, float],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    with_freq: bool,
+) -> None:
+    """Guards issue 12/13: the seed CLI (with or without freq) fits a gate at least as good
+    as moe retrain's on the same series, scored on the retrain's backtest windows."""
+    store, config, retrain_mase = retrained
+    records = _sample()
+    if not with_freq:
+        records = [{k: v for k, v in r.items() if k not in ("freq", "start")} for r in records]
+    truncated = [{**r, "sequence": r["sequence"][:-H]} for r in records]  # type: ignore[index]
+    seed_file = _write(tmp_path / "seed.jsonl", truncated)
+    model = tmp_path / "seed.pt"
+    argv = ["--mode", "train", "--jsonl", str(seed_file), "--input-length", str(L)]
+    argv += ["--pred-length", str(H), "--save-path", str(model), "--experts", ",".join(EXPERTS)]
+    assert run(argv) == 0, capsys.readouterr().err
+
+    series, windows = prepare_windows(store, config)
+    experts = build_experts_for(config)
+    data = load_training_data(store, experts, series, windows, H)
+    holdout = windows.is_holdout
+    router = load_router(model, experts=experts)
+    output = router.route_cached(
+        torch.from_numpy(windows.context[holdout]), data.points[holdout].contiguous()
+    )
+    context = windows.context[holdout]
+    seed_mase = float(np.nanmean(mase(windows.target[holdout], output.point.numpy(), context, 12)))
+    assert int(holdout.sum()) == len(records) > 20
+    assert seed_mase <= retrain_mase * 1.01, (seed_mase, retrain_mase)
