@@ -46,8 +46,13 @@ class RetrainConfig(BaseModel):
     )
     input_length: int = Field(default=36, ge=2, le=4096, description="Context points per window.")
     pred_length: int = Field(default=18, ge=1, le=1024, description="Forecast horizon (steps).")
-    season_length: int = Field(
-        default=12, ge=1, le=1000, description="Seasonal period for statistical experts and MASE."
+    season_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Seasonal period for the statistical experts, the MASE-unit loss and every "
+        "metric. None (default): per series, from its freq (M 12, Q 4, W 52, D 7, H 24, ...) "
+        "or detected from its values when it has none; a number forces it for every series.",
     )
     stride: int | None = Field(
         default=None, ge=1, description="Steps between window origins (None: pred_length)."
@@ -132,4 +137,8 @@ class EvaluateConfig(BaseModel):
     consecutive_runs: int = Field(
         default=3, ge=1, le=100, description="...for this many consecutive forecast runs."
     )
-    season_length: int = Field(default=12, ge=1, description="Seasonal period for MASE.")
+    season_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seasonal period for MASE; None: per series (freq, else detected).",
+    )

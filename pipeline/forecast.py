@@ -11,6 +11,7 @@ Series shorter than the model's ``input_length`` are left-padded with missing va
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,16 +26,25 @@ import torch
 from pandas.tseries.frequencies import to_offset
 
 from moe.api import load_router
+from moe.artifact import load_artifact
 from moe.experts.base import Expert
 from moe.router import MoERouter
 from pipeline.config import ForecastConfig
+from pipeline.seasons import experts_for_season, season_groups, series_season_lengths
 from storage.registry import ModelVersion, RegistryError, champion, get_model
 from storage.schemas import QUANTILE_COLUMNS
 from storage.series import StoredSeries, load_series
 from storage.sql import query
 from storage.store import Store
 
-__all__ = ["ForecastRun", "choose_model", "batch_forecast", "last_contexts", "forecast_rows"]
+__all__ = [
+    "ForecastRun",
+    "choose_model",
+    "batch_forecast",
+    "last_contexts",
+    "forecast_rows",
+    "route_by_season",
+]
 
 
 @dataclass(frozen=True)
@@ -85,27 +95,59 @@ def _timestamps(start: str | None, freq: str | None, n_points: int, horizon: int
     return tuple(stamps.to_pydatetime())
 
 
+def _with_experts(router: MoERouter, experts: list[Expert]) -> MoERouter:
+    """A shallow copy of ``router`` (same gate) whose experts are ``experts`` (same order)."""
+    variant = copy.copy(router)
+    variant.experts = experts
+    return variant
+
+
+def route_by_season(
+    router: MoERouter, contexts: np.ndarray, season_lengths: np.ndarray | None, device: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Route ``contexts`` ``(B, L)``, each row with its period's expert variants.
+
+    Returns ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)`` (float64, NaN where absent),
+    ``indices`` ``(B, 2)`` and ``weights`` ``(B, 2)``. ``season_lengths`` ``(B,)``; None
+    routes every row with the router's experts as they are.
+    """
+    b, horizon = contexts.shape[0], router.pred_length
+    point = np.full((b, horizon), np.nan)
+    quantiles = np.full((b, horizon, len(QUANTILE_COLUMNS)), np.nan)
+    indices = np.zeros((b, 2), np.int64)
+    weights = np.zeros((b, 2))
+    groups = [(None, np.arange(b))] if season_lengths is None else season_groups(season_lengths)
+    for season, rows in groups:
+        routed = router
+        if season is not None:
+            routed = _with_experts(router, experts_for_season(router.experts, season))
+        with torch.no_grad():
+            output = routed.route(torch.from_numpy(contexts[rows]).to(device))
+        point[rows] = output.point.cpu().numpy()
+        if output.quantiles is not None:
+            quantiles[rows] = output.quantiles.cpu().numpy()
+        indices[rows] = output.routing.indices.numpy()
+        weights[rows] = output.routing.weights.numpy()
+    return point, quantiles, indices, weights
+
+
 def forecast_rows(
     router: MoERouter,
     series: StoredSeries,
     run_id: str,
     model_version: str,
     device: str = "cpu",
+    season_lengths: np.ndarray | None = None,
 ) -> pa.Table:
-    """Long-format rows (one per series and step) for one chunk of series."""
+    """Long-format rows (one per series and step) for one chunk of series.
+
+    ``season_lengths`` ``(B,)``: each series' period for the season-aware experts (None:
+    the experts as the router has them).
+    """
     horizon = router.pred_length
     contexts, lengths = last_contexts(series, router.input_length)
-    with torch.no_grad():
-        output = router.route(torch.from_numpy(contexts).to(device))
-    point = output.point.cpu().numpy().astype(np.float64)  # (B, H)
-    quantiles = (
-        np.full((*point.shape, len(QUANTILE_COLUMNS)), np.nan)
-        if output.quantiles is None
-        else output.quantiles.cpu().numpy().astype(np.float64)
-    )  # (B, H, Q)
-    keys = output.routing.expert_keys
-    indices = output.routing.indices.numpy()  # (B, 2)
-    weights = output.routing.weights.numpy().astype(np.float64)  # (B, 2)
+    point, quantiles, indices, weights = route_by_season(router, contexts, season_lengths, device)
+    keys = router.expert_keys
     b = len(series)
     steps = np.tile(np.arange(1, horizon + 1, dtype=np.int32), b)
     per_row = np.repeat(np.arange(b), horizon)
@@ -144,7 +186,10 @@ def batch_forecast(
     name; a worker that keeps them loaded, or tests with fakes).
     """
     model = choose_model(store, config.model_version)
-    router = load_router(model.artifact_path, config.device, experts=experts)
+    artifact = load_artifact(model.artifact_path)
+    router = load_router(artifact, config.device, experts=experts)
+    per_series = artifact.season.get("mode") == "per_series"
+    forced = artifact.season.get("forced")
     run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     if config.series_ids is None:
         ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)
@@ -167,7 +212,8 @@ def batch_forecast(
             chunk = load_series(store, series_ids[begin : begin + config.chunk_size])
             if len(chunk) == 0:
                 continue
-            rows = forecast_rows(router, chunk, run_id, model.model_version, config.device)
+            seasons = series_season_lengths(chunk, forced) if per_series else None
+            rows = forecast_rows(router, chunk, run_id, model.model_version, config.device, seasons)
             write(f"chunk-{chunk_index:06d}", rows)
             n_rows += rows.num_rows
             n_series += len(chunk)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from moe.training import train_gate
 from pipeline.backtest import Scores, score_models, write_scores
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
+from pipeline.seasons import experts_for_season, series_season_lengths
 from pipeline.windows import windows_from_store
 from storage.ingest import IngestReport, ingest_jsonl
 from storage.registry import champion, get_model, promote, record_event, register_model
@@ -42,6 +43,7 @@ __all__ = [
     "train_and_backtest",
     "register_and_decide",
     "retrain",
+    "season_policy",
 ]
 
 
@@ -58,6 +60,14 @@ class TrainingData:
     points: torch.Tensor
     quantiles: torch.Tensor
 
+    @property
+    def season_lengths(self) -> torch.Tensor:
+        """``(N,)`` int64: each window's seasonal period (the MASE-unit loss's per-window lag)."""
+        seasons = self.windows.season_length
+        if seasons is None:
+            raise ValueError("these windows carry no season lengths (use prepare_windows)")
+        return torch.from_numpy(seasons)
+
 
 @dataclass
 class RetrainResult:
@@ -73,10 +83,12 @@ class RetrainResult:
 
 
 def build_experts_for(config: RetrainConfig) -> list[Expert]:
+    # Per-series seasons (season_length None) start from the non-seasonal variant; each
+    # window's period is applied with moe.experts.base.for_season where the experts run.
     expert_config = ExpertConfig(
         device=config.device,
         batch_size=config.expert_batch_size,
-        season_length=config.season_length,
+        season_length=config.season_length or 1,
     )
     return resolve_experts(list(config.experts), config.device, expert_config)
 
@@ -86,7 +98,12 @@ def ingest_files(store: Store, paths: list[str]) -> list[IngestReport]:
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:
-    """Rolling windows over the stored series; windows with nothing observed are dropped."""
+    """Rolling windows over the stored series; windows with nothing observed are dropped.
+
+    Each window carries its series' season length (``windows.season_length`` ``(N,)``):
+    ``config.season_length`` when set, else from the series' freq, else detected on the
+    series without its backtest targets.
+    """
     series, windows = windows_from_store(
         store,
         config.input_length,
@@ -95,14 +112,11 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
         max_windows_per_series=config.max_windows_per_series,
         holdout=config.backtest_windows,
     )
+    stride = config.stride or config.pred_length
+    backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
+    seasons = series_season_lengths(series, config.season_length, exclude_last=backtest_points)
     usable = ~np.isnan(windows.context).all(axis=1) & ~np.isnan(windows.target).all(axis=1)
-    windows = Windows(
-        context=windows.context[usable],
-        target=windows.target[usable],
-        series_index=windows.series_index[usable],
-        origin=windows.origin[usable],
-        is_holdout=windows.is_holdout[usable],
-    )
+    windows = replace(windows, season_length=seasons[windows.series_index]).select(usable)
     if len(windows) == 0 or windows.is_holdout.all():
         raise ValueError(
             f"no training windows: {len(series)} stored series, none long enough for "
@@ -122,17 +136,22 @@ def fill_cache(
         config.pred_length,
         batch_size=config.expert_batch_size,
         device=config.device,
+        season_lengths=windows.season_length,
     )
 
 
 def fill_cache_shard(
-    store_root: str, config: RetrainConfig, context: np.ndarray
+    store_root: str, config: RetrainConfig, context: np.ndarray, season_length: int | None = None
 ) -> list[PrecomputeStats]:
     """One shard of a distributed precompute: load the experts here (on the worker) and
-    fill the cache for ``context`` ``(n, L)``."""
+    fill the cache for ``context`` ``(n, L)``, every row of period ``season_length`` (None:
+    the experts as configured)."""
+    experts = build_experts_for(config)
+    if season_length is not None:
+        experts = experts_for_season(experts, season_length)
     return precompute_cache(
         Store.open(store_root),
-        build_experts_for(config),
+        experts,
         context,
         config.pred_length,
         batch_size=config.expert_batch_size,
@@ -144,7 +163,9 @@ def fill_cache_shard(
 def load_training_data(
     store: Store, experts: list[Expert], series: StoredSeries, windows: Windows, pred_length: int
 ) -> TrainingData:
-    points, quantiles = load_cached(store, experts, windows.context, pred_length)
+    points, quantiles = load_cached(
+        store, experts, windows.context, pred_length, season_lengths=windows.season_length
+    )
     assert quantiles is not None
     return TrainingData(series=series, windows=windows, points=points, quantiles=quantiles)
 
@@ -167,24 +188,44 @@ def train_and_backtest(
     target = torch.from_numpy(data.windows.target)
     windows = data.windows
     validation = newest_windows(windows.series_index[train], windows.origin[train])
+    # Hook for the per-window MASE-unit loss (data.season_lengths, (N,)): until the gate
+    # trainer takes one period per window, it gets the commonest period of the training rows.
+    loss_season = _commonest(_seasons(data)[train])
     result = train_gate(
         context[train],
         target[train],
         data.points[train].contiguous(),
-        config.train.model_copy(update={"season_length": config.season_length}),
+        config.train.model_copy(update={"season_length": loss_season}),
         validation_mask=torch.from_numpy(validation),
     )
     expert_config = ExpertConfig(
-        batch_size=config.expert_batch_size, season_length=config.season_length
+        batch_size=config.expert_batch_size, season_length=config.season_length or 1
     )
     artifact = build_artifact(
         result, experts, context[train], target[train], data.points[train], expert_config
     )
+    artifact = replace(artifact, season=season_policy(config))
     router = load_router(artifact, "cpu", experts=experts)
     holdout = data.windows.is_holdout
-    scores = _score(router, experts, data, holdout, config.season_length)
+    scores = _score(router, experts, data, holdout)
     artifact.metrics["backtest"] = scores.overall()
     return artifact, scores
+
+
+def season_policy(config: RetrainConfig) -> dict[str, object]:
+    """How the forecast job picks each series' season (stored in the artifact)."""
+    return {"mode": "per_series", "forced": config.season_length}
+
+
+def _seasons(data: TrainingData) -> np.ndarray:
+    """``(N,)`` each window's period; windows built without one count as non-seasonal."""
+    seasons = data.windows.season_length
+    return np.ones(len(data.windows), np.int64) if seasons is None else seasons
+
+
+def _commonest(seasons: np.ndarray) -> int:
+    values, counts = np.unique(seasons, return_counts=True)
+    return int(values[np.argmax(counts)]) if values.size else 1
 
 
 def _score(
@@ -192,7 +233,6 @@ def _score(
     experts: list[Expert],
     data: TrainingData,
     rows: np.ndarray,
-    season_length: int,
     name: str = "mixture",
 ) -> Scores:
     points = data.points[rows].contiguous()
@@ -207,7 +247,7 @@ def _score(
         points.numpy(),
         quantiles.numpy(),
         {name: mixed},
-        season_length,
+        _seasons(data)[rows],
     )
 
 
@@ -231,11 +271,18 @@ def _champion_mase(
     router = load_router(artifact, config.device, experts=reuse)
     holdout = data.windows.is_holdout
     context = data.windows.context[holdout]
-    precompute_cache(store, router.experts, context, config.pred_length, progress=False)
-    points, quantiles = load_cached(store, router.experts, context, config.pred_length)
+    seasons = _seasons(data)[holdout]
+    if not artifact.season:  # an older champion: its experts' one configured season
+        seasons = None
+    precompute_cache(
+        store, router.experts, context, config.pred_length, progress=False, season_lengths=seasons
+    )
+    points, quantiles = load_cached(
+        store, router.experts, context, config.pred_length, season_lengths=seasons
+    )
     assert quantiles is not None
     mixed, _ = mixture_on_cache(router, context, points, quantiles)
-    score = mase(data.windows.target[holdout], mixed, context, config.season_length)
+    score = mase(data.windows.target[holdout], mixed, context, _seasons(data)[holdout])
     return current.model_version, float(np.nanmean(score))
 
 
