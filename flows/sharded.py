@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow, task, unmapped
-from prefect.futures import PrefectFuture
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from pydantic import Field
 
 from flows import tasks
