@@ -20,10 +20,11 @@ from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
 from moe.metrics import mase
 from moe.router import MoERouter
-from moe.training import train_gate
+from moe.training import TrainResult, train_gate
 from pipeline.backtest import Scores, score_models, write_scores
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
+from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
 from pipeline.seasons import experts_for_season, series_season_lengths
 from pipeline.windows import windows_from_store
 from storage.ingest import IngestReport, ingest_jsonl
@@ -80,6 +81,7 @@ class RetrainResult:
     run_id: str
     precompute: list[PrecomputeStats] = field(default_factory=list)
     artifact_path: str = ""
+    candidate: str = "gate"  # what was registered: "gate" or "constant_pair"
 
 
 def build_experts_for(config: RetrainConfig) -> list[Expert]:
@@ -286,6 +288,80 @@ def _champion_mase(
     return current.model_version, float(np.nanmean(score))
 
 
+def _constant_pair_candidate(
+    experts: list[Expert], data: TrainingData, config: RetrainConfig
+) -> tuple[GateArtifact, Scores, str]:
+    """The best constant pair (chosen on the training windows), packaged through the normal
+    artifact path, and its backtest scores; returns (artifact, scores, label)."""
+    train = ~data.windows.is_holdout
+    windows = data.windows
+    pair = best_constant_pair(
+        data.points[train].numpy(),
+        windows.target[train],
+        windows.context[train],
+        _seasons(data)[train],
+    )
+    names = [expert.name for expert in experts]
+    gate = constant_pair_gate(config.input_length, config.pred_length, len(experts), pair)
+    result = TrainResult(
+        gate=gate,
+        config=config.train.model_copy(update={"season_length": _commonest(_seasons(data))}),
+        history=[],
+        n_train=int(train.sum()),
+        n_val=0,
+        start_pair=(pair.first, pair.second),
+    )
+    context = torch.from_numpy(windows.context[train])
+    target = torch.from_numpy(windows.target[train])
+    expert_config = ExpertConfig(
+        batch_size=config.expert_batch_size, season_length=config.season_length or 1
+    )
+    artifact = build_artifact(result, experts, context, target, data.points[train], expert_config)
+    label = pair.label(names)
+    artifact.metrics["constant_pair"] = {
+        "experts": [names[pair.first], names[pair.second]],
+        "weights": [pair.weight, 1 - pair.weight],
+        "train_mase": pair.train_mase,
+    }
+    artifact = replace(artifact, season=season_policy(config))
+    router = load_router(artifact, "cpu", experts=experts)
+    scores = _score(router, experts, data, data.windows.is_holdout)
+    return artifact, scores, label
+
+
+def _decide_candidate(
+    artifact: GateArtifact,
+    scores: Scores,
+    data: TrainingData,
+    config: RetrainConfig,
+    experts: list[Expert],
+) -> tuple[GateArtifact, Scores, Verdict]:
+    """The learned gate if it beats the best single expert and the constant pair on the
+    backtest windows, else the constant pair. The returned scores' ``mixture`` row is the
+    chosen model; ``learned_gate`` and ``constant_pair`` rows keep both candidates."""
+    overall = scores.overall()
+    names = [expert.name for expert in experts]
+    single = min(
+        ((name, overall[name]["mase"]) for name in names),
+        key=lambda item: item[1] if np.isfinite(item[1]) else np.inf,
+    )
+    pair_artifact, pair_scores, label = _constant_pair_candidate(experts, data, config)
+    pair_mase = pair_scores.overall()["mixture"]["mase"]
+    verdict = judge(
+        overall["mixture"]["mase"], single, (label, pair_mase), int(data.windows.is_holdout.sum())
+    )
+    per_window = dict(scores.per_window)
+    per_window["learned_gate"] = scores.per_window["mixture"]
+    per_window["constant_pair"] = pair_scores.per_window["mixture"]
+    chosen = artifact if verdict.use_gate else pair_artifact
+    if not verdict.use_gate:
+        per_window["mixture"] = pair_scores.per_window["mixture"]
+    merged = Scores(per_window=per_window, series_index=scores.series_index)
+    chosen.metrics["backtest"] = merged.overall()
+    chosen.metrics["promotion"] = verdict.details
+    return chosen, merged, verdict
+
+
 def register_and_decide(
     store: Store,
     artifact: GateArtifact,
@@ -295,7 +371,14 @@ def register_and_decide(
     run_id: str,
     experts: list[Expert],
 ) -> RetrainResult:
-    """Register the challenger; promote it when it beats the champion by the margin."""
+    """Register the candidate and promote it when it is safe.
+
+    The candidate is the learned gate when its backtest MASE beats both the best single
+    expert and the best constant pair on the same windows, else the constant pair
+    (``pipeline.promotion``). It becomes champion when there is none yet, or when it beats
+    the champion by ``promotion_margin``. The reason names every comparison.
+    """
+    artifact, scores, verdict = _decide_candidate(artifact, scores, data, config, experts)
     challenger_mase = scores.overall()["mixture"]["mase"]
     with tempfile.TemporaryDirectory() as folder:
         path = save_artifact(artifact, Path(folder) / "model.pt")
@@ -313,17 +396,17 @@ def register_and_decide(
     write_scores(store, scores, data.series.series_id, run_id, version)
     incumbent = _champion_mase(store, data, config, experts)
     if incumbent is None:
-        reason = f"first model (backtest MASE {challenger_mase:.4f})"
         promoted = True
+        reason = f"{verdict.reason}; first model (backtest MASE {challenger_mase:.4f})"
     else:
         threshold = incumbent[1] * (1.0 - config.promotion_margin)
         promoted = challenger_mase <= threshold
-        comparison = (
-            f"challenger MASE {challenger_mase:.4f} vs champion {incumbent[0]} "
-            f"{incumbent[1]:.4f} on the same {int(data.windows.is_holdout.sum())} windows "
-            f"(needs <= {threshold:.4f}, margin {config.promotion_margin:.0%})"
+        reason = (
+            f"{verdict.reason}; candidate MASE {challenger_mase:.4f} vs champion "
+            f"{incumbent[0]} {incumbent[1]:.4f} on the same "
+            f"{int(data.windows.is_holdout.sum())} windows (needs <= {threshold:.4f}, margin "
+            f"{config.promotion_margin:.0%})"
         )
-        reason = comparison
     if promoted:
         promote(store, version, reason)
     else:
@@ -337,6 +420,7 @@ def register_and_decide(
         champion_mase=None if incumbent is None else incumbent[1],
         run_id=run_id,
         artifact_path=get_model(store, version).artifact_path,
+        candidate="gate" if verdict.use_gate else "constant_pair",
     )
 
 
