@@ -15,6 +15,8 @@ Definitions:
 * RMSE: sqrt(mean (y - f)^2).
 * WQL: 2 * sum_q sum_h pinball_q(y, f_q) / (Q * sum_h |y|), the weighted quantile loss
   used as a CRPS approximation (levels with NaN quantiles are left out).
+* coverage_90: share of observed actuals inside [q05, q95] (NaN without both levels).
+* width_90: mean (q95 - q05) over the window, in MASE's scale (comparable across series).
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["SeasonLength", "mase", "smape", "mape", "rmse", "wql", "naive_scale", "all_metrics"]
+__all__ = [
+    "SeasonLength",
+    "mase",
+    "smape",
+    "mape",
+    "rmse",
+    "wql",
+    "naive_scale",
+    "interval_coverage",
+    "interval_width",
+    "all_metrics",
+]
 
 
 def _nanmean_rows(values: np.ndarray) -> np.ndarray:
@@ -117,6 +130,23 @@ def wql(target: np.ndarray, quantiles: np.ndarray, levels: Sequence[float]) -> n
         return np.where(weight > 0, 2.0 * loss / weight, np.nan)
 
 
+def interval_coverage(target: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Share of observed ``target`` points in ``[lower, upper]``, per window; all ``(N, H)``."""
+    target = np.asarray(target, np.float64)
+    valid = ~np.isnan(target) & ~np.isnan(lower) & ~np.isnan(upper)
+    inside = np.where(valid, (target >= lower) & (target <= upper), np.nan)
+    return _nanmean_rows(inside.astype(np.float64))
+
+
+def interval_width(
+    lower: np.ndarray, upper: np.ndarray, context: np.ndarray, season_length: SeasonLength = 1
+) -> np.ndarray:
+    """Mean ``upper - lower`` per window in MASE's scale (``naive_scale``); ``(N,)``."""
+    scale = naive_scale(context, season_length)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(scale > 0, _nanmean_rows(upper - lower) / scale, np.nan)
+
+
 def all_metrics(
     target: np.ndarray,
     forecast: np.ndarray,
@@ -125,12 +155,22 @@ def all_metrics(
     levels: Sequence[float] = (),
     season_length: SeasonLength = 1,
 ) -> dict[str, np.ndarray]:
-    """Every metric per window: ``{"mase", "smape", "mape", "rmse", "wql"}`` -> ``(N,)``."""
+    """Every metric per window: ``{"mase", "smape", "mape", "rmse", "wql", "coverage_90",
+    "width_90"}`` -> ``(N,)`` (the interval metrics need levels 0.05 and 0.95)."""
     n = target.shape[0]
+    nothing = np.full(n, np.nan)
+    coverage, width = nothing, nothing
+    if quantiles is not None and 0.05 in levels and 0.95 in levels:
+        lower = quantiles[:, :, list(levels).index(0.05)]
+        upper = quantiles[:, :, list(levels).index(0.95)]
+        coverage = interval_coverage(target, lower, upper)
+        width = interval_width(lower, upper, context, season_length)
     return {
         "mase": mase(target, forecast, context, season_length),
         "smape": smape(target, forecast),
         "mape": mape(target, forecast),
         "rmse": rmse(target, forecast),
         "wql": wql(target, quantiles, levels) if quantiles is not None else np.full(n, np.nan),
+        "coverage_90": coverage,
+        "width_90": width,
     }

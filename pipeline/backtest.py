@@ -19,7 +19,7 @@ from storage.store import Store
 
 __all__ = ["Scores", "score_models", "write_scores", "METRIC_NAMES"]
 
-METRIC_NAMES = ("mase", "smape", "mape", "rmse", "wql")
+METRIC_NAMES = ("mase", "smape", "mape", "rmse", "wql", "coverage_90", "width_90")
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ class Scores:
     def table(self) -> str:
         """A fixed-width leaderboard, best MASE first."""
         overall = self.overall()
-        lines = [f"{'model':<20}" + "".join(f"{name:>10}" for name in METRIC_NAMES)]
+        lines = [f"{'model':<20}" + "".join(f"{name:>12}" for name in METRIC_NAMES)]
         for model in sorted(overall, key=lambda m: overall[m]["mase"]):
             lines.append(
-                f"{model:<20}" + "".join(f"{overall[model][name]:>10.4f}" for name in METRIC_NAMES)
+                f"{model:<20}" + "".join(f"{overall[model][name]:>12.4f}" for name in METRIC_NAMES)
             )
         return "\n".join(lines)
 

@@ -28,6 +28,7 @@ from pandas.tseries.frequencies import to_offset
 from moe.api import load_router
 from moe.artifact import load_artifact
 from moe.experts.base import Expert
+from moe.intervals import IntervalModel, ResidualQuantileExpert
 from moe.router import MoERouter
 from pipeline.config import ForecastConfig
 from pipeline.seasons import experts_for_season, season_groups, series_season_lengths
@@ -102,14 +103,30 @@ def _with_experts(router: MoERouter, experts: list[Expert]) -> MoERouter:
     return variant
 
 
+def _experts_for(
+    router: MoERouter, season: int | None, intervals: IntervalModel | None
+) -> list[Expert]:
+    """The router's experts for one period, wrapped to fill missing quantile levels."""
+    experts = list(router.experts) if season is None else experts_for_season(router.experts, season)
+    if intervals is None:
+        return experts
+    offsets = intervals.offsets_for([expert.name for expert in experts])  # (E, H, Q)
+    return [ResidualQuantileExpert(expert, offsets[index]) for index, expert in enumerate(experts)]
+
+
 def route_by_season(
-    router: MoERouter, contexts: np.ndarray, season_lengths: np.ndarray | None, device: str
+    router: MoERouter,
+    contexts: np.ndarray,
+    season_lengths: np.ndarray | None,
+    device: str,
+    intervals: IntervalModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Route ``contexts`` ``(B, L)``, each row with its period's expert variants.
 
     Returns ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)`` (float64, NaN where absent),
     ``indices`` ``(B, 2)`` and ``weights`` ``(B, 2)``. ``season_lengths`` ``(B,)``; None
-    routes every row with the router's experts as they are.
+    routes every row with the router's experts as they are. ``intervals`` (from the
+    artifact): experts' missing levels are filled and the mixture's quantiles calibrated.
     """
     b, horizon = contexts.shape[0], router.pred_length
     point = np.full((b, horizon), np.nan)
@@ -119,13 +136,15 @@ def route_by_season(
     groups = [(None, np.arange(b))] if season_lengths is None else season_groups(season_lengths)
     for season, rows in groups:
         routed = router
-        if season is not None:
-            routed = _with_experts(router, experts_for_season(router.experts, season))
+        if season is not None or intervals is not None:
+            routed = _with_experts(router, _experts_for(router, season, intervals))
         with torch.no_grad():
             output = routed.route(torch.from_numpy(contexts[rows]).to(device))
         point[rows] = output.point.cpu().numpy()
         if output.quantiles is not None:
             quantiles[rows] = output.quantiles.cpu().numpy()
+        if intervals is not None:
+            quantiles[rows] = intervals.apply(point[rows], quantiles[rows], contexts[rows])
         indices[rows] = output.routing.indices.numpy()
         weights[rows] = output.routing.weights.numpy()
     return point, quantiles, indices, weights
@@ -138,15 +157,18 @@ def forecast_rows(
     model_version: str,
     device: str = "cpu",
     season_lengths: np.ndarray | None = None,
+    intervals: IntervalModel | None = None,
 ) -> pa.Table:
     """Long-format rows (one per series and step) for one chunk of series.
 
     ``season_lengths`` ``(B,)``: each series' period for the season-aware experts (None:
-    the experts as the router has them).
+    the experts as the router has them); ``intervals``: see ``route_by_season``.
     """
     horizon = router.pred_length
     contexts, lengths = last_contexts(series, router.input_length)
-    point, quantiles, indices, weights = route_by_season(router, contexts, season_lengths, device)
+    point, quantiles, indices, weights = route_by_season(
+        router, contexts, season_lengths, device, intervals
+    )
     keys = router.expert_keys
     b = len(series)
     steps = np.tile(np.arange(1, horizon + 1, dtype=np.int32), b)
@@ -190,6 +212,7 @@ def batch_forecast(
     router = load_router(artifact, config.device, experts=experts)
     per_series = artifact.season.get("mode") == "per_series"
     forced = artifact.season.get("forced")
+    intervals = IntervalModel.from_plain(artifact.intervals)
     run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     if config.series_ids is None:
         ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)
@@ -213,7 +236,9 @@ def batch_forecast(
             if len(chunk) == 0:
                 continue
             seasons = series_season_lengths(chunk, forced) if per_series else None
-            rows = forecast_rows(router, chunk, run_id, model.model_version, config.device, seasons)
+            rows = forecast_rows(
+                router, chunk, run_id, model.model_version, config.device, seasons, intervals
+            )
             write(f"chunk-{chunk_index:06d}", rows)
             n_rows += rows.num_rows
             n_series += len(chunk)

@@ -18,10 +18,12 @@ from moe.api import build_artifact, load_router, resolve_experts
 from moe.artifact import GateArtifact, load_artifact, save_artifact
 from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
+from moe.intervals import IntervalModel
 from moe.metrics import mase
 from moe.router import MoERouter
 from moe.training import TrainResult, train_gate
-from pipeline.backtest import Scores, score_models, write_scores
+from pipeline.backtest import Scores, write_scores
+from pipeline.calibration import backtest_with_intervals
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
@@ -208,8 +210,8 @@ def train_and_backtest(
     )
     artifact = replace(artifact, season=season_policy(config))
     router = load_router(artifact, "cpu", experts=experts)
-    holdout = data.windows.is_holdout
-    scores = _score(router, experts, data, holdout)
+    scores, intervals = _backtest(router, experts, data)
+    artifact = replace(artifact, intervals=intervals.to_plain())
     artifact.metrics["backtest"] = scores.overall()
     return artifact, scores
 
@@ -230,26 +232,21 @@ def _commonest(seasons: np.ndarray) -> int:
     return int(values[np.argmax(counts)]) if values.size else 1
 
 
-def _score(
-    router: MoERouter,
-    experts: list[Expert],
-    data: TrainingData,
-    rows: np.ndarray,
-    name: str = "mixture",
-) -> Scores:
-    points = data.points[rows].contiguous()
-    quantiles = data.quantiles[rows].contiguous()
-    context = data.windows.context[rows]
-    mixed = mixture_on_cache(router, context, points, quantiles)
-    return score_models(
-        context,
-        data.windows.target[rows],
-        data.windows.series_index[rows],
-        [e.name for e in experts],
-        points.numpy(),
-        quantiles.numpy(),
-        {name: mixed},
-        _seasons(data)[rows],
+def _backtest(
+    router: MoERouter, experts: list[Expert], data: TrainingData
+) -> tuple[Scores, IntervalModel]:
+    """Experts and ``router``'s mixture on the backtest windows, with calibrated intervals
+    (``pipeline.calibration``); the interval model goes into the artifact."""
+    return backtest_with_intervals(
+        router,
+        [expert.name for expert in experts],
+        data.windows.context,
+        data.windows.target,
+        data.windows.series_index,
+        _seasons(data),
+        data.points,
+        data.quantiles,
+        data.windows.is_holdout,
     )
 
 
@@ -325,7 +322,8 @@ def _constant_pair_candidate(
     }
     artifact = replace(artifact, season=season_policy(config))
     router = load_router(artifact, "cpu", experts=experts)
-    scores = _score(router, experts, data, data.windows.is_holdout)
+    scores, intervals = _backtest(router, experts, data)
+    artifact = replace(artifact, intervals=intervals.to_plain())
     return artifact, scores, label
 
 
@@ -355,7 +353,8 @@ def _decide_candidate(
     per_window["constant_pair"] = pair_scores.per_window["mixture"]
     chosen = artifact if verdict.use_gate else pair_artifact
     if not verdict.use_gate:
-        per_window["mixture"] = pair_scores.per_window["mixture"]
+        for name in ("mixture", "mixture_uncalibrated"):
+            per_window[name] = pair_scores.per_window[name]
     merged = Scores(per_window=per_window, series_index=scores.series_index)
     chosen.metrics["backtest"] = merged.overall()
     chosen.metrics["promotion"] = verdict.details

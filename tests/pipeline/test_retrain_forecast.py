@@ -46,6 +46,7 @@ def test_retrain_registers_and_promotes_first_model(store: Store, series_file: P
         "best_in_hindsight",
         "learned_gate",
         "constant_pair",
+        "mixture_uncalibrated",
     }
     per_series = (
         query(
