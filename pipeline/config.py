@@ -23,7 +23,14 @@ __all__ = [
 
 #: Registry names the forms accept (kept equal to moe.experts.registry by a test).
 ExpertName = Literal[
-    "moirai", "timemoe", "timesfm", "seasonal_naive", "autoets", "autotheta", "fracast"
+    "moirai",
+    "timemoe",
+    "timesfm",
+    "seasonal_naive",
+    "autoets",
+    "autotheta",
+    "fracast",
+    "global_mlp",
 ]
 OFFLINE_EXPERTS: tuple[ExpertName, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")
 FOUNDATION_EXPERTS: tuple[ExpertName, ...] = ("moirai", "timemoe", "timesfm")
@@ -42,7 +49,8 @@ class RetrainConfig(BaseModel):
         default_factory=lambda: list(OFFLINE_EXPERTS),
         min_length=2,
         description="Experts the gate chooses from (top-2 per window). Foundation experts "
-        "need their weights downloaded once (see README).",
+        "need their weights downloaded once (see README); 'global_mlp' is trained by the "
+        "retrain on its training windows.",
     )
     input_length: int = Field(default=36, ge=2, le=4096, description="Context points per window.")
     pred_length: int = Field(default=18, ge=1, le=1024, description="Forecast horizon (steps).")

@@ -6,6 +6,7 @@ callers without Prefect (tests, ``moe retrain``).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,8 @@ from moe.api import build_artifact, load_router, resolve_experts
 from moe.artifact import GateArtifact, load_artifact, save_artifact
 from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
+from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
+from moe.experts.registry import TRAINED_EXPERTS, build_expert
 from moe.intervals import IntervalModel
 from moe.metrics import mase
 from moe.router import MoERouter
@@ -34,10 +37,14 @@ from storage.registry import champion, get_model, promote, record_event, registe
 from storage.series import StoredSeries
 from storage.store import Store
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
     "RetrainResult",
     "TrainingData",
     "build_experts_for",
+    "add_trained_experts",
+    "global_expert_windows",
     "ingest_files",
     "prepare_windows",
     "fill_cache",
@@ -87,6 +94,7 @@ class RetrainResult:
 
 
 def build_experts_for(config: RetrainConfig) -> list[Expert]:
+    """The config's pretrained experts (trained ones come from ``add_trained_experts``)."""
     # Per-series seasons (season_length None) start from the non-seasonal variant; each
     # window's period is applied with moe.experts.base.for_season where the experts run.
     expert_config = ExpertConfig(
@@ -94,7 +102,56 @@ def build_experts_for(config: RetrainConfig) -> list[Expert]:
         batch_size=config.expert_batch_size,
         season_length=config.season_length or 1,
     )
-    return resolve_experts(list(config.experts), config.device, expert_config)
+    names = [name for name in config.experts if name not in TRAINED_EXPERTS]
+    if len(names) == len(config.experts):
+        return resolve_experts(names, config.device, expert_config)
+    return [build_expert(name, expert_config) for name in names]
+
+
+def global_expert_windows(windows: Windows) -> np.ndarray:
+    """``(N,)`` bool: training windows whose target ends before their series' first backtest
+    target point (with a stride below ``pred_length`` newer training targets overlap it)."""
+    first = np.full(int(windows.series_index.max(initial=-1)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(
+        first, windows.series_index[windows.is_holdout], windows.origin[windows.is_holdout]
+    )
+    horizon = windows.target.shape[1]
+    return ~windows.is_holdout & (windows.origin + horizon <= first[windows.series_index])
+
+
+def add_trained_experts(
+    store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
+) -> list[Expert]:
+    """Train the config's trained experts on the training windows only, save each under
+    ``<store>/experts/`` and load it back through the registry (the path a forecast job
+    takes); returns every expert in ``config.experts`` order."""
+    if not any(name in TRAINED_EXPERTS for name in config.experts):
+        return experts
+    rows = global_expert_windows(windows)
+    expert, report = train_global_mlp(
+        windows.context[rows], windows.target[rows], GlobalMLPConfig(seed=config.train.seed)
+    )
+    _log.info("global_mlp trained: %s", report)
+    path = save_global_mlp(expert, store.root / "experts" / f"global_mlp-{expert.fingerprint}.pt")
+    loaded = build_expert(
+        "global_mlp",
+        ExpertConfig(
+            checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
+        ),
+    )
+    by_name = {e.name: e for e in [*experts, loaded]}
+    return [by_name[name] for name in config.experts]
+
+
+def _record_checkpoints(artifact: GateArtifact, experts: list[Expert]) -> GateArtifact:
+    """Point each trained expert's entry at its checkpoint, so the artifact rebuilds it."""
+    entries = []
+    for entry, expert in zip(artifact.experts, experts, strict=True):
+        checkpoint = getattr(expert, "checkpoint", None)
+        if expert.name in TRAINED_EXPERTS and checkpoint:
+            entry = {**entry, "config": {**(entry.get("config") or {}), "checkpoint": checkpoint}}
+        entries.append(entry)
+    return replace(artifact, experts=entries)
 
 
 def ingest_files(store: Store, paths: list[str]) -> list[IngestReport]:
@@ -208,7 +265,7 @@ def train_and_backtest(
     artifact = build_artifact(
         result, experts, context[train], target[train], data.points[train], expert_config
     )
-    artifact = replace(artifact, season=season_policy(config))
+    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
     router = load_router(artifact, "cpu", experts=experts)
     scores, intervals = _backtest(router, experts, data)
     artifact = replace(artifact, intervals=intervals.to_plain())
@@ -320,7 +377,7 @@ def _constant_pair_candidate(
         "weights": [pair.weight, 1 - pair.weight],
         "train_mase": pair.train_mase,
     }
-    artifact = replace(artifact, season=season_policy(config))
+    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
     router = load_router(artifact, "cpu", experts=experts)
     scores, intervals = _backtest(router, experts, data)
     artifact = replace(artifact, intervals=intervals.to_plain())
@@ -432,7 +489,8 @@ def retrain(
     """
     ingest_files(store, config.jsonl_paths)
     series, windows = prepare_windows(store, config)
-    experts = experts if experts is not None else build_experts_for(config)
+    if experts is None:
+        experts = add_trained_experts(store, build_experts_for(config), windows, config)
     stats = fill_cache(store, experts, windows, config)
     data = load_training_data(store, experts, series, windows, config.pred_length)
     artifact, scores = train_and_backtest(experts, data, config)
