@@ -178,6 +178,10 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     config = RetrainConfig.model_validate_json(args.config) if args.config else RetrainConfig()
     if args.jsonl:
         config = RetrainConfig.model_validate({**config.model_dump(), "jsonl_paths": args.jsonl})
+    if args.season_length is not None:  # forces one period for every series
+        config = RetrainConfig.model_validate(
+            {**config.model_dump(), "season_length": args.season_length}
+        )
     print(retrain(config=config, store=args.store))
     return 0
 
@@ -260,6 +264,13 @@ def _parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="run the retrain flow once")
     retrain.add_argument("--jsonl", nargs="*", default=[], help="files to ingest first")
     retrain.add_argument("--config", help="RetrainConfig as JSON (see pipeline/config.py)")
+    retrain.add_argument(
+        "--season-length",
+        type=int,
+        default=None,
+        help="force this seasonal period for every series (default: per series, from its "
+        "freq, else detected from its values)",
+    )
     retrain.set_defaults(run=_cmd_retrain)
 
     forecast = commands.add_parser("forecast", help="run the batch-forecast flow once")

@@ -126,3 +126,34 @@ def test_mixed_frequency_retrain_and_forecast(store: Store, tmp_path: Path) -> N
     assert stored.as_py() == pytest.approx(float(np.nanmean(own)), rel=1e-6)
     assert not np.allclose(naive_scale(holdout.context, holdout.season_length),
                            naive_scale(holdout.context, 12))  # fmt: skip
+
+
+def test_cli_flag_forces_the_season(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards `moe retrain --season-length N`: the flow gets that period for every series."""
+    from pipeline import cli
+
+    seen: list[RetrainConfig] = []
+
+    def fake_retrain(config: RetrainConfig, store: str | None) -> dict[str, object]:
+        seen.append(config)
+        return {}
+
+    import flows.jobs
+
+    monkeypatch.setattr(flows.jobs, "retrain", fake_retrain)
+    args = cli._parser().parse_args(["retrain", "--season-length", "7"])
+    assert args.run(args) == 0
+    assert seen[0].season_length == 7
+    args = cli._parser().parse_args(["retrain"])
+    args.run(args)
+    assert seen[1].season_length is None
+
+
+def test_config_expert_names_match_the_registry() -> None:
+    """Guards the form's expert choices against the registry (global_mlp included)."""
+    from typing import get_args
+
+    from moe.experts.registry import EXPERT_NAMES
+    from pipeline.config import ExpertName
+
+    assert set(get_args(ExpertName)) == set(EXPERT_NAMES)
