@@ -51,8 +51,9 @@ def publish_retrain(result: RetrainResult) -> None:
         description=f"Backtest on held-out windows, model {result.model_version}",
     )
     verdict = "promoted to champion" if result.promoted else "kept as archived challenger"
+    kind = "learned gate" if result.candidate == "gate" else "constant-pair fallback"
     create_markdown_artifact(
-        f"### Model {result.model_version}: {verdict}\n\n{result.reason}\n\n"
+        f"### Model {result.model_version} ({kind}): {verdict}\n\n{result.reason}\n\n"
         f"Artifact: `{result.artifact_path}`",
         key="retrain-decision",
     )

@@ -45,7 +45,7 @@ def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -
     for path in config.jsonl_paths:
         tasks.ingest_file(opened, path)
     series, windows = tasks.prepare_windows(opened, config)
-    experts = tasks.build_experts(config)
+    experts = tasks.train_experts(opened, tasks.build_experts(config), windows, config)
     tasks.fill_cache(opened, experts, windows, config)
     data = tasks.load_training_data(opened, experts, series, windows, config.pred_length)
     artifact, scores = tasks.train_and_backtest(experts, data, config)

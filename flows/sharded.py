@@ -18,12 +18,14 @@ from typing import Annotated
 
 from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from pydantic import Field
 
 from flows import tasks
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, shard_contexts
 from pipeline.retrain import fill_cache_shard
+from pipeline.seasons import season_groups
 
 __all__ = ["precompute_sharded", "precompute_shard"]
 
@@ -46,6 +48,11 @@ def precompute_sharded(
     for path in config.jsonl_paths:
         tasks.ingest_file(opened, path)
     _, windows = tasks.prepare_windows(opened, config)
-    blocks = shard_contexts(windows.context, shards)
-    futures = precompute_shard.map(unmapped(str(opened.root)), unmapped(config), blocks)
+    futures: list[PrefectFuture[list[PrecomputeStats]]] = []
+    assert windows.season_length is not None  # prepare_windows always sets it
+    for season, rows in season_groups(windows.season_length):  # experts differ per period
+        blocks = shard_contexts(windows.context[rows], shards)
+        futures += precompute_shard.map(
+            unmapped(str(opened.root)), unmapped(config), blocks, unmapped(season)
+        )
     return [stats for future in futures for stats in future.result()]

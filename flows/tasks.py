@@ -18,6 +18,7 @@ __all__ = [
     "open_store",
     "ingest_file",
     "build_experts",
+    "train_experts",
     "prepare_windows",
     "fill_cache",
     "load_training_data",
@@ -37,6 +38,7 @@ def _wrap(name: str, **options: object):  # -> decorator
 open_store = _wrap("open-store")(Store.open)
 ingest_file = _wrap("ingest-file", **_IO)(ingest_jsonl)
 build_experts = _wrap("load-experts", **_IO)(retrain.build_experts_for)
+train_experts = _wrap("train-global-expert")(retrain.add_trained_experts)
 prepare_windows = _wrap("windows")(retrain.prepare_windows)
 fill_cache = _wrap("expert-cache")(retrain.fill_cache)
 load_training_data = _wrap("read-cache")(retrain.load_training_data)

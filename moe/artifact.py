@@ -12,7 +12,11 @@ pickled object is refused. Keys (format version 1):
 * ``scaling`` (``{"method": "mean_abs"}``), ``quantile_levels``;
 * ``train_config``, ``metrics`` (per-epoch history, single-expert baselines);
 * ``data_fingerprint`` (sha256 of windows and cached forecasts), ``library_versions``,
-  ``created_at``.
+  ``created_at``;
+* optional, absent from older files (read as ``{}``): ``season`` (how each series' season
+  length is chosen: ``{"mode": "per_series", "forced": int | None}``; ``{}`` means the
+  experts' configured season for every series) and ``intervals`` (quantile fills and
+  conformal factors, see ``moe.intervals``).
 
 A file written by the seed (no ``format_version``, only the seed's four keys, an
 ``nn.Linear`` state with raw-value inputs) loads as format 0 with ``scaling = "none"``.
@@ -85,6 +89,8 @@ class GateArtifact:
     library_versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     format_version: int = FORMAT_VERSION
+    season: dict[str, Any] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cache_keys(self) -> list[str | None]:
@@ -125,6 +131,8 @@ class GateArtifact:
             "data_fingerprint": dict(self.data_fingerprint),
             "library_versions": dict(self.library_versions),
             "created_at": self.created_at,
+            "season": dict(self.season),
+            "intervals": dict(self.intervals),
         }
 
 

@@ -86,6 +86,8 @@ class Windows:
     ``series_index``: ``(N,)`` int64, which input series each window came from.
     ``origin``: ``(N,)`` int64, index in the series of the first target point.
     ``is_holdout``: ``(N,)`` bool, True for the last ``holdout`` windows of each series.
+    ``season_length``: ``(N,)`` int64, the seasonal period of each window's series, or None
+    when the caller did not set one (see ``moe.seasonality``; ``select`` keeps it aligned).
     """
 
     context: np.ndarray
@@ -93,6 +95,18 @@ class Windows:
     series_index: np.ndarray
     origin: np.ndarray
     is_holdout: np.ndarray
+    season_length: np.ndarray | None = None
+
+    def select(self, rows: np.ndarray) -> Windows:
+        """The windows at ``rows`` (a ``(N,)`` bool mask or integer positions), every field."""
+        return Windows(
+            context=self.context[rows],
+            target=self.target[rows],
+            series_index=self.series_index[rows],
+            origin=self.origin[rows],
+            is_holdout=self.is_holdout[rows],
+            season_length=None if self.season_length is None else self.season_length[rows],
+        )
 
     def __len__(self) -> int:
         return int(self.context.shape[0])

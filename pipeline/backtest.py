@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow as pa
 
 from moe.experts.base import QUANTILE_LEVELS
-from moe.metrics import all_metrics
+from moe.metrics import SeasonLength, all_metrics
 from storage.store import Store
 
 __all__ = ["Scores", "score_models", "write_scores", "METRIC_NAMES"]
 
-METRIC_NAMES = ("mase", "smape", "mape", "rmse", "wql")
+METRIC_NAMES = ("mase", "smape", "mape", "rmse", "wql", "coverage_90", "width_90")
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ class Scores:
     def table(self) -> str:
         """A fixed-width leaderboard, best MASE first."""
         overall = self.overall()
-        lines = [f"{'model':<20}" + "".join(f"{name:>10}" for name in METRIC_NAMES)]
+        lines = [f"{'model':<20}" + "".join(f"{name:>12}" for name in METRIC_NAMES)]
         for model in sorted(overall, key=lambda m: overall[m]["mase"]):
             lines.append(
-                f"{model:<20}" + "".join(f"{overall[model][name]:>10.4f}" for name in METRIC_NAMES)
+                f"{model:<20}" + "".join(f"{overall[model][name]:>12.4f}" for name in METRIC_NAMES)
             )
         return "\n".join(lines)
 
@@ -58,13 +58,14 @@ def score_models(
     points: np.ndarray,
     quantiles: np.ndarray,
     mixtures: dict[str, tuple[np.ndarray, np.ndarray | None]],
-    season_length: int,
+    season_length: SeasonLength,
 ) -> Scores:
     """Metrics on ``N`` windows.
 
     ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``points`` ``(N, E, H)``, ``quantiles``
     ``(N, E, H, Q)``; ``mixtures`` maps a name (e.g. ``"mixture"``) to its point ``(N, H)``
-    and quantiles ``(N, H, Q)`` or None.
+    and quantiles ``(N, H, Q)`` or None. ``season_length``: one period or ``(N,)``, one per
+    window (MASE's scale).
     """
     levels = list(QUANTILE_LEVELS)
     per_window: dict[str, dict[str, np.ndarray]] = {}

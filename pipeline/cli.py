@@ -241,6 +241,10 @@ def _parse_retrain_config(args: argparse.Namespace) -> RetrainConfig:
     config = RetrainConfig.model_validate_json(args.config) if args.config else RetrainConfig()
     if args.jsonl:
         config = RetrainConfig.model_validate({**config.model_dump(), "jsonl_paths": args.jsonl})
+    if args.season_length is not None:  # forces one period for every series
+        config = RetrainConfig.model_validate(
+            {**config.model_dump(), "season_length": args.season_length}
+        )
     for path in config.jsonl_paths:
         if path != "-" and not Path(path).exists():
             raise UserError(f"{path}: no such file (given in --jsonl or the config's jsonl_paths)")
@@ -400,6 +404,13 @@ def _parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="run the retrain flow once")
     retrain.add_argument("--jsonl", nargs="*", default=[], help="files to ingest first")
     retrain.add_argument("--config", help="RetrainConfig as JSON (see pipeline/config.py)")
+    retrain.add_argument(
+        "--season-length",
+        type=int,
+        default=None,
+        help="force this seasonal period for every series (default: per series, from its "
+        "freq, else detected from its values)",
+    )
     retrain.set_defaults(run=_cmd_retrain)
 
     forecast = commands.add_parser("forecast", help="run the batch-forecast flow once")

@@ -23,7 +23,14 @@ __all__ = [
 
 #: Registry names the forms accept (kept equal to moe.experts.registry by a test).
 ExpertName = Literal[
-    "moirai", "timemoe", "timesfm", "seasonal_naive", "autoets", "autotheta", "fracast"
+    "moirai",
+    "timemoe",
+    "timesfm",
+    "seasonal_naive",
+    "autoets",
+    "autotheta",
+    "fracast",
+    "global_mlp",
 ]
 OFFLINE_EXPERTS: tuple[ExpertName, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")
 FOUNDATION_EXPERTS: tuple[ExpertName, ...] = ("moirai", "timemoe", "timesfm")
@@ -42,12 +49,18 @@ class RetrainConfig(BaseModel):
         default_factory=lambda: list(OFFLINE_EXPERTS),
         min_length=2,
         description="Experts the gate chooses from (top-2 per window). Foundation experts "
-        "need their weights downloaded once (see README).",
+        "need their weights downloaded once (see README); 'global_mlp' is trained by the "
+        "retrain on its training windows.",
     )
     input_length: int = Field(default=36, ge=2, le=4096, description="Context points per window.")
     pred_length: int = Field(default=18, ge=1, le=1024, description="Forecast horizon (steps).")
-    season_length: int = Field(
-        default=12, ge=1, le=1000, description="Seasonal period for statistical experts and MASE."
+    season_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Seasonal period for the statistical experts, the MASE-unit loss and every "
+        "metric. None (default): per series, from its freq (M 12, Q 4, W 52, D 7, H 24, ...) "
+        "or detected from its values when it has none; a number forces it for every series.",
     )
     stride: int | None = Field(
         default=None, ge=1, description="Steps between window origins (None: pred_length)."
@@ -135,7 +148,11 @@ class EvaluateConfig(BaseModel):
     consecutive_runs: int = Field(
         default=3, ge=1, le=100, description="...for this many consecutive forecast runs."
     )
-    season_length: int = Field(default=12, ge=1, description="Seasonal period for MASE.")
+    season_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seasonal period for MASE; None: per series (freq, else detected).",
+    )
     growth_threshold: float = Field(
         default=0.20,
         ge=0,

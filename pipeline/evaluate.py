@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from moe.metrics import naive_scale
+from moe.seasonality import season_length_of
 from pipeline.config import EvaluateConfig
 from storage.sql import query
 from storage.store import Store
@@ -33,7 +34,7 @@ WHERE s.n_points >= f.origin_index + f.step
 """
 
 _HISTORY_SQL = """
-SELECT DISTINCT f.run_id, f.series_id, s.values[1:f.origin_index] AS history
+SELECT DISTINCT f.run_id, f.series_id, s.freq, s.values[1:f.origin_index] AS history
 FROM forecasts f JOIN series s USING (series_id)
 WHERE s.n_points >= f.origin_index + 1
 """
@@ -83,7 +84,8 @@ def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult
     scales_by_run: dict[str, dict[str, float]] = {}
     for row in history:
         values = np.array([np.nan if v is None else v for v in row["history"]], np.float64)
-        scale = naive_scale(values[None, :], config.season_length)[0] if len(values) > 1 else np.nan
+        season = season_length_of(row["freq"], values, config.season_length)
+        scale = naive_scale(values[None, :], season)[0] if len(values) > 1 else np.nan
         scales_by_run.setdefault(row["run_id"], {})[row["series_id"]] = float(scale)
     runs: list[RunScore] = []
     run_ids = matched.column("run_id").to_numpy(zero_copy_only=False)

@@ -11,6 +11,7 @@ Series shorter than the model's ``input_length`` are left-padded with missing va
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,16 +27,27 @@ from pandas.tseries.frequencies import to_offset
 
 from moe.api import load_router
 from moe.experts.base import Expert
+from moe.intervals import IntervalModel, ResidualQuantileExpert
 from moe.router import MoERouter
 from pipeline.config import ForecastConfig
 from pipeline.models import load_verified_artifact
+from pipeline.seasons import experts_for_season, season_groups, series_season_lengths
 from storage.registry import ModelVersion, RegistryError, champion, get_model
 from storage.schemas import QUANTILE_COLUMNS
 from storage.series import StoredSeries, load_series
 from storage.sql import query
 from storage.store import Store
 
-__all__ = ["ForecastRun", "choose_model", "batch_forecast", "last_contexts", "forecast_rows"]
+__all__ = [
+    "ForecastRun",
+    "choose_model",
+    "batch_forecast",
+    "last_contexts",
+    "forecast_rows",
+    "route_by_season",
+    "LoadedModel",
+    "load_model",
+]
 
 
 @dataclass(frozen=True)
@@ -86,27 +98,80 @@ def _timestamps(start: str | None, freq: str | None, n_points: int, horizon: int
     return tuple(stamps.to_pydatetime())
 
 
+def _with_experts(router: MoERouter, experts: list[Expert]) -> MoERouter:
+    """A shallow copy of ``router`` (same gate) whose experts are ``experts`` (same order)."""
+    variant = copy.copy(router)
+    variant.experts = experts
+    return variant
+
+
+def _experts_for(
+    router: MoERouter, season: int | None, intervals: IntervalModel | None
+) -> list[Expert]:
+    """The router's experts for one period, wrapped to fill missing quantile levels."""
+    experts = list(router.experts) if season is None else experts_for_season(router.experts, season)
+    if intervals is None:
+        return experts
+    offsets = intervals.offsets_for([expert.name for expert in experts])  # (E, H, Q)
+    return [ResidualQuantileExpert(expert, offsets[index]) for index, expert in enumerate(experts)]
+
+
+def route_by_season(
+    router: MoERouter,
+    contexts: np.ndarray,
+    season_lengths: np.ndarray | None,
+    device: str,
+    intervals: IntervalModel | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Route ``contexts`` ``(B, L)``, each row with its period's expert variants.
+
+    Returns ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)`` (float64, NaN where absent),
+    ``indices`` ``(B, 2)`` and ``weights`` ``(B, 2)``. ``season_lengths`` ``(B,)``; None
+    routes every row with the router's experts as they are. ``intervals`` (from the
+    artifact): experts' missing levels are filled and the mixture's quantiles calibrated.
+    """
+    b, horizon = contexts.shape[0], router.pred_length
+    point = np.full((b, horizon), np.nan)
+    quantiles = np.full((b, horizon, len(QUANTILE_COLUMNS)), np.nan)
+    indices = np.zeros((b, 2), np.int64)
+    weights = np.zeros((b, 2))
+    groups = [(None, np.arange(b))] if season_lengths is None else season_groups(season_lengths)
+    for season, rows in groups:
+        routed = router
+        if season is not None or intervals is not None:
+            routed = _with_experts(router, _experts_for(router, season, intervals))
+        with torch.no_grad():
+            output = routed.route(torch.from_numpy(contexts[rows]).to(device))
+        point[rows] = output.point.cpu().numpy()
+        if output.quantiles is not None:
+            quantiles[rows] = output.quantiles.cpu().numpy()
+        if intervals is not None:
+            quantiles[rows] = intervals.apply(point[rows], quantiles[rows], contexts[rows])
+        indices[rows] = output.routing.indices.numpy()
+        weights[rows] = output.routing.weights.numpy()
+    return point, quantiles, indices, weights
+
+
 def forecast_rows(
     router: MoERouter,
     series: StoredSeries,
     run_id: str,
     model_version: str,
     device: str = "cpu",
+    season_lengths: np.ndarray | None = None,
+    intervals: IntervalModel | None = None,
 ) -> pa.Table:
-    """Long-format rows (one per series and step) for one chunk of series."""
+    """Long-format rows (one per series and step) for one chunk of series.
+
+    ``season_lengths`` ``(B,)``: each series' period for the season-aware experts (None:
+    the experts as the router has them); ``intervals``: see ``route_by_season``.
+    """
     horizon = router.pred_length
     contexts, lengths = last_contexts(series, router.input_length)
-    with torch.no_grad():
-        output = router.route(torch.from_numpy(contexts).to(device))
-    point = output.point.cpu().numpy().astype(np.float64)  # (B, H)
-    quantiles = (
-        np.full((*point.shape, len(QUANTILE_COLUMNS)), np.nan)
-        if output.quantiles is None
-        else output.quantiles.cpu().numpy().astype(np.float64)
-    )  # (B, H, Q)
-    keys = output.routing.expert_keys
-    indices = output.routing.indices.numpy()  # (B, 2)
-    weights = output.routing.weights.numpy().astype(np.float64)  # (B, 2)
+    point, quantiles, indices, weights = route_by_season(
+        router, contexts, season_lengths, device, intervals
+    )
+    keys = router.expert_keys
     b = len(series)
     steps = np.tile(np.arange(1, horizon + 1, dtype=np.int32), b)
     per_row = np.repeat(np.arange(b), horizon)
@@ -133,6 +198,41 @@ def forecast_rows(
     return pa.table(columns)
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered model ready to forecast: its router plus the artifact's season and
+    interval settings. Batch forecasts and the HTTP service both forecast through it."""
+
+    model: ModelVersion
+    router: MoERouter
+    per_series_season: bool
+    forced_season: int | None
+    intervals: IntervalModel | None
+
+    def rows(self, series: StoredSeries, run_id: str, device: str = "cpu") -> pa.Table:
+        """Long-format forecast rows of ``series`` (see ``forecast_rows``)."""
+        seasons = (
+            series_season_lengths(series, self.forced_season) if self.per_series_season else None
+        )
+        return forecast_rows(
+            self.router, series, run_id, self.model.model_version, device, seasons, self.intervals
+        )
+
+
+def load_model(
+    store: Store, model: ModelVersion, device: str = "cpu", experts: list[Expert] | None = None
+) -> LoadedModel:
+    """Verify ``model``'s artifact (``load_verified_artifact``) and build what it needs."""
+    artifact = load_verified_artifact(store, model)
+    return LoadedModel(
+        model=model,
+        router=load_router(artifact, device, experts=experts),
+        per_series_season=artifact.season.get("mode") == "per_series",
+        forced_season=artifact.season.get("forced"),
+        intervals=IntervalModel.from_plain(artifact.intervals),
+    )
+
+
 def batch_forecast(
     store: Store,
     config: ForecastConfig,
@@ -145,7 +245,7 @@ def batch_forecast(
     name; a worker that keeps them loaded, or tests with fakes).
     """
     model = choose_model(store, config.model_version)
-    router = load_router(load_verified_artifact(store, model), config.device, experts=experts)
+    loaded = load_model(store, model, config.device, experts)
     run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
     if config.series_ids is None:
         ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)
@@ -160,7 +260,7 @@ def batch_forecast(
             raise ValueError(
                 f"{len(unknown)} requested series are not in the store: {unknown[:10]}"
             )
-    usage = dict.fromkeys(router.expert_keys, 0)
+    usage = dict.fromkeys(loaded.router.expert_keys, 0)
     n_rows = 0
     n_series = 0
     with store.rewrite_partition("forecasts", {"run_id": run_id}) as write:
@@ -168,7 +268,7 @@ def batch_forecast(
             chunk = load_series(store, series_ids[begin : begin + config.chunk_size])
             if len(chunk) == 0:
                 continue
-            rows = forecast_rows(router, chunk, run_id, model.model_version, config.device)
+            rows = loaded.rows(chunk, run_id, config.device)
             write(f"chunk-{chunk_index:06d}", rows)
             n_rows += rows.num_rows
             n_series += len(chunk)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from moe.experts.base import QUANTILE_LEVELS, Expert
 from moe.precompute import forecast_in_batches
+from pipeline.seasons import experts_for_season, season_groups
 from storage.cache import (
     CachedModel,
     cached_window_hashes,
@@ -60,8 +61,51 @@ def precompute_cache(
     rows_per_part: int = 8192,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    season_lengths: np.ndarray | None = None,
 ) -> list[PrecomputeStats]:
-    """Forecast every window of ``context`` ``(N, L)`` not yet cached, for each expert."""
+    """Forecast every window of ``context`` ``(N, L)`` not yet cached, for each expert.
+
+    ``season_lengths`` ``(N,)``: each window's seasonal period; season-aware experts then
+    run once per distinct period, as that period's variant (its own cache key). None runs
+    the experts as given. One ``PrecomputeStats`` per expert, summed over the periods.
+    """
+    if season_lengths is None:
+        return _precompute(
+            store, experts, context, pred_length, batch_size, rows_per_part, device, progress
+        )
+    totals: dict[str, PrecomputeStats] = {}
+    for season, rows in season_groups(season_lengths):
+        variants = experts_for_season(experts, season)
+        for stats in _precompute(
+            store, variants, context[rows], pred_length, batch_size, rows_per_part, device, progress
+        ):
+            before = totals.get(stats.expert)
+            totals[stats.expert] = stats if before is None else _add(before, stats)
+    return [totals[expert.name] for expert in experts if expert.name in totals]
+
+
+def _add(first: PrecomputeStats, second: PrecomputeStats) -> PrecomputeStats:
+    return PrecomputeStats(
+        expert=first.expert,
+        windows=first.windows + second.windows,
+        distinct=first.distinct + second.distinct,
+        already_cached=first.already_cached + second.already_cached,
+        computed=first.computed + second.computed,
+        seconds=first.seconds + second.seconds,
+    )
+
+
+def _precompute(
+    store: Store,
+    experts: Sequence[Expert],
+    context: np.ndarray,
+    pred_length: int,
+    batch_size: int,
+    rows_per_part: int,
+    device: str | torch.device,
+    progress: bool,
+) -> list[PrecomputeStats]:
+    """``precompute_cache`` for experts already configured for every row of ``context``."""
     input_length = context.shape[1]
     hashes = window_hashes(context)
     first_row: dict[str, int] = {}
@@ -116,12 +160,21 @@ def load_cached(
     pred_length: int,
     *,
     with_quantiles: bool = True,
+    season_lengths: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cached forecasts aligned with ``context`` ``(N, L)``.
 
     Returns ``points`` ``(N, E, H)`` and ``quantiles`` ``(N, E, H, Q)`` (None unless
     ``with_quantiles``); raises if any window is missing (run ``precompute_cache`` first).
+    ``season_lengths`` ``(N,)``: read each window from its period's expert variants (as
+    ``precompute_cache`` wrote them).
     """
+    if season_lengths is not None:
+        groups = season_groups(season_lengths)
+        if len(groups) > 1:
+            return _load_by_season(store, experts, context, pred_length, with_quantiles, groups)
+        if groups:
+            experts = experts_for_season(experts, groups[0][0])
     models = [cached_model(e, context.shape[1], pred_length) for e in experts]
     n_quantiles = len(QUANTILE_LEVELS) if with_quantiles else None
     points, quantiles, found = read_forecasts(store, models, window_hashes(context), n_quantiles)
@@ -129,6 +182,34 @@ def load_cached(
         missing = {experts[e].name: int((~found[:, e]).sum()) for e in range(len(experts))}
         raise LookupError(f"windows missing from the expert cache: {missing}")
     return torch.from_numpy(points), None if quantiles is None else torch.from_numpy(quantiles)
+
+
+def _load_by_season(
+    store: Store,
+    experts: Sequence[Expert],
+    context: np.ndarray,
+    pred_length: int,
+    with_quantiles: bool,
+    groups: list[tuple[int, np.ndarray]],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``load_cached`` one period at a time, scattered back into window order."""
+    n = context.shape[0]
+    points = torch.full((n, len(experts), pred_length), float("nan"))
+    quantiles = (
+        torch.full((n, len(experts), pred_length, len(QUANTILE_LEVELS)), float("nan"))
+        if with_quantiles
+        else None
+    )
+    for season, rows in groups:
+        variants = experts_for_season(experts, season)
+        group_points, group_quantiles = load_cached(
+            store, variants, context[rows], pred_length, with_quantiles=with_quantiles
+        )
+        index = torch.from_numpy(rows)
+        points[index] = group_points
+        if quantiles is not None and group_quantiles is not None:
+            quantiles[index] = group_quantiles
+    return points, quantiles
 
 
 def shard_contexts(context: np.ndarray, shards: int) -> list[np.ndarray]:

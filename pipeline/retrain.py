@@ -6,9 +6,10 @@ callers without Prefect (tests, ``moe retrain``).
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +19,34 @@ from moe.api import build_artifact, load_router, resolve_experts
 from moe.artifact import GateArtifact, save_artifact
 from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
+from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
+from moe.experts.registry import TRAINED_EXPERTS, build_expert
+from moe.intervals import IntervalModel
 from moe.metrics import mase
 from moe.router import MoERouter
 from moe.selection import fit_gate
-from pipeline.backtest import Scores, score_models, write_scores
+from moe.training import TrainResult
+from pipeline.backtest import Scores, write_scores
+from pipeline.calibration import backtest_with_intervals
 from pipeline.config import RetrainConfig
 from pipeline.models import load_verified_artifact
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
+from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
+from pipeline.seasons import experts_for_season, series_season_lengths
 from pipeline.windows import windows_from_store
 from storage.ingest import IngestReport, ingest_jsonl
 from storage.registry import champion, get_model, promote, record_event, register_model
 from storage.series import StoredSeries
 from storage.store import Store
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
     "RetrainResult",
     "TrainingData",
     "build_experts_for",
+    "add_trained_experts",
+    "global_expert_windows",
     "ingest_files",
     "prepare_windows",
     "fill_cache",
@@ -43,6 +55,7 @@ __all__ = [
     "train_and_backtest",
     "register_and_decide",
     "retrain",
+    "season_policy",
 ]
 
 
@@ -59,6 +72,14 @@ class TrainingData:
     points: torch.Tensor
     quantiles: torch.Tensor
 
+    @property
+    def season_lengths(self) -> torch.Tensor:
+        """``(N,)`` int64: each window's seasonal period (the MASE-unit loss's per-window lag)."""
+        seasons = self.windows.season_length
+        if seasons is None:
+            raise ValueError("these windows carry no season lengths (use prepare_windows)")
+        return torch.from_numpy(seasons)
+
 
 @dataclass
 class RetrainResult:
@@ -71,15 +92,68 @@ class RetrainResult:
     run_id: str
     precompute: list[PrecomputeStats] = field(default_factory=list)
     artifact_path: str = ""
+    candidate: str = "gate"  # what was registered: "gate" or "constant_pair"
 
 
 def build_experts_for(config: RetrainConfig) -> list[Expert]:
+    """The config's pretrained experts (trained ones come from ``add_trained_experts``)."""
+    # Per-series seasons (season_length None) start from the non-seasonal variant; each
+    # window's period is applied with moe.experts.base.for_season where the experts run.
     expert_config = ExpertConfig(
         device=config.device,
         batch_size=config.expert_batch_size,
-        season_length=config.season_length,
+        season_length=config.season_length or 1,
     )
-    return resolve_experts(list(config.experts), config.device, expert_config)
+    names = [name for name in config.experts if name not in TRAINED_EXPERTS]
+    if len(names) == len(config.experts):
+        return resolve_experts(names, config.device, expert_config)
+    return [build_expert(name, expert_config) for name in names]
+
+
+def global_expert_windows(windows: Windows) -> np.ndarray:
+    """``(N,)`` bool: training windows whose target ends before their series' first backtest
+    target point (with a stride below ``pred_length`` newer training targets overlap it)."""
+    first = np.full(int(windows.series_index.max(initial=-1)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(
+        first, windows.series_index[windows.is_holdout], windows.origin[windows.is_holdout]
+    )
+    horizon = windows.target.shape[1]
+    return ~windows.is_holdout & (windows.origin + horizon <= first[windows.series_index])
+
+
+def add_trained_experts(
+    store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
+) -> list[Expert]:
+    """Train the config's trained experts on the training windows only, save each under
+    ``<store>/experts/`` and load it back through the registry (the path a forecast job
+    takes); returns every expert in ``config.experts`` order."""
+    if not any(name in TRAINED_EXPERTS for name in config.experts):
+        return experts
+    rows = global_expert_windows(windows)
+    expert, report = train_global_mlp(
+        windows.context[rows], windows.target[rows], GlobalMLPConfig(seed=config.train.seed)
+    )
+    _log.info("global_mlp trained: %s", report)
+    path = save_global_mlp(expert, store.root / "experts" / f"global_mlp-{expert.fingerprint}.pt")
+    loaded = build_expert(
+        "global_mlp",
+        ExpertConfig(
+            checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
+        ),
+    )
+    by_name = {e.name: e for e in [*experts, loaded]}
+    return [by_name[name] for name in config.experts]
+
+
+def _record_checkpoints(artifact: GateArtifact, experts: list[Expert]) -> GateArtifact:
+    """Point each trained expert's entry at its checkpoint, so the artifact rebuilds it."""
+    entries = []
+    for entry, expert in zip(artifact.experts, experts, strict=True):
+        checkpoint = getattr(expert, "checkpoint", None)
+        if expert.name in TRAINED_EXPERTS and checkpoint:
+            entry = {**entry, "config": {**(entry.get("config") or {}), "checkpoint": checkpoint}}
+        entries.append(entry)
+    return replace(artifact, experts=entries)
 
 
 def ingest_files(store: Store, paths: list[str]) -> list[IngestReport]:
@@ -87,7 +161,12 @@ def ingest_files(store: Store, paths: list[str]) -> list[IngestReport]:
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:
-    """Rolling windows over the stored series; windows with nothing observed are dropped."""
+    """Rolling windows over the stored series; windows with nothing observed are dropped.
+
+    Each window carries its series' season length (``windows.season_length`` ``(N,)``):
+    ``config.season_length`` when set, else from the series' freq, else detected on the
+    series without its backtest targets.
+    """
     series, windows = windows_from_store(
         store,
         config.input_length,
@@ -96,14 +175,11 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
         max_windows_per_series=config.max_windows_per_series,
         holdout=config.backtest_windows,
     )
+    stride = config.stride or config.pred_length
+    backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
+    seasons = series_season_lengths(series, config.season_length, exclude_last=backtest_points)
     usable = ~np.isnan(windows.context).all(axis=1) & ~np.isnan(windows.target).all(axis=1)
-    windows = Windows(
-        context=windows.context[usable],
-        target=windows.target[usable],
-        series_index=windows.series_index[usable],
-        origin=windows.origin[usable],
-        is_holdout=windows.is_holdout[usable],
-    )
+    windows = replace(windows, season_length=seasons[windows.series_index]).select(usable)
     if len(windows) == 0 or windows.is_holdout.all():
         raise ValueError(
             f"no training windows: {len(series)} stored series, none long enough for "
@@ -123,17 +199,22 @@ def fill_cache(
         config.pred_length,
         batch_size=config.expert_batch_size,
         device=config.device,
+        season_lengths=windows.season_length,
     )
 
 
 def fill_cache_shard(
-    store_root: str, config: RetrainConfig, context: np.ndarray
+    store_root: str, config: RetrainConfig, context: np.ndarray, season_length: int | None = None
 ) -> list[PrecomputeStats]:
     """One shard of a distributed precompute: load the experts here (on the worker) and
-    fill the cache for ``context`` ``(n, L)``."""
+    fill the cache for ``context`` ``(n, L)``, every row of period ``season_length`` (None:
+    the experts as configured)."""
+    experts = build_experts_for(config)
+    if season_length is not None:
+        experts = experts_for_season(experts, season_length)
     return precompute_cache(
         Store.open(store_root),
-        build_experts_for(config),
+        experts,
         context,
         config.pred_length,
         batch_size=config.expert_batch_size,
@@ -145,7 +226,9 @@ def fill_cache_shard(
 def load_training_data(
     store: Store, experts: list[Expert], series: StoredSeries, windows: Windows, pred_length: int
 ) -> TrainingData:
-    points, quantiles = load_cached(store, experts, windows.context, pred_length)
+    points, quantiles = load_cached(
+        store, experts, windows.context, pred_length, season_lengths=windows.season_length
+    )
     assert quantiles is not None
     return TrainingData(series=series, windows=windows, points=points, quantiles=quantiles)
 
@@ -169,51 +252,62 @@ def train_and_backtest(
     windows = data.windows
     validation = newest_windows(windows.series_index[train], windows.origin[train])
     # The production fit is the benchmarked fit (moe.selection.fit_gate); config.train
-    # still gives the seed. season_length also takes an (N,) tensor of per-window seasons.
+    # still gives the seed. The MASE-unit loss takes each training window's own period.
     fit = fit_gate(
         context[train],
         target[train],
         data.points[train].contiguous(),
         validation_mask=torch.from_numpy(validation),
-        season_length=config.season_length,
+        season_length=torch.from_numpy(_seasons(data)[train]),
         seed=config.train.seed,
     )
     result = fit.result
     expert_config = ExpertConfig(
-        batch_size=config.expert_batch_size, season_length=config.season_length
+        batch_size=config.expert_batch_size, season_length=config.season_length or 1
     )
     artifact = build_artifact(
         result, experts, context[train], target[train], data.points[train], expert_config
     )
+    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
     artifact.metrics["selection"] = fit.summary()
     router = load_router(artifact, "cpu", experts=experts)
-    holdout = data.windows.is_holdout
-    scores = _score(router, experts, data, holdout, config.season_length)
+    scores, intervals = _backtest(router, experts, data)
+    artifact = replace(artifact, intervals=intervals.to_plain())
     artifact.metrics["backtest"] = scores.overall()
     return artifact, scores
 
 
-def _score(
-    router: MoERouter,
-    experts: list[Expert],
-    data: TrainingData,
-    rows: np.ndarray,
-    season_length: int,
-    name: str = "mixture",
-) -> Scores:
-    points = data.points[rows].contiguous()
-    quantiles = data.quantiles[rows].contiguous()
-    context = data.windows.context[rows]
-    mixed = mixture_on_cache(router, context, points, quantiles)
-    return score_models(
-        context,
-        data.windows.target[rows],
-        data.windows.series_index[rows],
-        [e.name for e in experts],
-        points.numpy(),
-        quantiles.numpy(),
-        {name: mixed},
-        season_length,
+def season_policy(config: RetrainConfig) -> dict[str, object]:
+    """How the forecast job picks each series' season (stored in the artifact)."""
+    return {"mode": "per_series", "forced": config.season_length}
+
+
+def _seasons(data: TrainingData) -> np.ndarray:
+    """``(N,)`` each window's period; windows built without one count as non-seasonal."""
+    seasons = data.windows.season_length
+    return np.ones(len(data.windows), np.int64) if seasons is None else seasons
+
+
+def _commonest(seasons: np.ndarray) -> int:
+    values, counts = np.unique(seasons, return_counts=True)
+    return int(values[np.argmax(counts)]) if values.size else 1
+
+
+def _backtest(
+    router: MoERouter, experts: list[Expert], data: TrainingData
+) -> tuple[Scores, IntervalModel]:
+    """Experts and ``router``'s mixture on the backtest windows, with calibrated intervals
+    (``pipeline.calibration``); the interval model goes into the artifact."""
+    return backtest_with_intervals(
+        router,
+        [expert.name for expert in experts],
+        data.windows.context,
+        data.windows.target,
+        data.windows.series_index,
+        _seasons(data),
+        data.points,
+        data.quantiles,
+        data.windows.is_holdout,
     )
 
 
@@ -237,12 +331,95 @@ def _champion_mase(
     router = load_router(artifact, config.device, experts=reuse)
     holdout = data.windows.is_holdout
     context = data.windows.context[holdout]
-    precompute_cache(store, router.experts, context, config.pred_length, progress=False)
-    points, quantiles = load_cached(store, router.experts, context, config.pred_length)
+    seasons = _seasons(data)[holdout]
+    if not artifact.season:  # an older champion: its experts' one configured season
+        seasons = None
+    precompute_cache(
+        store, router.experts, context, config.pred_length, progress=False, season_lengths=seasons
+    )
+    points, quantiles = load_cached(
+        store, router.experts, context, config.pred_length, season_lengths=seasons
+    )
     assert quantiles is not None
     mixed, _ = mixture_on_cache(router, context, points, quantiles)
-    score = mase(data.windows.target[holdout], mixed, context, config.season_length)
+    score = mase(data.windows.target[holdout], mixed, context, _seasons(data)[holdout])
     return current.model_version, float(np.nanmean(score))
+
+
+def _constant_pair_candidate(
+    experts: list[Expert], data: TrainingData, config: RetrainConfig
+) -> tuple[GateArtifact, Scores, str]:
+    """The best constant pair (chosen on the training windows), packaged through the normal
+    artifact path, and its backtest scores; returns (artifact, scores, label)."""
+    train = ~data.windows.is_holdout
+    windows = data.windows
+    pair = best_constant_pair(
+        data.points[train].numpy(),
+        windows.target[train],
+        windows.context[train],
+        _seasons(data)[train],
+    )
+    names = [expert.name for expert in experts]
+    gate = constant_pair_gate(config.input_length, config.pred_length, len(experts), pair)
+    result = TrainResult(
+        gate=gate,
+        config=config.train.model_copy(update={"season_length": _commonest(_seasons(data))}),
+        history=[],
+        n_train=int(train.sum()),
+        n_val=0,
+        start_pair=(pair.first, pair.second),
+    )
+    context = torch.from_numpy(windows.context[train])
+    target = torch.from_numpy(windows.target[train])
+    expert_config = ExpertConfig(
+        batch_size=config.expert_batch_size, season_length=config.season_length or 1
+    )
+    artifact = build_artifact(result, experts, context, target, data.points[train], expert_config)
+    label = pair.label(names)
+    artifact.metrics["constant_pair"] = {
+        "experts": [names[pair.first], names[pair.second]],
+        "weights": [pair.weight, 1 - pair.weight],
+        "train_mase": pair.train_mase,
+    }
+    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
+    router = load_router(artifact, "cpu", experts=experts)
+    scores, intervals = _backtest(router, experts, data)
+    artifact = replace(artifact, intervals=intervals.to_plain())
+    return artifact, scores, label
+
+
+def _decide_candidate(
+    artifact: GateArtifact,
+    scores: Scores,
+    data: TrainingData,
+    config: RetrainConfig,
+    experts: list[Expert],
+) -> tuple[GateArtifact, Scores, Verdict]:
+    """The learned gate if it beats the best single expert and the constant pair on the
+    backtest windows, else the constant pair. The returned scores' ``mixture`` row is the
+    chosen model; ``learned_gate`` and ``constant_pair`` rows keep both candidates."""
+    overall = scores.overall()
+    names = [expert.name for expert in experts]
+    single = min(
+        ((name, overall[name]["mase"]) for name in names),
+        key=lambda item: item[1] if np.isfinite(item[1]) else np.inf,
+    )
+    pair_artifact, pair_scores, label = _constant_pair_candidate(experts, data, config)
+    pair_mase = pair_scores.overall()["mixture"]["mase"]
+    verdict = judge(
+        overall["mixture"]["mase"], single, (label, pair_mase), int(data.windows.is_holdout.sum())
+    )
+    per_window = dict(scores.per_window)
+    per_window["learned_gate"] = scores.per_window["mixture"]
+    per_window["constant_pair"] = pair_scores.per_window["mixture"]
+    chosen = artifact if verdict.use_gate else pair_artifact
+    if not verdict.use_gate:
+        for name in ("mixture", "mixture_uncalibrated"):
+            per_window[name] = pair_scores.per_window[name]
+    merged = Scores(per_window=per_window, series_index=scores.series_index)
+    chosen.metrics["backtest"] = merged.overall()
+    chosen.metrics["promotion"] = verdict.details
+    return chosen, merged, verdict
 
 
 def register_and_decide(
@@ -254,7 +431,14 @@ def register_and_decide(
     run_id: str,
     experts: list[Expert],
 ) -> RetrainResult:
-    """Register the challenger; promote it when it beats the champion by the margin."""
+    """Register the candidate and promote it when it is safe.
+
+    The candidate is the learned gate when its backtest MASE beats both the best single
+    expert and the best constant pair on the same windows, else the constant pair
+    (``pipeline.promotion``). It becomes champion when there is none yet, or when it beats
+    the champion by ``promotion_margin``. The reason names every comparison.
+    """
+    artifact, scores, verdict = _decide_candidate(artifact, scores, data, config, experts)
     challenger_mase = scores.overall()["mixture"]["mase"]
     with tempfile.TemporaryDirectory() as folder:
         path = save_artifact(artifact, Path(folder) / "model.pt")
@@ -272,17 +456,17 @@ def register_and_decide(
     write_scores(store, scores, data.series.series_id, run_id, version)
     incumbent = _champion_mase(store, data, config, experts)
     if incumbent is None:
-        reason = f"first model (backtest MASE {challenger_mase:.4f})"
         promoted = True
+        reason = f"{verdict.reason}; first model (backtest MASE {challenger_mase:.4f})"
     else:
         threshold = incumbent[1] * (1.0 - config.promotion_margin)
         promoted = challenger_mase <= threshold
-        comparison = (
-            f"challenger MASE {challenger_mase:.4f} vs champion {incumbent[0]} "
-            f"{incumbent[1]:.4f} on the same {int(data.windows.is_holdout.sum())} windows "
-            f"(needs <= {threshold:.4f}, margin {config.promotion_margin:.0%})"
+        reason = (
+            f"{verdict.reason}; candidate MASE {challenger_mase:.4f} vs champion "
+            f"{incumbent[0]} {incumbent[1]:.4f} on the same "
+            f"{int(data.windows.is_holdout.sum())} windows (needs <= {threshold:.4f}, margin "
+            f"{config.promotion_margin:.0%})"
         )
-        reason = comparison
     if promoted:
         promote(store, version, reason)
     else:
@@ -296,6 +480,7 @@ def register_and_decide(
         champion_mase=None if incumbent is None else incumbent[1],
         run_id=run_id,
         artifact_path=get_model(store, version).artifact_path,
+        candidate="gate" if verdict.use_gate else "constant_pair",
     )
 
 
@@ -308,7 +493,8 @@ def retrain(
     """
     ingest_files(store, config.jsonl_paths)
     series, windows = prepare_windows(store, config)
-    experts = experts if experts is not None else build_experts_for(config)
+    if experts is None:
+        experts = add_trained_experts(store, build_experts_for(config), windows, config)
     stats = fill_cache(store, experts, windows, config)
     data = load_training_data(store, experts, series, windows, config.pred_length)
     artifact, scores = train_and_backtest(experts, data, config)

@@ -3,11 +3,10 @@
 ``RouterCache`` keeps loaded routers by registry version and follows the champion: the
 registry is read at most every ``champion_refresh_s`` seconds, so a promotion (or a
 rollback) reaches the service without a restart while a request does not pay a registry
-read. Routers are loaded through the same verified path as batch forecasts
-(``choose_model``, ``load_verified_artifact``: registry sha256, path inside the store,
-artifact consistency; then ``load_router``), and every forecast row is made by
-``pipeline.forecast.forecast_rows``, so a forecast over HTTP equals the stored batch
-forecast of the same series.
+read. Models are loaded as batch forecasts load them (``pipeline.forecast.load_model``:
+registry sha256, path inside the store, artifact consistency, then the router with its
+season and interval settings), and every forecast row is made by ``LoadedModel.rows``, so
+a forecast over HTTP equals the stored batch forecast of the same series.
 """
 
 from __future__ import annotations
@@ -20,10 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from moe.api import load_router
-from moe.router import MoERouter
-from pipeline.forecast import choose_model, forecast_rows
-from pipeline.models import load_verified_artifact
+from pipeline.forecast import LoadedModel, choose_model, load_model
 from serving.schemas import ExpertWeight, SeriesForecast, SeriesIn
 from storage.registry import ModelVersion
 from storage.schemas import QUANTILE_COLUMNS
@@ -34,7 +30,7 @@ __all__ = ["RouterCache", "ModelForecasts", "forecast_batch", "table_to_forecast
 
 
 class RouterCache:
-    """Loaded routers by version (a few, least recently used dropped) and the champion."""
+    """Loaded models by version (a few, least recently used dropped) and the champion."""
 
     def __init__(
         self,
@@ -47,7 +43,7 @@ class RouterCache:
         self._device = device
         self._refresh_s = champion_refresh_s
         self._max_models = max_models
-        self._routers: OrderedDict[str, tuple[ModelVersion, MoERouter]] = OrderedDict()
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._champion: ModelVersion | None = None
         self._champion_read_at = -math.inf
 
@@ -63,17 +59,17 @@ class RouterCache:
             self._champion_read_at = now
         return self._champion
 
-    def get(self, version: str | None) -> tuple[ModelVersion, MoERouter]:
-        """The model entry and its loaded router (``None`` = the champion)."""
+    def get(self, version: str | None) -> LoadedModel:
+        """The loaded model (``None`` = the champion), verified when first loaded."""
         model = self.champion() if version is None else choose_model(self._store, version)
-        if model.model_version in self._routers:
-            self._routers.move_to_end(model.model_version)
-            return self._routers[model.model_version]
-        router = load_router(load_verified_artifact(self._store, model), self._device)
-        self._routers[model.model_version] = (model, router)
-        while len(self._routers) > self._max_models:
-            self._routers.popitem(last=False)
-        return model, router
+        if model.model_version in self._loaded:
+            self._loaded.move_to_end(model.model_version)
+            return self._loaded[model.model_version]
+        loaded = load_model(self._store, model, self._device)
+        self._loaded[model.model_version] = loaded
+        while len(self._loaded) > self._max_models:
+            self._loaded.popitem(last=False)
+        return loaded
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,6 @@ def forecast_batch(
     cache: RouterCache, version: str | None, series: list[SeriesIn]
 ) -> ModelForecasts:
     """Forecast every series with one router call (only the two chosen experts run per row)."""
-    model, router = cache.get(version)
-    stored = _as_stored(series)
-    table = forecast_rows(router, stored, "api", model.model_version, cache.device)
-    return ModelForecasts(model, table_to_forecasts(table, router.pred_length, True))
+    loaded = cache.get(version)
+    table = loaded.rows(_as_stored(series), "api", cache.device)
+    return ModelForecasts(loaded.model, table_to_forecasts(table, loaded.router.pred_length, True))

@@ -155,6 +155,9 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
             ("rmse", pa.float64()),
             ("wql", pa.float64()),  # weighted quantile loss (CRPS approximation)
             ("created_at", _TS),
+            # Added later (older parts read them as null): the 90% interval [q05, q95].
+            ("coverage_90", pa.float64()),  # share of held-out actuals inside it
+            ("width_90", pa.float64()),  # mean width in MASE's scale
         ]
     ),
     # Realised error of past forecasts once actuals arrived (monitoring).
@@ -218,7 +221,7 @@ VIEW_SQL: dict[str, str] = {
     "backtest_metrics": "SELECT * FROM {backtest_metrics}",
     "leaderboard": """
         SELECT model_version, run_id, model, n_windows, mase, smape, mape, rmse, wql,
-               rank() OVER (PARTITION BY run_id ORDER BY mase) AS rank
+               coverage_90, width_90, rank() OVER (PARTITION BY run_id ORDER BY mase) AS rank
         FROM {backtest_metrics} WHERE series_id IS NULL
     """,
     "forecast_evaluations": "SELECT * FROM {forecast_evaluations}",

@@ -13,7 +13,13 @@ from moe.experts.base import (
     ExpertLoadError,
     MissingExtraError,
 )
-from moe.experts.registry import EXPERT_NAMES, FOUNDATION_EXPERTS, OFFLINE_EXPERTS, build_expert
+from moe.experts.registry import (
+    EXPERT_NAMES,
+    FOUNDATION_EXPERTS,
+    OFFLINE_EXPERTS,
+    TRAINED_EXPERTS,
+    build_expert,
+)
 from moe.experts.seed import ExpertModule, MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "EXPERT_NAMES",
     "FOUNDATION_EXPERTS",
     "OFFLINE_EXPERTS",
+    "TRAINED_EXPERTS",
     "build_expert",
     "ExpertModule",
     "MoiraiMoEExpert",

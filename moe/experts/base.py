@@ -30,6 +30,8 @@ __all__ = [
     "MissingExtraError",
     "TORCH_DTYPES",
     "torch_dtype",
+    "SeasonAware",
+    "for_season",
 ]
 
 #: The torch dtype of each ``ExpertConfig.dtype`` name (the one map every adapter uses).
@@ -104,6 +106,26 @@ class Expert(Protocol):
     def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
         """Forecast ``horizon`` steps for each row of ``context`` ``(B, L)``."""
         ...
+
+
+@runtime_checkable
+class SeasonAware(Protocol):
+    """An expert whose forecasts depend on the season length (the statistical experts).
+
+    ``with_season_length(m)`` returns the same model configured for period ``m``; its
+    ``cache_key`` names ``m``, so cached forecasts of one season are never read for another.
+    """
+
+    def with_season_length(self, season_length: int) -> Expert:
+        """This expert for seasonal period ``season_length`` (>= 1)."""
+        ...
+
+
+def for_season(expert: Expert, season_length: int) -> Expert:
+    """``expert`` configured for ``season_length``; experts without a season pass through."""
+    if isinstance(expert, SeasonAware):
+        return expert.with_season_length(season_length)
+    return expert
 
 
 class ExpertLoadError(RuntimeError):

@@ -13,7 +13,13 @@ from typing import cast
 
 from moe.experts.base import Expert, ExpertConfig
 
-__all__ = ["EXPERT_NAMES", "FOUNDATION_EXPERTS", "OFFLINE_EXPERTS", "build_expert"]
+__all__ = [
+    "EXPERT_NAMES",
+    "FOUNDATION_EXPERTS",
+    "OFFLINE_EXPERTS",
+    "TRAINED_EXPERTS",
+    "build_expert",
+]
 
 _BUILDERS: dict[str, str] = {
     "moirai": "moe.experts.moirai:build",
@@ -23,14 +29,17 @@ _BUILDERS: dict[str, str] = {
     "autoets": "moe.experts.statistical:build_autoets",
     "autotheta": "moe.experts.statistical:build_autotheta",
     "fracast": "moe.experts.fracast_expert:build",
+    "global_mlp": "moe.experts.global_mlp:build",
 }
 
 #: The seed's pretrained foundation models, in the seed's ``expert_keys`` order.
 FOUNDATION_EXPERTS: tuple[str, ...] = ("moirai", "timemoe", "timesfm")
 #: Experts that need no download: statsforecast models and fracast's bundled weights.
 OFFLINE_EXPERTS: tuple[str, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")
+#: Experts the retrain trains on the training windows (built from the checkpoint it saves).
+TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp",)
 #: Every registered name.
-EXPERT_NAMES: tuple[str, ...] = FOUNDATION_EXPERTS + OFFLINE_EXPERTS
+EXPERT_NAMES: tuple[str, ...] = FOUNDATION_EXPERTS + OFFLINE_EXPERTS + TRAINED_EXPERTS
 
 assert set(EXPERT_NAMES) == set(_BUILDERS), "registry and name lists disagree"
 

@@ -129,6 +129,8 @@ class StatisticalExpert:
         self._model_name = model_name
         self._season_length = season_length
         self._version = version
+        self._factory = factory
+        self._variants: dict[int, StatisticalExpert] = {season_length: self}
         self._min_length = _MIN_LENGTH[model_name]
         self._seasonal = factory(season_length)
         self._plain = factory(1) if season_length > 1 else self._seasonal
@@ -149,6 +151,26 @@ class StatisticalExpert:
             f"{self.name}|statsforecast=={self._version}|{self._model_name}"
             f"|season_length={self._season_length}|policy={POLICY_VERSION}"
         )
+
+    @property
+    def season_length(self) -> int:
+        """The seasonal period this instance fits with (1 = none)."""
+        return self._season_length
+
+    def with_season_length(self, season_length: int) -> StatisticalExpert:
+        """The same model for period ``season_length`` (built once, then reused)."""
+        season_length = int(season_length)
+        if season_length not in self._variants:
+            variant = StatisticalExpert(
+                self.name,
+                self._model_name,
+                self._factory,
+                season_length=season_length,
+                version=self._version,
+            )
+            variant._variants = self._variants  # one family shares its variants
+            self._variants[season_length] = variant
+        return self._variants[season_length]
 
     def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
         """``context`` ``(B, L)`` -> ``point`` ``(B, H)``, ``quantiles`` ``(B, H, Q)``."""

@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moe.experts import EXPERT_NAMES, FOUNDATION_EXPERTS, Expert, build_expert
@@ -13,10 +14,24 @@ from moe.experts.fake import FakeExpert
 from tests.experts.contract import assert_expert_contract
 
 
+def _tiny_global_mlp(directory: Path) -> Expert:
+    """A global MLP trained briefly on sine windows, saved and loaded via the registry."""
+    from moe.experts.base import ExpertConfig
+    from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
+
+    steps = np.arange(20)[None, :] + np.arange(64)[:, None]  # (64, 20)
+    values = 10 + 3 * np.sin(2 * np.pi * steps / 6)
+    expert, _ = train_global_mlp(values[:, :16], values[:, 16:], GlobalMLPConfig(epochs=3))
+    path = save_global_mlp(expert, directory / "global_mlp.pt")
+    return build_expert("global_mlp", ExpertConfig(checkpoint=str(path)))
+
+
 def _factory(name: str) -> Callable[[Path], Expert]:
     """How the contract test gets expert ``name``: tiny real architectures for foundation ones."""
     if name == "fake":
         return lambda _: FakeExpert("fake", factor=1.5, offset=0.5)
+    if name == "global_mlp":
+        return _tiny_global_mlp
     if name in FOUNDATION_EXPERTS:
         # Weights cannot be downloaded here: build a tiny random instance of the real
         # architecture, saved and reloaded through the expert's own loading path.

@@ -104,7 +104,7 @@ def test_registry_names_and_targets() -> None:
     """Guards the explicit mapping: seed order, every name resolves to a callable builder."""
     assert FOUNDATION_EXPERTS == ("moirai", "timemoe", "timesfm")
     assert OFFLINE_EXPERTS == ("seasonal_naive", "autoets", "autotheta", "fracast")
-    assert EXPERT_NAMES == FOUNDATION_EXPERTS + OFFLINE_EXPERTS
+    assert EXPERT_NAMES == FOUNDATION_EXPERTS + OFFLINE_EXPERTS + ("global_mlp",)
     assert set(_BUILDERS) == set(EXPERT_NAMES)
     for name, target in _BUILDERS.items():
         module_name, function_name = target.split(":")

@@ -44,6 +44,9 @@ def test_retrain_registers_and_promotes_first_model(store: Store, series_file: P
         "mixture",
         "equal_weight",
         "best_in_hindsight",
+        "learned_gate",
+        "constant_pair",
+        "mixture_uncalibrated",
     }
     per_series = (
         query(
