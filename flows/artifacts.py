@@ -64,7 +64,11 @@ def publish_retrain(result: RetrainResult) -> None:
     )
 
 
-def _plot_png(store: Store, run_id: str, n_series: int = 4) -> bytes | None:
+def _plot_png(
+    store: Store, run_id: str, n_series: int = 4, show_actuals: bool = False
+) -> bytes | None:
+    """History, forecast and 90% band of a few series of ``run_id`` (and, with
+    ``show_actuals``, the values that arrived after the forecast origin) as a PNG."""
     try:
         import matplotlib
 
@@ -93,7 +97,12 @@ def _plot_png(store: Store, run_id: str, n_series: int = 4) -> bytes | None:
         start = row["origin_index"] - len(history)
         steps = range(row["origin_index"], row["origin_index"] + len(row["point"]))
         axis.plot(range(start, row["origin_index"]), history, color="black", lw=1)
-        axis.plot(steps, row["point"], color="tab:blue", lw=1.5)
+        axis.plot(steps, row["point"], color="tab:blue", lw=1.5, label="forecast")
+        if show_actuals:
+            end = row["origin_index"] + len(row["point"])
+            actual = row["history"][row["origin_index"] : end]
+            axis.plot(steps[: len(actual)], actual, color="tab:red", lw=1, ls="--", label="actual")
+            axis.legend(fontsize=7, loc="upper left")
         if None not in row["q05"] and None not in row["q95"]:
             axis.fill_between(steps, row["q05"], row["q95"], color="tab:blue", alpha=0.2)
         axis.set_title(row["series_id"], fontsize=9)
@@ -133,7 +142,23 @@ def publish_forecast(store: Store, run: ForecastRun) -> None:
     )
 
 
-def publish_evaluation(result: EvaluationResult) -> None:
+_GROUP_SQL = """
+SELECT coalesce(s.freq, '(no freq)') AS freq, count(DISTINCT f.series_id) AS series,
+       count(*) AS points,
+       100 * avg(abs(s.values[f.origin_index + f.step] - f.point)
+                 / abs(s.values[f.origin_index + f.step]))
+           FILTER (WHERE s.values[f.origin_index + f.step] <> 0) AS mape,
+       avg(CASE WHEN s.values[f.origin_index + f.step] BETWEEN f.q05 AND f.q95 THEN 1.0
+                ELSE 0.0 END) FILTER (WHERE f.q05 IS NOT NULL AND f.q95 IS NOT NULL)
+           AS coverage_90
+FROM forecasts f JOIN series s USING (series_id)
+WHERE f.run_id = $1 AND s.n_points >= f.origin_index + f.step
+  AND s.values[f.origin_index + f.step] IS NOT NULL
+GROUP BY 1 ORDER BY 1
+"""
+
+
+def publish_evaluation(store: Store, result: EvaluationResult) -> None:
     if not result.runs:  # an empty table would read as "no error"; say what it means
         create_markdown_artifact(
             "## Realised error\n\nNo actuals have arrived yet for any forecast run: ingest "
@@ -158,6 +183,21 @@ def publish_evaluation(result: EvaluationResult) -> None:
         key="realised-error",
         description="Realised error of past forecast runs (oldest first)",
     )
+    latest = result.runs[-1].run_id
+    groups = query(store, _GROUP_SQL, [latest]).to_pylist()
+    create_table_artifact(
+        [{key: _clean(value) for key, value in row.items()} for row in groups],
+        key="realised-error-by-frequency",
+        description=f"Realised error of run {latest} per series frequency",
+    )
+    png = _plot_png(store, latest, show_actuals=True)
+    if png is not None:
+        encoded = base64.b64encode(png).decode()
+        create_markdown_artifact(
+            f"### Forecast vs actual, run {latest}\n\n"
+            f"![forecast vs actual](data:image/png;base64,{encoded})",
+            key="forecast-vs-actual",
+        )
     for message in (result.alert, result.growth_alert):
         if message:
             create_markdown_artifact(f"## Alert\n\n{message}", key="forecast-error-alert")

@@ -85,7 +85,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), store: str | None = None
     """Score past forecasts against actuals that arrived; warn on sustained high error."""
     opened = tasks.open_store(store)
     result = tasks.evaluate_forecasts(opened, config)
-    artifacts.publish_evaluation(result)
+    artifacts.publish_evaluation(opened, result)
     for kind, message in (("realised-error", result.alert), ("error-growth", result.growth_alert)):
         if message:
             get_run_logger().warning(message)

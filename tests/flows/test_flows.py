@@ -140,8 +140,13 @@ def test_evaluate_flow_scores_runs_once_actuals_arrive(
     forecast_runs = query(store, "SELECT DISTINCT run_id FROM forecasts").column(0).to_pylist()
     assert sorted(scored) == sorted(forecast_runs) and len(scored) >= 1
     assert _count(store, "SELECT count(*) FROM forecast_evaluations") == len(scored)
-    table = _table(_artifacts(_run_id(state))["realised-error"])
+    published = _artifacts(_run_id(state))
+    table = _table(published["realised-error"])
     assert {row["points"] for row in table} == {N_SERIES * HORIZON}
+    groups = _table(published["realised-error-by-frequency"])
+    assert sum(row["series"] for row in groups) == N_SERIES
+    assert {row["freq"] for row in groups} <= {"MS", "(no freq)"}
+    assert "data:image/png;base64," in str(published["forecast-vs-actual"].data)
 
 
 @pytest.mark.parametrize(
