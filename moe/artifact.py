@@ -6,11 +6,15 @@ pickled object is refused. Keys (format version 1):
 
 * the seed's: ``gating_state`` (gate ``state_dict``), ``expert_keys`` (ordered names),
   ``pred_length``, ``input_length``;
-* ``format_version``; ``gate`` (kind and hyperparameters that rebuild it);
+* ``format_version``; ``gate`` (kind and hyperparameters that rebuild it, via
+  ``moe.gates.build_gate_from_spec``; the feature-pair gate adds ``season_length``,
+  ``hidden``, ``use_history``, ``learned_weights`` and its ``features`` list);
 * ``experts``: per expert ``{"name", "cache_key", "config"}`` (checkpoint, revision, ...),
   and ``cache_keys`` (the same keys as a list, for readers);
 * ``scaling`` (``{"method": "mean_abs"}``), ``quantile_levels``;
-* ``train_config``, ``metrics`` (per-epoch history, single-expert baselines);
+* ``train_config``, ``metrics`` (per-epoch history, single-expert baselines, and, when
+  the gate came from ``moe.selection.fit_gate``, ``selection``: every candidate's
+  validation MASE, paired SE and which one the one-SE rule chose);
 * ``data_fingerprint`` (sha256 of windows and cached forecasts), ``library_versions``,
   ``created_at``;
 * optional, absent from older files (read as ``{}``): ``season`` (how each series' season

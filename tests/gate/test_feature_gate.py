@@ -173,3 +173,10 @@ def test_past_expert_mase_uses_only_strictly_older_windows() -> None:
     assert history[3].isnan().all()  # other series never count
     target[1] = 100.0  # a window's own target never changes its history
     assert torch.equal(past_expert_mase(points, target, scale, series, origin)[1], history[1])
+
+
+def test_feature_candidates_are_skipped_when_their_features_would_overrun_the_budget() -> None:
+    """Guards the budget on big stores: features (~2 ms a window) are not started past it."""
+    fit = _fit(_routing_problem(n_series=120), kinds=("pair", "feature_pair"), time_budget_s=0.6)
+    assert [c.family for c in fit.candidates] == ["pair"]
+    assert fit.skipped and all(name.startswith("feature_pair") for name in fit.skipped)

@@ -92,5 +92,8 @@ def test_seed_command_line_is_not_worse_than_retrain(
     )
     context = windows.context[holdout]
     seed_mase = float(np.nanmean(mase(windows.target[holdout], output.point.numpy(), context, 12)))
+    print(
+        f"seed CLI MASE {seed_mase:.4f} vs moe retrain {retrain_mase:.4f} (with_freq={with_freq})"
+    )
     assert int(holdout.sum()) == len(records) > 20
     assert seed_mase <= retrain_mase * 1.01, (seed_mase, retrain_mase)
