@@ -52,6 +52,7 @@ from moe.experts.base import (
 )
 from moe.precompute import forecast_all
 from moe.router import SEED_EXPERTS, MoERouter
+from moe.seasonality import season_from_freq
 from moe.training import TrainConfig, TrainResult, train_gate
 
 __all__ = [
@@ -289,35 +290,6 @@ def train_and_save(
 #: Season used when neither ``season_length`` nor a line's ``freq`` gives one (the same
 #: default as ``moe retrain``'s ``RetrainConfig.season_length``).
 DEFAULT_SEASON_LENGTH = 12
-# pandas offset alias (first letters) -> seasonal period. A small local table so the seed
-# path needs no pipeline import; per-series detection lives with the production path.
-_FREQ_SEASONS = {
-    "MS": 12,
-    "M": 12,
-    "ME": 12,
-    "QS": 4,
-    "Q": 4,
-    "QE": 4,
-    "W": 52,
-    "D": 7,
-    "B": 5,
-    "H": 24,
-    "h": 24,
-    "A": 1,
-    "Y": 1,
-    "YS": 1,
-    "AS": 1,
-    "YE": 1,
-}
-
-
-def season_from_freq(freq: str | None) -> int | None:
-    """Seasonal period of a pandas offset alias such as ``"MS"``, ``"Q-DEC"``, ``"W-SUN"``;
-    None when unknown or absent."""
-    if not freq:
-        return None
-    base = freq.strip().split("-")[0].lstrip("0123456789")
-    return _FREQ_SEASONS.get(base)
 
 
 def _season_of_file(path: str | Path) -> int:
