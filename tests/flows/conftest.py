@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
-from tests.pipeline.conftest import write_series
+from tests.pipeline.conftest import FAST_RETRAIN, write_series
 
-#: Offline experts and tiny lengths: a whole retrain takes seconds.
-FAST_RETRAIN = {
-    "experts": ["seasonal_naive", "autoets", "autotheta"],
-    "input_length": 24,
-    "pred_length": 6,
-    "season_length": 1,
-    "max_windows_per_series": 4,
-    "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
-}
+__all__ = ["FAST_RETRAIN"]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+#: Offline experts and tiny lengths: a whole retrain takes seconds.
+FAST_RETRAIN = {
+    "experts": ["seasonal_naive", "autoets", "autotheta"],
+    "input_length": 24,
+    "pred_length": 6,
+    "season_length": 1,
+    "max_windows_per_series": 4,
+    "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
+}
+
 
 def write_series(
     path: Path,
@@ -57,16 +67,7 @@ def champion_with_bad_actuals(root: Path, data: Path) -> dict[str, list[float]]:
 
     store = Store.open(root)
     short = write_series(data / "short.jsonl", n_series=12, length=60)
-    config = {
-        "experts": ["seasonal_naive", "autoets", "autotheta"],
-        "input_length": 24,
-        "pred_length": 6,
-        "season_length": 1,
-        "max_windows_per_series": 4,
-        "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
-        "jsonl_paths": [str(short)],
-    }
-    retrain(store, RetrainConfig.model_validate(config))
+    retrain(store, RetrainConfig.model_validate({**FAST_RETRAIN, "jsonl_paths": [str(short)]}))
     for run_id in ("r1", "r2", "r3"):
         batch_forecast(store, ForecastConfig(run_id=run_id))
     records = [json.loads(line) for line in short.read_text().splitlines()]
