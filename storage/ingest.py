@@ -3,10 +3,7 @@
 Guarantees:
 
 * Streaming: lines are processed in chunks of ``chunk_lines``; memory does not grow with
-  the file (only with the number of distinct series ids, to detect duplicates). Each chunk
-  is parsed and typed as one block by DuckDB's JSON reader (``storage.blocks``); only lines
-  it cannot vouch for (the whole chunk when DuckDB refuses it) go through the per-line
-  validator, which alone decides rejects and their field and reason.
+  the file (only with the number of distinct series ids, to detect duplicates).
 * Nothing is lost: every non-blank line is accepted or rejected; rejects are stored in
   ``ingest_rejects`` with file, line number, field, reason and the raw line.
   ``lines_read = blank_lines + accepted + rejected`` for every ingest, recorded in
@@ -47,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from storage.blocks import parse_block
 from storage.records import LineError, SeriesRecord, parse_line
 from storage.store import Store
 
@@ -349,14 +345,9 @@ def _ingest_file(
         if len(report.rejects) < max_listed:
             report.rejects.append(RejectedLine(line_number, error.field, error.reason))
 
-    def take(
-        chunk: _Chunk, line_number: int, raw: bytes, ended: bool, fast: SeriesRecord | None
-    ) -> None:
-        """Account for one non-blank line: accepted (new, new version, unchanged) or rejected.
-
-        ``fast`` is the block reader's record when it accepted the line, else None.
-        """
-        parsed = parse_line(raw) if fast is None else fast
+    def take(chunk: _Chunk, line_number: int, raw: bytes, ended: bool) -> None:
+        """Account for one non-blank line: accepted (new, new version, unchanged) or rejected."""
+        parsed = parse_line(raw)
         if isinstance(parsed, LineError):
             if parsed.field == "line" and not ended:
                 parsed = LineError("line", parsed.reason + " (no line ending: truncated file?)")
@@ -385,25 +376,14 @@ def _ingest_file(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
         pending: Future[None] | None = None
         chunk, chunk_index = _Chunk(), 0
-        # Non-blank lines of the current chunk: (line number, raw, had a line ending).
-        lines: list[tuple[int, bytes, bool]] = []
-
-        def settle() -> None:
-            # Whole-block parse first; only lines it cannot vouch for go through parse_line.
-            parsed = parse_block([raw for _, raw, _ in lines], store.tmp_dir)
-            for (line_number, raw, ended), record in zip(lines, parsed, strict=True):
-                take(chunk, line_number, raw, ended, record)
-            lines.clear()
-
         try:
             for line_number, (raw, ended) in enumerate(_open_lines(file_path, sniff), start=1):
                 report.lines_read += 1
                 if raw.strip():
-                    lines.append((line_number, raw, ended))
+                    take(chunk, line_number, raw, ended)
                 else:
                     report.blank_lines += 1
                 if line_number % chunk_lines == 0:
-                    settle()
                     if pending is not None:
                         pending.result()  # surface a write error now; bound memory
                     pending = writer.submit(flush, chunk, chunk_index)
@@ -412,10 +392,9 @@ def _ingest_file(
                         on_progress(report.lines_read)
         except IngestError as error:  # the file ended early or could not be read
             failure = IngestError(str(error).replace(str(file_path), source))
-        settle()  # what was read before a failure is valid and kept
         if pending is not None:
             pending.result()
-        flush(chunk, chunk_index)
+        flush(chunk, chunk_index)  # what was read before a failure is valid and kept
 
     report.status = "complete" if failure is None else "partial"
     report.error = None if failure is None else str(failure)
