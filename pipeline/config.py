@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict, JsonValue
 
 from moe.training import TrainConfig
 
@@ -36,10 +37,41 @@ OFFLINE_EXPERTS: tuple[ExpertName, ...] = ("seasonal_naive", "autoets", "autothe
 FOUNDATION_EXPERTS: tuple[ExpertName, ...] = ("moirai", "timemoe", "timesfm")
 
 
+_MAX_BACKTEST_WINDOWS = 100
+_DEFAULT_MAX_WINDOWS = 6
+
+
+def _windows_rule(schema: JsonDict) -> None:
+    """``backtest_windows < max_windows_per_series`` as JSON Schema, for the server.
+
+    JSON Schema cannot compare two fields, but ``backtest_windows`` is at most
+    ``_MAX_BACKTEST_WINDOWS``, so one ``if``/``then`` per value of ``max_windows_per_series``
+    up to it spells the rule out; a missing field stands for its default. Prefect validates
+    run parameters against this schema (``enforce_parameter_schema``) before creating a run.
+    """
+    rules: list[JsonValue] = [
+        {
+            "if": {
+                "properties": {"max_windows_per_series": {"const": limit}},
+                "required": ["max_windows_per_series"],
+            },
+            "then": {"properties": {"backtest_windows": {"maximum": limit - 1}}},
+        }
+        for limit in range(2, _MAX_BACKTEST_WINDOWS + 1)
+    ]
+    rules.append(
+        {
+            "if": {"not": {"required": ["max_windows_per_series"]}},
+            "then": {"properties": {"backtest_windows": {"maximum": _DEFAULT_MAX_WINDOWS - 1}}},
+        }
+    )
+    schema["allOf"] = rules
+
+
 class RetrainConfig(BaseModel):
     """Weekly retrain: ingest, windows, expert cache, gate training, backtest, registry."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_windows_rule)
 
     jsonl_paths: list[str] = Field(
         default_factory=list,
@@ -48,6 +80,7 @@ class RetrainConfig(BaseModel):
     experts: list[ExpertName] = Field(
         default_factory=lambda: list(OFFLINE_EXPERTS),
         min_length=2,
+        json_schema_extra={"uniqueItems": True},  # the form refuses a repeat before a run
         description="Experts the gate chooses from (top-2 per window). Foundation experts "
         "need their weights downloaded once (see README); 'global_mlp' is trained by the "
         "retrain on its training windows.",
@@ -66,10 +99,16 @@ class RetrainConfig(BaseModel):
         default=None, ge=1, description="Steps between window origins (None: pred_length)."
     )
     max_windows_per_series: int = Field(
-        default=6, ge=2, le=10_000, description="Newest windows per series (1 held out)."
+        default=_DEFAULT_MAX_WINDOWS,
+        ge=2,
+        le=10_000,
+        description="Newest windows per series (1 held out).",
     )
     backtest_windows: int = Field(
-        default=1, ge=1, le=100, description="Newest windows per series held out for backtest."
+        default=1,
+        ge=1,
+        le=_MAX_BACKTEST_WINDOWS,
+        description="Newest windows per series held out for backtest.",
     )
     promotion_margin: float = Field(
         default=0.05,

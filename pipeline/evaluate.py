@@ -2,8 +2,9 @@
 
 A forecast row for step ``k`` made when the series had ``origin_index`` points is
 matched with point ``origin_index + k`` of the series' latest stored version (so actuals
-arrive by ingesting the longer series). A run is re-scored on every evaluation; its row in
-``forecast_evaluations`` is replaced, never duplicated.
+arrive by ingesting the longer series). A run is scored again only when one of its series
+got a new version since the run was last scored (or the run is new or re-made); its row in
+``forecast_evaluations`` is replaced, never duplicated. Other runs keep their stored score.
 """
 
 from __future__ import annotations
@@ -38,6 +39,26 @@ SELECT DISTINCT f.run_id, f.series_id, s.freq, s.values[1:f.origin_index] AS his
 FROM forecasts f JOIN series s USING (series_id)
 WHERE s.n_points >= f.origin_index + 1
 """
+
+# Runs with an actual whose series version (or whose forecast rows) is newer than the run's
+# stored score, or with no score yet: the only runs an evaluation scores.
+_STALE_SQL = """
+SELECT DISTINCT f.run_id
+FROM forecasts f JOIN series s USING (series_id)
+LEFT JOIN forecast_evaluations e ON e.run_id = f.run_id
+WHERE s.n_points >= f.origin_index + 1
+  AND (e.evaluated_at IS NULL OR s.ingested_at >= e.evaluated_at
+       OR f.created_at >= e.evaluated_at)
+"""
+
+_STORED_SQL = """
+SELECT e.run_id, e.model_version, c.created_at, e.n_series, e.n_points, e.mape, e.smape,
+       e.mase, e.coverage_90
+FROM forecast_evaluations e
+JOIN (SELECT run_id, min(created_at) AS created_at FROM forecasts GROUP BY run_id) c
+  USING (run_id)
+"""
+_ONLY_STALE = " AND list_contains($1, f.run_id)"
 
 
 @dataclass(frozen=True)
@@ -78,9 +99,16 @@ def _score_run(rows: dict[str, np.ndarray], scales: dict[str, float]) -> tuple[f
 
 
 def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult:
-    """Score every forecast run that has actuals; store one row per run; check the alert."""
-    matched = query(store, _MATCH_SQL)
-    history = query(store, _HISTORY_SQL).to_pylist()
+    """Score the runs with newly arrived actuals; store one row per run; check the alerts."""
+    # Under the writer lock no ingest is half-published, so every series version stamped
+    # before ``scored_at`` is visible here, and any later one is newer than ``scored_at``.
+    with store.writer():
+        scored_at = datetime.now(UTC)
+        stale = query(store, _STALE_SQL).column("run_id").to_pylist()
+        matched = query(store, _MATCH_SQL + _ONLY_STALE, [stale])
+        history = query(store, _HISTORY_SQL + _ONLY_STALE, [stale]).to_pylist()
+        stored = query(store, _STORED_SQL).to_pylist()
+    kept = [RunScore(**row) for row in stored if row["run_id"] not in set(stale)]
     scales_by_run: dict[str, dict[str, float]] = {}
     for row in history:
         values = np.array([np.nan if v is None else v for v in row["history"]], np.float64)
@@ -114,9 +142,7 @@ def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult
                 coverage_90=coverage,
             )
         )
-    runs.sort(key=lambda r: r.created_at)
-    now = datetime.now(UTC)
-    for run in runs:  # one part per run, replaced on re-evaluation
+    for run in runs:  # one part per run scored now, replaced on re-evaluation
         store.write_part(
             "forecast_evaluations",
             f"run-{run.run_id}",
@@ -124,7 +150,7 @@ def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult
                 {
                     "run_id": [run.run_id],
                     "model_version": [run.model_version],
-                    "evaluated_at": [now],
+                    "evaluated_at": [scored_at],
                     "n_series": [run.n_series],
                     "n_points": [run.n_points],
                     "mape": [run.mape],
@@ -134,6 +160,7 @@ def evaluate_forecasts(store: Store, config: EvaluateConfig) -> EvaluationResult
                 }
             ),
         )
+    runs = sorted(runs + kept, key=lambda r: r.created_at)
     return EvaluationResult(
         runs=runs,
         alert=mape_alert([(r.run_id, r.mape) for r in runs], config),

@@ -276,6 +276,14 @@ def test_moe_serve_schedules_and_retrain_run(served: Served) -> None:
     assert _schedules(forecast) == [("0 5 * * *", SERVE_TIMEZONE, True)]
     with pytest.raises(PrefectHTTPStatusError, match="config.input_length"):
         _trigger("retrain/weekly-retrain", {"config": {"input_length": 0}})
+    # Cross-field rules are in the parameter schema too: refused before a run exists.
+    with pytest.raises(PrefectHTTPStatusError, match="config.experts"):
+        _trigger("retrain/weekly-retrain", {"config": {"experts": ["autoets", "autoets"]}})
+    with pytest.raises(PrefectHTTPStatusError, match="config.backtest_windows"):
+        _trigger(
+            "retrain/weekly-retrain",
+            {"config": {"backtest_windows": 3, "max_windows_per_series": 3}},
+        )
     _wait_for(served.retrain_run, served.process)
     store = Store.open(served.store)
     champions = query(store, "SELECT count(*) FROM model_registry WHERE status = 'champion'")
@@ -286,7 +294,8 @@ def test_moe_serve_schedules_and_retrain_run(served: Served) -> None:
 
 def test_prefect_yaml_deploy_and_process_worker(server: Server, served: Served) -> None:
     """prefect.yaml deploys on a process pool (UTC schedules, concurrency 1) and a
-    ``prefect worker`` runs daily-batch-forecast into the forecasts table."""
+    ``prefect worker`` runs daily-batch-forecast into the forecasts table, with the project
+    location taken from the worker's MOE_PROJECT_DIR, not the deploying shell's."""
     _wait_for(served.retrain_run, served.process)  # the batch forecast needs a champion
     served.process.stop()  # the served deployments are replaced by prefect.yaml's
     assert served.pool_create.process.wait(timeout=120) == 0, served.pool_create.tail()
@@ -295,7 +304,9 @@ def test_prefect_yaml_deploy_and_process_worker(server: Server, served: Served) 
         _prefect("worker", "start", "--pool", "moe-process"), worker_env, server.tmp / "worker.log"
     )
     try:
-        _run(_prefect("--no-prompt", "deploy", "--all"), server, timeout=180)
+        # The deploying shell's MOE_PROJECT_DIR is wrong on purpose: the worker's must win.
+        deploying = Server(server.url, {**server.env, "MOE_PROJECT_DIR": "/nowhere"}, server.tmp)
+        _run(_prefect("--no-prompt", "deploy", "--all"), deploying, timeout=180)
         for name, cron in [
             ("retrain/weekly-retrain", "0 3 * * 1"),
             ("batch-forecast/daily-batch-forecast", "0 5 * * *"),
@@ -304,6 +315,7 @@ def test_prefect_yaml_deploy_and_process_worker(server: Server, served: Served) 
             deployment = _deployment(name)
             assert deployment.work_pool_name == "moe-process", name
             assert _schedules(deployment) == [(cron, "UTC", True)], name
+            assert deployment.pull_steps == [{"flows.pull.set_project_dir": {}}], name
         limit = _deployment("retrain/weekly-retrain").global_concurrency_limit
         assert limit is not None and limit.limit == 1
         flow_run = _trigger(

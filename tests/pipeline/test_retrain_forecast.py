@@ -124,6 +124,36 @@ def test_evaluate_scores_runs_once_actuals_arrive(store: Store, tmp_path: Path) 
     assert calm.alert is None
 
 
+def _evaluated_at(store: Store) -> dict[str, object]:
+    rows = query(store, "SELECT run_id, evaluated_at FROM forecast_evaluations").to_pylist()
+    return {row["run_id"]: row["evaluated_at"] for row in rows}
+
+
+def test_evaluate_scores_only_runs_with_new_actuals(store: Store, tmp_path: Path) -> None:
+    """A second evaluate re-scores nothing; a new version of one series re-scores only the
+    runs that forecast it, and the untouched run keeps its stored score."""
+    short = write_series(tmp_path / "short.jsonl", length=60)
+    retrain(store, _config(jsonl_paths=[str(short)]), experts=fake_trio())
+    batch_forecast(store, experts=FAKES, config=ForecastConfig(run_id="all"))
+    batch_forecast(store, experts=FAKES, config=ForecastConfig(run_id="one", series_ids=["s001"]))
+    ingest_jsonl(store, write_series(tmp_path / "long.jsonl", length=66))
+    first = evaluate_forecasts(store, EvaluateConfig())
+    stamps = _evaluated_at(store)
+    assert sorted(stamps) == ["all", "one"]
+    again = evaluate_forecasts(store, EvaluateConfig())
+    assert again.runs == first.runs  # the stored scores, not re-computed
+    assert _evaluated_at(store) == stamps
+    newer = write_series(tmp_path / "newer.jsonl", length=67)
+    lines = [line for line in newer.read_text().splitlines() if '"s005"' in line]
+    assert len(lines) == 1
+    (tmp_path / "s005.jsonl").write_text(lines[0] + "\n")
+    ingest_jsonl(store, tmp_path / "s005.jsonl")
+    third = evaluate_forecasts(store, EvaluateConfig())
+    after = _evaluated_at(store)
+    assert after["one"] == stamps["one"] and after["all"] > stamps["all"]
+    assert [r.run_id for r in third.runs] == [r.run_id for r in first.runs]
+
+
 @pytest.mark.parametrize(
     ("start", "freq", "n_points"),
     [
