@@ -91,6 +91,12 @@ class RetrainConfig(BaseModel):
         "The newest training window of each series validates; the best epoch is kept; the "
         "loss is a MASE, with this config's season_length.",
     )
+    interval_calibration: Literal["per_level", "paired"] = Field(
+        default="per_level",
+        description="Conformal calibration of the mixture's quantiles on the backtest windows: "
+        "'per_level' (one factor per level and step) or 'paired' (levels q and 1-q share one "
+        "factor, keeping the mixture's own asymmetry).",
+    )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
     expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")
     forecast_after: bool = Field(
