@@ -92,7 +92,7 @@ class RetrainConfig(BaseModel):
         "loss is a MASE, with this config's season_length.",
     )
     interval_calibration: Literal["per_level", "paired"] = Field(
-        default="per_level",
+        default="paired",
         description="Conformal calibration of the mixture's quantiles on the backtest windows: "
         "'per_level' (one factor per level and step) or 'paired' (levels q and 1-q share one "
         "factor, keeping the mixture's own asymmetry).",
