@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--input-length", type=int, default=24)
     parser.add_argument("--stride", type=int, default=6, help="steps between window origins")
     parser.add_argument("--windows", type=int, default=4, help="max windows per series")
+    parser.add_argument("--calibration", choices=["per_level", "paired"], default="paired")
     parser.add_argument("--no-freq", action="store_true", help="ingest without freq (detect)")
     args = parser.parse_args()
 
@@ -95,6 +96,7 @@ def main() -> None:
             max_windows_per_series=args.windows,
             stride=args.stride,
             forecast_after=False,
+            interval_calibration=args.calibration,
         )
         result = retrain(store, config)
         overall = result.scores.overall()

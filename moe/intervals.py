@@ -114,6 +114,26 @@ def _rank_level(level: float, n: int) -> float:
     return min(1.0, math.ceil((n + 1) * level) / n)
 
 
+def _factor_table(
+    scores: np.ndarray, coverage: float, min_windows: int, horizon: int
+) -> np.ndarray:
+    """``(H,)``: per step the split-conformal ``coverage`` quantile of ``scores`` ``(N, H)``;
+    steps with fewer than ``min_windows`` finite scores take the quantile pooled over steps."""
+    valid = np.isfinite(scores)
+    pooled_n = int(valid.sum())
+    pooled = (
+        _empirical_quantile(scores[valid], _rank_level(coverage, pooled_n), axis=0)
+        if pooled_n
+        else 1.0
+    )
+    table = np.full(horizon, float(pooled))
+    for step in range(horizon):
+        column = scores[valid[:, step], step]
+        if column.size >= min_windows:
+            table[step] = _empirical_quantile(column, _rank_level(coverage, column.size), axis=0)
+    return table
+
+
 def fit_conformal(
     point: np.ndarray,
     quantiles: np.ndarray,
@@ -121,40 +141,44 @@ def fit_conformal(
     context: np.ndarray,
     levels: Sequence[float] = QUANTILE_LEVELS,
     min_windows: int = MIN_WINDOWS,
+    paired: bool = False,
 ) -> np.ndarray:
     """Factors ``(H, Q)`` that scale each quantile's offset from the point (module docstring).
 
     ``point`` ``(N, H)``, ``quantiles`` ``(N, H, Q)``, ``target`` ``(N, H)``, ``context``
     ``(N, L)``. Factor 1 at the median and where nothing can be fitted.
+
+    ``paired``: levels ``q`` and ``1 - q`` share one factor, the conformal quantile at
+    ``1 - 2q`` of ``max((point - y) / d_q, (y - point) / d_{1-q})`` (scaled conformalised
+    quantile regression): the interval keeps the mixture's own asymmetry instead of
+    learning one from the calibration windows.
     """
     scale = interval_scale(context)[:, None]  # (N, 1)
     target = np.asarray(target, np.float64)
     horizon = point.shape[1]
     factors = np.ones((horizon, len(levels)))
+
+    def ratio(index: int) -> np.ndarray:  # (N, H), NaN where y, point or quantile is missing
+        offset = np.maximum(np.abs(quantiles[:, :, index] - point), MIN_OFFSET * scale)
+        signed = (target - point) if levels[index] > 0.5 else (point - target)
+        return signed / offset
+
     for index, level in enumerate(levels):
         if level == 0.5:
             continue
-        upper = level > 0.5
-        offset = np.abs(quantiles[:, :, index] - point)  # (N, H)
-        offset = np.maximum(offset, MIN_OFFSET * scale)
-        signed = (target - point) if upper else (point - target)
-        ratio = signed / offset  # (N, H), NaN where y, point or quantile is missing
-        coverage = level if upper else 1.0 - level
-        valid = np.isfinite(ratio)
-        pooled_n = int(valid.sum())
-        pooled = (
-            _empirical_quantile(ratio[valid], _rank_level(coverage, pooled_n), axis=0)
-            if pooled_n
-            else 1.0
+        partner = next(
+            (j for j, other in enumerate(levels) if abs(other - (1 - level)) < 1e-9), None
         )
-        for step in range(horizon):
-            column = ratio[valid[:, step], step]
-            if column.size >= min_windows:
-                factors[step, index] = _empirical_quantile(
-                    column, _rank_level(coverage, column.size), axis=0
-                )
-            else:
-                factors[step, index] = pooled
+        if paired and partner is not None:
+            if level > 0.5:
+                continue  # set together with its lower partner
+            scores = np.maximum(ratio(index), ratio(partner))
+            table = _factor_table(scores, 1.0 - 2.0 * level, min_windows, horizon)
+            factors[:, index] = table
+            factors[:, partner] = table
+            continue
+        coverage = level if level > 0.5 else 1.0 - level
+        factors[:, index] = _factor_table(ratio(index), coverage, min_windows, horizon)
     return factors
 
 

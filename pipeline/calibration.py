@@ -30,17 +30,20 @@ def cross_fitted_calibration(
     target: np.ndarray,
     context: np.ndarray,
     series_index: np.ndarray,
+    paired: bool = False,
 ) -> np.ndarray:
     """Calibrated quantiles ``(N, H, Q)`` where each window's factors were fitted on the
     other fold of series (folds: series index parity). With one fold only, in-sample."""
     fold = series_index % 2 == 1
     if fold.all() or not fold.any():
-        factors = fit_conformal(point, quantiles, target, context)
+        factors = fit_conformal(point, quantiles, target, context, paired=paired)
         return apply_factors(point, quantiles, context, factors)
     calibrated = np.empty_like(quantiles, dtype=np.float64)
     for held in (fold, ~fold):
         fit = ~held
-        factors = fit_conformal(point[fit], quantiles[fit], target[fit], context[fit])
+        factors = fit_conformal(
+            point[fit], quantiles[fit], target[fit], context[fit], paired=paired
+        )
         calibrated[held] = apply_factors(point[held], quantiles[held], context[held], factors)
     return calibrated
 
@@ -56,6 +59,7 @@ def backtest_with_intervals(
     quantiles: torch.Tensor,
     holdout: np.ndarray,
     name: str = "mixture",
+    paired: bool = False,
 ) -> tuple[Scores, IntervalModel]:
     """Score experts and the router's mixture on the ``holdout`` windows, with intervals.
 
@@ -63,6 +67,7 @@ def backtest_with_intervals(
     ``(N,)``, ``points`` ``(N, E, H)``, ``quantiles`` ``(N, E, H, Q)`` (raw cache),
     ``holdout`` ``(N,)`` bool. Returns the scores (the mixture's quantiles cross-fitted)
     and the interval model for the artifact (factors fitted on every holdout window).
+    ``paired``: one factor per interval (levels q and 1 - q), see ``fit_conformal``.
     """
     train = ~holdout
     raw_points = points.numpy().astype(np.float64)
@@ -85,9 +90,9 @@ def backtest_with_intervals(
     point = output.point.numpy().astype(np.float64)  # (n, H)
     mixed = output.quantiles.numpy().astype(np.float64)  # (n, H, Q)
     held_target = target[rows]
-    factors = fit_conformal(point, mixed, held_target, held_context)
+    factors = fit_conformal(point, mixed, held_target, held_context, paired=paired)
     calibrated = cross_fitted_calibration(
-        point, mixed, held_target, held_context, series_index[rows]
+        point, mixed, held_target, held_context, series_index[rows], paired
     )
     model = IntervalModel(
         expert_offsets=model.expert_offsets,

@@ -131,6 +131,12 @@ class RetrainConfig(BaseModel):
         "each series' newest training window, one-SE rule), the same fit the accuracy "
         "benchmark reports; only 'seed' is read from here.",
     )
+    interval_calibration: Literal["per_level", "paired"] = Field(
+        default="paired",
+        description="Conformal calibration of the mixture's quantiles on the backtest windows: "
+        "'per_level' (one factor per level and step) or 'paired' (levels q and 1-q share one "
+        "factor, keeping the mixture's own asymmetry).",
+    )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]' for experts and gate.")
     expert_batch_size: int = Field(default=256, ge=1, le=65536, description="Rows per expert call.")
     forecast_after: bool = Field(

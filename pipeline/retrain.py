@@ -271,7 +271,7 @@ def train_and_backtest(
     artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
     artifact.metrics["selection"] = fit.summary()
     router = load_router(artifact, "cpu", experts=experts)
-    scores, intervals = _backtest(router, experts, data)
+    scores, intervals = _backtest(router, experts, data, config)
     artifact = replace(artifact, intervals=intervals.to_plain())
     artifact.metrics["backtest"] = scores.overall()
     return artifact, scores
@@ -294,7 +294,7 @@ def _commonest(seasons: np.ndarray) -> int:
 
 
 def _backtest(
-    router: MoERouter, experts: list[Expert], data: TrainingData
+    router: MoERouter, experts: list[Expert], data: TrainingData, config: RetrainConfig
 ) -> tuple[Scores, IntervalModel]:
     """Experts and ``router``'s mixture on the backtest windows, with calibrated intervals
     (``pipeline.calibration``); the interval model goes into the artifact."""
@@ -308,6 +308,7 @@ def _backtest(
         data.points,
         data.quantiles,
         data.windows.is_holdout,
+        paired=config.interval_calibration == "paired",
     )
 
 
@@ -383,7 +384,7 @@ def _constant_pair_candidate(
     }
     artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
     router = load_router(artifact, "cpu", experts=experts)
-    scores, intervals = _backtest(router, experts, data)
+    scores, intervals = _backtest(router, experts, data, config)
     artifact = replace(artifact, intervals=intervals.to_plain())
     return artifact, scores, label
 

@@ -130,3 +130,21 @@ def test_interval_model_round_trips_through_a_weights_only_artifact(tmp_path: Pa
     np.testing.assert_allclose(back.factors, 1.5)
     assert np.isnan(back.expert_offsets["b"]).all()
     assert IntervalModel.from_plain({}) is None
+
+
+def test_paired_calibration_keeps_the_interval_asymmetry() -> None:
+    """Guards 'paired' mode: q and 1-q share one factor, coverage of the pair is ~90%, and a
+    one-sided calibration error (all residuals positive) is not learned as a shift."""
+    context, target = _noisy(2000, 2, 2.0, 4)
+    point = np.zeros_like(target)
+    narrow = np.broadcast_to(
+        np.array([1.645 * (q - 0.5) / 0.45 for q in QUANTILE_LEVELS]), (*target.shape, 11)
+    ).copy()
+    factors = fit_conformal(point, narrow, target, context, paired=True)
+    np.testing.assert_allclose(factors[:, Q05], factors[:, Q95])
+    calibrated = apply_factors(point, narrow, context, factors)
+    inside = (target >= calibrated[..., Q05]) & (target <= calibrated[..., Q95])
+    assert 0.88 <= inside.mean() <= 0.92  # in-sample, so close to the nominal level
+    per_level = fit_conformal(point, narrow, np.abs(target), context)
+    paired = fit_conformal(point, narrow, np.abs(target), context, paired=True)
+    assert per_level[0, Q05] < 0 < paired[0, Q05]  # per-level moves q05 above the point
