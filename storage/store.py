@@ -234,8 +234,11 @@ class Store:
             for table, schema in TABLE_SCHEMAS.items():
                 empty = self._empty_part_dir(table)
                 empty.mkdir(parents=True, exist_ok=True)
-                if not (empty / _EMPTY_PART).exists():
-                    self._write_atomic(schema.empty_table(), empty / _EMPTY_PART)
+                placeholder = empty / _EMPTY_PART
+                # A store made by an older version keeps placeholders of the older schema;
+                # rewritten, they give every view the new columns (NULL in older parts).
+                if not placeholder.exists() or not pq.read_schema(placeholder).equals(schema):
+                    self._write_atomic(schema.empty_table(), placeholder)
             # Rewrite the catalog when the declared views changed (a store made by an older
             # version of this code gains the new views on the next open).
             stamp = self.root / "catalog.version"
