@@ -247,7 +247,9 @@ def add_global_mlp(
     )
     fold_of = np.random.default_rng(seed).integers(0, folds, size=int(offsets[-1]))
     forecast = np.full((context.shape[0], horizon), np.nan, np.float32)
-    config = GlobalMLPConfig(seed=seed)
+    # No wall-time cap: GlobalMLPConfig's default max_seconds stops early on a busy machine,
+    # which made the weights (and the scores) depend on the load (35 vs 60 epochs seen).
+    config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
     for k in range(folds):
         keep = fold_of[owner] != k
         fitted, report = train_global_mlp(train_context[keep], train_target[keep], config)
