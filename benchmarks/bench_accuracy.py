@@ -62,6 +62,7 @@ from benchmarks._accuracy_data import (  # noqa: E402
 )
 from moe.api import build_artifact, load_router  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
+from moe.experts.global_mlp import GlobalMLPConfig, train_global_mlp  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
 from moe.feature_gate import past_expert_mase  # noqa: E402
 from moe.scaling import mase_scales  # noqa: E402
@@ -70,7 +71,7 @@ from pipeline.backtest import Scores, score_models  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
 from storage.store import Store  # noqa: E402
 
-__all__ = ["build_available_experts", "run_dataset", "main"]
+__all__ = ["add_global_mlp", "build_available_experts", "error_correlations", "run_dataset", "main"]
 
 
 def build_available_experts(names: list[str], period: int, device: str) -> list[Expert]:
@@ -191,6 +192,108 @@ def _pad(values: torch.Tensor, length: int, left: bool, fill: float) -> torch.Te
         return values
     padding = torch.full((*values.shape[:-1], missing), fill, dtype=values.dtype)
     return torch.cat([padding, values] if left else [values, padding], dim=-1)
+
+
+def _mlp_windows(
+    sets: list[Prepared], length: int, horizon: int, stride: int, min_context: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sliding windows inside every series' training part ``x`` (never its holdout):
+    context ``(M, length)`` NaN-padded on the left, target ``(M, horizon)``, global series
+    index ``(M,)``. Newest first, one every ``stride`` points, each with ``min_context``
+    observed context points."""
+    contexts: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    owners: list[int] = []
+    offset = 0
+    for p in sets:
+        for index, values in enumerate(p.data.train):
+            values = np.asarray(values, np.float64)
+            for end in range(len(values) - horizon, min_context - 1, -stride):
+                window = np.full(length, np.nan)
+                piece = values[max(0, end - length) : end]
+                window[length - len(piece) :] = piece
+                contexts.append(window)
+                targets.append(values[end : end + horizon])
+                owners.append(offset + index)
+        offset += len(p.data.ids)
+    return np.stack(contexts), np.stack(targets), np.asarray(owners)
+
+
+def add_global_mlp(
+    sets: list[Prepared], seed: int, stride: int, min_context: int, folds: int = 2
+) -> None:
+    """Train the global MLP expert on windows inside the training parts of every set (pooled)
+    and append its forecasts to each set's cached ones, as the last expert. Holdout
+    (test) targets are never seen.
+
+    Its training windows slide over each series' ``x`` every ``stride`` points (denser than
+    the gate's windows: they cost no expert run), contexts NaN-padded to the longest L of
+    the sets, targets of the longest H. Test windows get the network trained on all of
+    them. The gate's training windows get **cross-fitted** forecasts: series are split into
+    ``folds`` seeded folds and each fold is forecast by a network trained on the other
+    folds' series only, so the gate learns the expert's out-of-sample error, as on test (an
+    in-sample fit looks far better than it is and the gate would over-trust it).
+    """
+    length = max(p.windows.context.shape[1] for p in sets)
+    horizon = max(p.windows.target.shape[1] for p in sets)
+    train_context, train_target, owner = _mlp_windows(sets, length, horizon, stride, min_context)
+    context = np.concatenate(
+        [_pad(torch.from_numpy(p.windows.context), length, True, np.nan).numpy() for p in sets]
+    )
+    is_test = np.concatenate([p.windows.is_test for p in sets])
+    offsets = np.cumsum([0] + [len(p.data.ids) for p in sets])
+    series = np.concatenate(
+        [p.windows.series_index + o for p, o in zip(sets, offsets[:-1], strict=True)]
+    )
+    fold_of = np.random.default_rng(seed).integers(0, folds, size=int(offsets[-1]))
+    forecast = np.full((context.shape[0], horizon), np.nan, np.float32)
+    # No wall-time cap: GlobalMLPConfig's default max_seconds stops early on a busy machine,
+    # which made the weights (and the scores) depend on the load (35 vs 60 epochs seen).
+    config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
+    for k in range(folds):
+        keep = fold_of[owner] != k
+        fitted, report = train_global_mlp(train_context[keep], train_target[keep], config)
+        rows = ~is_test & (fold_of[series] == k)
+        forecast[rows] = fitted.forecast(torch.from_numpy(context[rows]), horizon).point.numpy()
+        print(
+            f"  global_mlp fold {k}: {report['windows']} windows, {report['epochs']} epochs, "
+            f"{report['seconds']:.0f}s",
+            flush=True,
+        )
+    full, report = train_global_mlp(train_context, train_target, config)
+    forecast[is_test] = full.forecast(torch.from_numpy(context[is_test]), horizon).point.numpy()
+    print(
+        f"  global_mlp (test windows): {report['windows']} windows, {report['epochs']} epochs, "
+        f"{report['seconds']:.0f}s, {full.cache_key}",
+        flush=True,
+    )
+    begin = 0
+    for p in sets:
+        end = begin + len(p.windows.is_test)
+        h = p.windows.target.shape[1]
+        mine = torch.from_numpy(forecast[begin:end, :h])  # (N, H)
+        begin = end
+        p.points = torch.cat([p.points, mine[:, None, :]], dim=1)
+        empty = torch.full((mine.shape[0], 1, h, p.quantiles.shape[-1]), float("nan"))
+        p.quantiles = torch.cat([p.quantiles, empty], dim=1)
+        p.experts = [*p.experts, full]
+
+
+def error_correlations(p: Prepared, rows: np.ndarray, label: str) -> None:
+    """Print the correlation of the experts' signed errors in MASE units on ``rows``
+    (every window-step pair where all are finite): low = more diverse experts."""
+    context = torch.from_numpy(p.windows.context[rows])
+    scale = mase_scales(context, p.data.period).numpy()  # (N,)
+    target = p.windows.target[rows]
+    errors = (p.points[torch.from_numpy(rows)].numpy() - target[:, None, :]) / scale[:, None, None]
+    flat = errors.transpose(1, 0, 2).reshape(errors.shape[1], -1)  # (E, N*H)
+    flat = flat[:, np.isfinite(flat).all(axis=0)]
+    matrix = np.corrcoef(flat)
+    names = [e.name for e in p.experts]
+    print(f"  error correlation ({label}, {flat.shape[1]} window-steps):")
+    print("  " + " " * 15 + "".join(f"{n[:8]:>9}" for n in names))
+    for name, row in zip(names, matrix, strict=True):
+        print(f"  {name:<15}" + "".join(f"{v:>9.2f}" for v in row), flush=True)
 
 
 def fit_on(sets: list[Prepared], args: argparse.Namespace) -> GateFit:
@@ -326,6 +429,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="fit one gate on the training windows of every --datasets set, score each set",
     )
+    parser.add_argument(
+        "--global-mlp",
+        action="store_true",
+        help="add the trained global MLP expert, pooled over the --datasets training windows",
+    )
+    parser.add_argument(
+        "--mlp-stride", type=int, default=3, help="global MLP: a training window every N points"
+    )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
     parser.add_argument(
         "--max-series",
@@ -369,13 +480,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"command: {command}", flush=True)
     store = Store.open(args.store)
-    if args.pool and not args.precompute_only:
+    if (args.pool or args.global_mlp) and not args.precompute_only:
         sets = [prepare_dataset(name, args.experts, store, args) for name in args.datasets]
         ready = [p for p in sets if p is not None]
-        if ready:
+        if ready and args.global_mlp:
+            add_global_mlp(ready, args.seed, args.mlp_stride, args.min_context)
+        for prepared in ready:
+            validation = prepared.windows.is_validation
+            error_correlations(prepared, validation, f"{prepared.name} validation windows")
+        if ready and args.pool:
             fit = fit_on(ready, args)
             for prepared in ready:
                 score_dataset(prepared, fit, args)
+        else:
+            for prepared in ready:
+                score_dataset(prepared, fit_on([prepared], args), args)
     else:
         for name in args.datasets:
             run_dataset(name, args.experts, store, args)

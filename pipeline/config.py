@@ -31,6 +31,9 @@ ExpertName = Literal[
     "autoets",
     "autotheta",
     "fracast",
+    "dynamic_theta",
+    "autoces",
+    "autoarima",
     "global_mlp",
 ]
 OFFLINE_EXPERTS: tuple[ExpertName, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")

@@ -22,7 +22,7 @@ from moe.experts import (
     build_expert,
 )
 from moe.experts.fake import FakeExpert
-from moe.experts.registry import _BUILDERS
+from moe.experts.registry import _BUILDERS, EXTRA_STATISTICAL_EXPERTS
 
 SEED_CLASSES = {"moirai": MoiraiMoEExpert, "timemoe": TimeMoEExpert, "timesfm": TimesFMExpert}
 
@@ -104,7 +104,10 @@ def test_registry_names_and_targets() -> None:
     """Guards the explicit mapping: seed order, every name resolves to a callable builder."""
     assert FOUNDATION_EXPERTS == ("moirai", "timemoe", "timesfm")
     assert OFFLINE_EXPERTS == ("seasonal_naive", "autoets", "autotheta", "fracast")
-    assert EXPERT_NAMES == FOUNDATION_EXPERTS + OFFLINE_EXPERTS + ("global_mlp",)
+    assert EXTRA_STATISTICAL_EXPERTS == ("dynamic_theta", "autoces", "autoarima")
+    assert EXPERT_NAMES == (
+        FOUNDATION_EXPERTS + OFFLINE_EXPERTS + EXTRA_STATISTICAL_EXPERTS + ("global_mlp",)
+    )
     assert set(_BUILDERS) == set(EXPERT_NAMES)
     for name, target in _BUILDERS.items():
         module_name, function_name = target.split(":")

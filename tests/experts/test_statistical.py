@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import statsforecast
+import statsforecast.models
 import torch
 from statsforecast.models import AutoETS, Naive, SeasonalNaive
 
@@ -170,6 +171,27 @@ def test_cache_key_names_version_model_and_season() -> None:
     key = build_expert("autotheta", ExpertConfig(season_length=12)).cache_key
     assert f"statsforecast=={statsforecast.__version__}" in key
     assert "AutoTheta" in key and "season_length=12" in key
+
+
+@pytest.mark.parametrize(
+    ("name", "model_name"),
+    [
+        ("dynamic_theta", "DynamicOptimizedTheta"),
+        ("autoces", "AutoCES"),
+        ("autoarima", "AutoARIMA"),
+    ],
+)
+def test_extended_pool_runs_the_named_model(name: str, model_name: str) -> None:
+    """Guards the extra experts' wiring: the key names the model, the point is its mean."""
+    expert = build_expert(name, ExpertConfig(season_length=4))
+    assert f"|{model_name}|season_length=4|" in expert.cache_key
+    context = _seasonal_rows(2, 40)
+    result = expert.forecast(context, 5)
+    model_class = getattr(statsforecast.models, model_name)
+    for row in range(2):
+        series = context[row].double().numpy()
+        expected = model_class(season_length=4).forecast(y=series, h=5)["mean"]
+        np.testing.assert_allclose(result.point[row].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
