@@ -109,6 +109,15 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"detail": f"request body is larger than {limit} bytes"}, status_code=413)
 
 
+# The quantile columns come from the declared schema (a fixed list), never from a request.
+_STORED_FORECAST_SQL = (
+    "SELECT run_id, model_version, origin_index, created_at, step, timestamp, point, "
+    + ", ".join(QUANTILE_COLUMNS)
+    + ", expert_1, weight_1, expert_2, weight_2 "
+    "FROM latest_forecasts WHERE series_id = $1 ORDER BY step"
+)
+
+
 def _bearer(token: str | None) -> Callable[[Request], None]:
     """A dependency that checks the bearer token in constant time (no-op without one)."""
 
@@ -212,12 +221,9 @@ def create_app(store: Store, settings: ServiceSettings | None = None) -> FastAPI
         "/v1/series/{series_id}/forecast", response_model=StoredForecast, dependencies=authorised
     )
     def stored_forecast(series_id: str) -> StoredForecast:
-        columns = ", ".join(QUANTILE_COLUMNS)
         rows = query(
             store,
-            "SELECT run_id, model_version, origin_index, created_at, step, timestamp, point, "
-            f"{columns}, expert_1, weight_1, expert_2, weight_2 "
-            "FROM latest_forecasts WHERE series_id = $1 ORDER BY step",
+            _STORED_FORECAST_SQL,
             [series_id],
         ).to_pylist()
         if not rows:

@@ -91,55 +91,28 @@ def register_model(
     """Copy the artifact into the store, record the version; returns the version id."""
     version = _new_version()
     with store.writer():
-        return _register_locked(
-            store,
-            artifact,
-            version,
-            gate_kind=gate_kind,
-            expert_keys=expert_keys,
-            input_length=input_length,
-            pred_length=pred_length,
-            train_windows=train_windows,
-            backtest_mase=backtest_mase,
-            metrics=metrics,
-        )
-
-
-def _register_locked(
-    store: Store,
-    artifact: str | os.PathLike[str],
-    version: str,
-    *,
-    gate_kind: str,
-    expert_keys: Sequence[str],
-    input_length: int,
-    pred_length: int,
-    train_windows: int,
-    backtest_mase: float | None,
-    metrics: dict[str, object],
-) -> str:
-    folder = models_dir(store)
-    folder.mkdir(exist_ok=True)
-    destination = folder / f"{version}.pt"
-    staging = store.tmp_dir / f"{os.getpid()}-{version}.pt"
-    shutil.copyfile(artifact, staging)
-    os.replace(staging, destination)
-    row = {
-        "model_version": [version],
-        "created_at": [datetime.now(UTC)],
-        "artifact_path": [str(destination)],
-        "artifact_sha256": [file_sha256(destination)],
-        "gate_kind": [gate_kind],
-        "expert_keys": [list(expert_keys)],
-        "input_length": [input_length],
-        "pred_length": [pred_length],
-        "train_windows": [train_windows],
-        "backtest_mase": [backtest_mase],
-        "metrics_json": [json.dumps(metrics, default=str)],
-    }
-    store.write_part("model_versions", version, pa.table(row))
-    record_event(store, version, "registered", "trained by retrain")
-    return version
+        folder = models_dir(store)
+        folder.mkdir(exist_ok=True)
+        destination = folder / f"{version}.pt"
+        staging = store.tmp_dir / f"{os.getpid()}-{version}.pt"
+        shutil.copyfile(artifact, staging)
+        os.replace(staging, destination)
+        row = {
+            "model_version": [version],
+            "created_at": [datetime.now(UTC)],
+            "artifact_path": [str(destination)],
+            "artifact_sha256": [file_sha256(destination)],
+            "gate_kind": [gate_kind],
+            "expert_keys": [list(expert_keys)],
+            "input_length": [input_length],
+            "pred_length": [pred_length],
+            "train_windows": [train_windows],
+            "backtest_mase": [backtest_mase],
+            "metrics_json": [json.dumps(metrics, default=str)],
+        }
+        store.write_part("model_versions", version, pa.table(row))
+        record_event(store, version, "registered", "trained by retrain")
+        return version
 
 
 def record_event(store: Store, version: str, event: str, reason: str) -> None:
