@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
-from pipeline.cli import sample_path  # noqa: E402
+from cli.main import sample_path  # noqa: E402
 from pipeline.config import RetrainConfig  # noqa: E402
 from pipeline.retrain import retrain  # noqa: E402
 from storage import Store  # noqa: E402
@@ -59,7 +59,7 @@ def _sample(n_series: int, directory: Path) -> tuple[Path, list[list[float]]]:
 
 def _start(store: Path) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
-    command = [sys.executable, "-m", "pipeline.cli", "--store", str(store), "api"]
+    command = [sys.executable, "-m", "cli", "--store", str(store), "api"]
     process = subprocess.Popen(
         [*command, "--port", str(port)],
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -154,7 +154,7 @@ class Served:
 def served(server: Server) -> Iterator[Served]:
     """``moe serve`` running, with a ``weekly-retrain`` run triggered through the API."""
     moe = Path(sys.executable).with_name("moe")
-    command = [str(moe)] if moe.exists() else [sys.executable, "-m", "pipeline.cli"]
+    command = [str(moe)] if moe.exists() else [sys.executable, "-m", "cli"]
     store = server.tmp / "store"
     # Poll every 2 s (default 10 s) so the triggered run starts promptly.
     env = {**server.env, "MOE_TIMEZONE": SERVE_TIMEZONE, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
@@ -362,7 +362,7 @@ def test_alert_reaches_a_webhook_through_an_automation(server: Server) -> None:
     try:
         store = server.tmp / "alert-store"
         champion_with_bad_actuals(store, server.tmp)
-        moe = [sys.executable, "-m", "pipeline.cli"]
+        moe = [sys.executable, "-m", "cli"]
         _run([*moe, "alerts", "webhook", receiver.url], server)
         _run([*moe, "alerts", "webhook", receiver.url], server)  # a rerun adds no automation
         _run([*moe, "--store", str(store), "evaluate"], server, timeout=RUN_TIMEOUT_S)

@@ -66,7 +66,7 @@ import subprocess, sys, time
 from prefect.server.api.server import SubprocessASGIServer
 # Stand-in for uvicorn (a real server takes 20-80 s to start here); the launch path is Prefect's.
 SubprocessASGIServer._run_uvicorn_command = lambda self: subprocess.Popen(["sleep", "600"])
-from pipeline.cli import _prefect_env
+from cli.main import _prefect_env
 _prefect_env()  # what every flow command of the CLI runs first
 server = SubprocessASGIServer()._run_uvicorn_command()
 print(server.pid, flush=True)
@@ -110,7 +110,7 @@ def test_retrain_forecast_and_ingest_at_once(store: Store, tmp_path: Path) -> No
         _worker("retrain", str(store.root), second.model_dump_json(), "0.05"),
         _worker("forecast", str(store.root), "busy", "5", "0.05"),
         subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "--store", str(store.root), "ingest", str(more)],
+            [sys.executable, "-m", "cli", "--store", str(store.root), "ingest", str(more)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -45,7 +45,7 @@ def _start_api(root: Path) -> tuple[subprocess.Popen[str], str]:
     """`moe --store ROOT api --port P` with the bearer token; returns once /health answers."""
     port = _free_port()
     env = {**os.environ, "MOE_API_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "pipeline.cli", "--store", str(root), "api"]
+    command = [sys.executable, "-m", "cli", "--store", str(root), "api"]
     process = subprocess.Popen(
         [*command, "--port", str(port)],
         env=env,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import main
+from cli.main import main
 from storage import IngestError, Store, ingest_jsonl
 from storage.records import LineError, SeriesRecord, parse_line
 from storage.sql import query
@@ -231,7 +231,7 @@ def _ingest_process(root: Path, path: Path, chunk: int) -> subprocess.Popen[byte
     command = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "cli",
         "--store",
         str(root),
         "ingest",

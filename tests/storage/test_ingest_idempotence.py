@@ -88,7 +88,7 @@ def test_kill_during_ingest_then_rerun(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "cli",
         "--store",
         str(root),
         "ingest",

@@ -81,7 +81,7 @@ def test_cli_sql_and_ingest(tmp_path: Path) -> None:
     """`moe ingest` prints the line accounting; `moe sql` prints rows and refuses writes."""
     data = tmp_path / "d.jsonl"
     data.write_text('{"sequence": [1, 2]}\n\n{"sequence": "x"}\n')
-    base = [sys.executable, "-m", "pipeline.cli", "--store", str(tmp_path / "s")]
+    base = [sys.executable, "-m", "cli", "--store", str(tmp_path / "s")]
     ingest = subprocess.run([*base, "ingest", str(data)], cwd=REPO, capture_output=True, text=True)
     assert ingest.returncode == 0, ingest.stderr
     assert "3 lines read = 1 blank + 1 accepted + 1 rejected" in ingest.stdout

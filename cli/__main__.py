@@ -1,0 +1,7 @@
+"""``python -m cli ...`` runs the ``moe`` command line (what the installed ``moe`` runs)."""
+
+import sys
+
+from cli.main import main
+
+sys.exit(main())
