@@ -60,11 +60,11 @@ from benchmarks._accuracy_data import (  # noqa: E402
     load_series,
     make_windows,
 )
-from moe.api import build_artifact, load_router  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
 from moe.experts.global_mlp import GlobalMLPConfig, train_global_mlp  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
 from moe.feature_gate import past_expert_mase  # noqa: E402
+from moe.model_file import build_artifact, load_router  # noqa: E402
 from moe.scaling import mase_scales  # noqa: E402
 from moe.selection import DEFAULT_KINDS, CandidateScore, GateFit, fit_gate  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402

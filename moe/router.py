@@ -19,13 +19,13 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
-from moe.experts.base import QUANTILE_LEVELS, Expert, ExpertConfig
+from moe.experts.base import QUANTILE_LEVELS, Expert
+from moe.experts.registry import resolve_experts
 from moe.gates import GateKind, build_gate, build_gate_from_spec
 from moe.scaling import ScalingMethod, scale_context, scale_forecasts, window_scale
 
 __all__ = [
     "TOP_K",
-    "SEED_EXPERTS",
     "Selection",
     "Mixture",
     "Routing",
@@ -34,14 +34,11 @@ __all__ = [
     "mix",
     "replay_top2",
     "run_experts",
-    "build_experts",
     "MoERouter",
 ]
 
 #: Experts mixed per row.
 TOP_K = 2
-#: The seed's three foundation experts, in the seed's order.
-SEED_EXPERTS: tuple[str, ...] = ("moirai", "timemoe", "timesfm")
 
 
 @dataclass(frozen=True)
@@ -166,24 +163,6 @@ def run_experts(
     return points, quantiles
 
 
-def build_experts(
-    experts: Sequence[str | Expert], config: ExpertConfig | None = None
-) -> list[Expert]:
-    """Resolve registry names to experts (built with ``config``); expert objects pass through."""
-    built: list[Expert] = []
-    for item in experts:
-        if isinstance(item, str):
-            from moe.experts.registry import build_expert  # lazy: heavy expert libraries
-
-            built.append(build_expert(item, config or ExpertConfig()))
-        else:
-            built.append(item)
-    names = [expert.name for expert in built]
-    if len(set(names)) != len(names):
-        raise ValueError(f"expert names must be unique, got {names}")
-    return built
-
-
 @dataclass(frozen=True)
 class Routing:
     """Which experts each row used, as stored next to a forecast.
@@ -274,9 +253,8 @@ class MoERouter(nn.Module):
         self.pred_length = pred_length
         self.device = torch.device(device)
         self.scaling: ScalingMethod = scaling
-        self.experts: list[Expert] = build_experts(
-            SEED_EXPERTS if experts is None else experts, ExpertConfig(device=str(self.device))
-        )
+        # None: the seed's three foundation experts (moe.experts.registry.FOUNDATION_EXPERTS)
+        self.experts: list[Expert] = resolve_experts(experts, str(self.device))
         self.expert_keys: list[str] = [expert.name for expert in self.experts]
         if gate_spec is not None:  # an artifact's gate dict (any kind, with its settings)
             self.gating = build_gate_from_spec(

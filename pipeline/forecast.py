@@ -25,13 +25,14 @@ import pyarrow.compute as pc
 import torch
 from pandas.tseries.frequencies import to_offset
 
-from moe.api import load_router
 from moe.experts.base import Expert
 from moe.intervals import IntervalModel, ResidualQuantileExpert
+from moe.model_file import load_router
+from moe.precompute import experts_for_season, season_groups
 from moe.router import MoERouter
 from pipeline.config import ForecastConfig
 from pipeline.models import load_verified_artifact
-from pipeline.seasons import experts_for_season, season_groups, series_season_lengths
+from pipeline.seasons import series_season_lengths
 from storage.registry import ModelVersion, RegistryError, champion, get_model
 from storage.schemas import QUANTILE_COLUMNS
 from storage.series import StoredSeries, load_series

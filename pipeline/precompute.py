@@ -17,8 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moe.experts.base import QUANTILE_LEVELS, Expert
-from moe.precompute import forecast_in_batches
-from pipeline.seasons import experts_for_season, season_groups
+from moe.precompute import experts_for_season, forecast_in_batches, season_groups
 from storage.cache import (
     CachedModel,
     cached_window_hashes,

@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe.api import build_artifact, load_router, resolve_experts
 from moe.artifact import GateArtifact, save_artifact
-from moe.data import Windows, newest_windows
+from moe.data import Windows, newest_windows, observed_windows
 from moe.experts.base import Expert, ExpertConfig
 from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
-from moe.experts.registry import TRAINED_EXPERTS, build_expert
+from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
 from moe.intervals import IntervalModel
 from moe.metrics import mase
+from moe.model_file import build_artifact, load_router
+from moe.precompute import experts_for_season
 from moe.router import MoERouter
 from moe.selection import fit_gate
 from moe.training import TrainResult
@@ -32,7 +33,7 @@ from pipeline.config import RetrainConfig
 from pipeline.models import load_verified_artifact
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
-from pipeline.seasons import experts_for_season, series_season_lengths
+from pipeline.seasons import series_season_lengths
 from pipeline.windows import windows_from_store
 from storage.ingest import IngestReport, ingest_jsonl
 from storage.registry import champion, get_model, promote, record_event, register_model
@@ -178,8 +179,7 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
     stride = config.stride or config.pred_length
     backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
     seasons = series_season_lengths(series, config.season_length, exclude_last=backtest_points)
-    usable = ~np.isnan(windows.context).all(axis=1) & ~np.isnan(windows.target).all(axis=1)
-    windows = replace(windows, season_length=seasons[windows.series_index]).select(usable)
+    windows = observed_windows(replace(windows, season_length=seasons[windows.series_index]))
     if len(windows) == 0 or windows.is_holdout.all():
         raise ValueError(
             f"no training windows: {len(series)} stored series, none long enough for "

@@ -1,4 +1,4 @@
-"""Season length per stored series, and the experts configured for each season.
+"""Season length per stored series (the per-season expert variants: ``moe.precompute``).
 
 A store can mix monthly, quarterly and daily series: each series gets its own period
 (``moe.seasonality.season_length_of``: a forced value, else its ``freq``, else detected from
@@ -8,15 +8,12 @@ on the windows of that season, each variant with its own cache key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from moe.experts.base import Expert, for_season
 from moe.seasonality import season_length_of
 from storage.series import StoredSeries
 
-__all__ = ["series_season_lengths", "season_groups", "experts_for_season"]
+__all__ = ["series_season_lengths"]
 
 
 def series_season_lengths(
@@ -32,15 +29,3 @@ def series_season_lengths(
         history = values[: max(len(values) - exclude_last, 0)] if exclude_last else values
         lengths[row] = season_length_of(freq, history, forced)
     return lengths
-
-
-def season_groups(season_lengths: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """``(N,)`` season lengths -> ``[(m, rows)]`` with ``rows`` the ``(n_m,)`` positions of
-    season ``m``, ``m`` ascending; every position appears in exactly one group."""
-    seasons = np.asarray(season_lengths, np.int64)
-    return [(int(m), np.flatnonzero(seasons == m)) for m in np.unique(seasons)]
-
-
-def experts_for_season(experts: Sequence[Expert], season_length: int) -> list[Expert]:
-    """Each expert configured for ``season_length`` (season-free experts pass through)."""
-    return [for_season(expert, season_length) for expert in experts]

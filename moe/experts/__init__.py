@@ -1,4 +1,4 @@
-"""Forecasting experts behind one protocol, an explicit registry, and the seed's modules.
+"""Forecasting experts behind one protocol and an explicit registry (seed classes: ``moe.seed``).
 
 Importing this package is cheap: expert libraries (statsforecast, fracast, uni2ts, sktime,
 transformers, timesfm) load only when ``build_expert`` builds an expert that needs them.
@@ -16,11 +16,12 @@ from moe.experts.base import (
 from moe.experts.registry import (
     EXPERT_NAMES,
     FOUNDATION_EXPERTS,
+    OFFLINE_DEFAULT,
     OFFLINE_EXPERTS,
     TRAINED_EXPERTS,
     build_expert,
+    resolve_experts,
 )
-from moe.experts.seed import ExpertModule, MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
 
 __all__ = [
     "QUANTILE_LEVELS",
@@ -34,9 +35,7 @@ __all__ = [
     "FOUNDATION_EXPERTS",
     "OFFLINE_EXPERTS",
     "TRAINED_EXPERTS",
+    "OFFLINE_DEFAULT",
     "build_expert",
-    "ExpertModule",
-    "MoiraiMoEExpert",
-    "TimeMoEExpert",
-    "TimesFMExpert",
+    "resolve_experts",
 ]

@@ -8,18 +8,21 @@ Each builder takes an ``ExpertConfig`` and returns an ``Expert``.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import cast
+import sys
+from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
-from moe.experts.base import Expert, ExpertConfig
+from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError
 
 __all__ = [
     "EXPERT_NAMES",
     "EXTRA_STATISTICAL_EXPERTS",
     "FOUNDATION_EXPERTS",
     "OFFLINE_EXPERTS",
+    "OFFLINE_DEFAULT",
     "TRAINED_EXPERTS",
     "build_expert",
+    "resolve_experts",
 ]
 
 _BUILDERS: dict[str, str] = {
@@ -45,6 +48,8 @@ OFFLINE_EXPERTS: tuple[str, ...] = ("seasonal_naive", "autoets", "autotheta", "f
 EXTRA_STATISTICAL_EXPERTS: tuple[str, ...] = ("dynamic_theta", "autoces", "autoarima")
 #: Experts the retrain trains on the training windows (built from the checkpoint it saves).
 TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp",)
+#: Experts used by ``experts="auto"`` when the foundation experts cannot load.
+OFFLINE_DEFAULT: tuple[str, ...] = ("seasonal_naive", "autoets", "autotheta")
 #: Every registered name.
 EXPERT_NAMES: tuple[str, ...] = (
     FOUNDATION_EXPERTS + OFFLINE_EXPERTS + EXTRA_STATISTICAL_EXPERTS + TRAINED_EXPERTS
@@ -76,3 +81,33 @@ def build_expert(name: str, config: ExpertConfig | None = None) -> Expert:
             f"named {getattr(expert, 'name', None)!r}"
         )
     return expert
+
+
+def resolve_experts(
+    experts: Literal["auto"] | Sequence[str | Expert] | None,
+    device: str = "cpu",
+    expert_config: ExpertConfig | None = None,
+) -> list[Expert]:
+    """Experts from names (registry), objects (passed through) or ``"auto"``: the one resolver.
+
+    ``None`` means the seed's three foundation experts. ``"auto"`` tries those and, when any
+    cannot load (weights not downloaded, library missing), falls back to ``OFFLINE_DEFAULT``
+    and says so on stderr (never silently). At least two distinct names are required.
+    """
+    config = (expert_config or ExpertConfig()).model_copy(update={"device": str(device)})
+    if experts == "auto":
+        try:
+            return [build_expert(name, config) for name in FOUNDATION_EXPERTS]
+        except (ExpertLoadError, MissingExtraError) as error:
+            print(
+                f"foundation experts {', '.join(FOUNDATION_EXPERTS)} unavailable ({error}); "
+                f"using offline experts {', '.join(OFFLINE_DEFAULT)}",
+                file=sys.stderr,
+            )
+            return [build_expert(name, config) for name in OFFLINE_DEFAULT]
+    chosen = FOUNDATION_EXPERTS if experts is None else experts
+    built = [build_expert(item, config) if isinstance(item, str) else item for item in chosen]
+    names = [expert.name for expert in built]
+    if len(built) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"need at least two experts with distinct names, got {names}")
+    return built

@@ -9,27 +9,24 @@ import sys
 import pytest
 import torch
 
-import moe.experts.seed as seed
+import moe.seed.experts as seed
 from moe.experts import (
     EXPERT_NAMES,
     FOUNDATION_EXPERTS,
     OFFLINE_EXPERTS,
     ExpertConfig,
-    ExpertModule,
-    MoiraiMoEExpert,
-    TimeMoEExpert,
-    TimesFMExpert,
     build_expert,
 )
 from moe.experts.fake import FakeExpert
 from moe.experts.registry import _BUILDERS, EXTRA_STATISTICAL_EXPERTS
+from moe.seed.experts import ExpertModule, MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
 
 SEED_CLASSES = {"moirai": MoiraiMoEExpert, "timemoe": TimeMoEExpert, "timesfm": TimesFMExpert}
 
 
 @pytest.fixture
 def fake_registry(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ExpertConfig]]:
-    """Replace the registry lookup in ``moe.experts.seed`` by fakes; record each request."""
+    """Replace the registry lookup in ``moe.seed.experts`` by fakes; record each request."""
     requests: list[tuple[str, ExpertConfig]] = []
 
     def build(name: str, config: ExpertConfig | None = None) -> FakeExpert:

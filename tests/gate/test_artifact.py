@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe.api import MissingExpertError, load_router, predict_from_model, train_and_save
 from moe.artifact import FORMAT_VERSION, ArtifactError, data_fingerprint, load_artifact
 from moe.experts.fake import FakeExpert, fake_trio
+from moe.model_file import MissingExpertError, load_router
+from moe.seed.api import predict_from_model, train_and_save
 from moe.training import TrainConfig
 
 SEED_KEYS = {"gating_state", "expert_keys", "pred_length", "input_length"}

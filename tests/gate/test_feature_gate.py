@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe.api import build_artifact, load_router
 from moe.artifact import load_artifact, save_artifact
 from moe.feature_gate import FeaturePairGate, past_expert_mase
+from moe.model_file import build_artifact, load_router
 from moe.selection import fit_gate
 from moe.training import TrainConfig, train_gate
 from tests.gate.helpers import RecordingExpert

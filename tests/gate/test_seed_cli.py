@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from moe.seed_cli import run
+from moe.seed.cli import run
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moe.data import TimeSeriesDataset, load_jsonl, rolling_windows
+from moe.data import rolling_windows
+from moe.seed.data import TimeSeriesDataset, load_jsonl
 from storage import Store, ingest_jsonl
 from storage.sql import query
 

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from moe.api import train_and_save
+    from moe.seed.api import train_and_save
     from moe.training import TrainConfig
 
     for flag, value in (
@@ -124,8 +124,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from moe.api import predict_from_model
     from moe.artifact import load_artifact
+    from moe.seed.api import predict_from_model
 
     if args.series is None:
         parser.error("--mode predict needs --series '[...]'")

@@ -1,0 +1,245 @@
+"""The seed's two entry points, ``train_and_save`` and ``predict_from_model``.
+
+Both are thin shells over the steps the retrain runs (``pipeline.retrain``), minus the
+store: the same window maker (``moe.data.rolling_windows`` + ``observed_windows``), the same
+per-series season (``moe.seasonality.season_length_of``: forced, else ``freq``, else
+detected), the same resolver (``moe.experts.registry.resolve_experts``), the same per-season
+expert runs (``moe.precompute.forecast_all``), the same validated fit
+(``moe.selection.fit_gate``) and the same packaging (``moe.model_file.build_artifact``).
+Only the expert cache differs: here it is the in-memory tensor, there the store.
+
+Windows (``TrainConfig.windowing``):
+
+* ``"rolling"`` (default): rolling origins stepping back from each series' end by
+  ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series. The
+  newest window of every series that has two or more windows is held out for validation
+  (a temporal split, as the retrain's); when that leaves no training or no validation
+  window, a seeded random ``val_fraction`` of the windows is held out instead.
+* ``"seed"``: the seed's one window per series (``TimeSeriesDataset``: ``seq[:L]`` ->
+  ``seq[L:L+H]``), validated on a seeded random ``val_fraction``.
+
+Short series at prediction: a series shorter than ``input_length`` raises ``ValueError``
+(no silent padding). ``NaN`` inside the last ``input_length`` points is passed on as
+"missing" (experts mask it; the gate sees 0 there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from moe.artifact import ArtifactError, GateArtifact, load_artifact, save_artifact
+from moe.data import Windows, newest_windows, observed_windows, rolling_windows
+from moe.experts.base import Expert, ExpertConfig
+from moe.experts.registry import resolve_experts
+from moe.model_file import build_artifact, load_router
+from moe.precompute import experts_for_season, forecast_all
+from moe.seasonality import season_length_of
+from moe.seed.data import read_records
+from moe.training import TrainConfig, train_gate
+
+__all__ = ["make_windows", "train_and_save", "predict_from_model"]
+
+
+def _seed_windows(
+    sequences: Sequence[Sequence[float]], input_length: int, pred_length: int
+) -> Windows:
+    """The seed's one window per series (``TimeSeriesDataset``'s pairs), as ``Windows``."""
+    need = input_length + pred_length
+    kept = [index for index, seq in enumerate(sequences) if len(seq) >= need]
+    values = [np.asarray(sequences[index][:need], np.float32) for index in kept]
+    stacked = np.stack(values) if values else np.empty((0, need), np.float32)
+    return Windows(
+        context=stacked[:, :input_length],
+        target=stacked[:, input_length:],
+        series_index=np.asarray(kept, np.int64),
+        origin=np.full(len(kept), input_length, np.int64),
+        is_holdout=np.zeros(len(kept), bool),
+    )
+
+
+def make_windows(
+    sequences: Sequence[Sequence[float]],
+    freqs: Sequence[str | None],
+    input_length: int,
+    pred_length: int,
+    config: TrainConfig,
+    season_length: int | None = None,
+) -> tuple[Windows, torch.Tensor | None]:
+    """Usable windows with each window's season, and a validation mask ``(N,)`` or None.
+
+    ``windows.season_length`` ``(N,)``: ``season_length`` when given, else the series'
+    ``freq``, else detected from the series. The mask is None when the temporal split
+    leaves no training or no validation window (see the module docstring).
+    """
+    if config.windowing == "seed":
+        windows = _seed_windows(sequences, input_length, pred_length)
+    else:
+        windows = rolling_windows(
+            sequences,
+            input_length,
+            pred_length,
+            stride=config.stride,
+            max_windows_per_series=config.max_windows_per_series,
+            holdout=0,
+        )
+        windows = replace(windows, is_holdout=newest_windows(windows.series_index, windows.origin))
+    seasons = np.asarray(
+        [
+            season_length_of(freq, seq, season_length)
+            for freq, seq in zip(freqs, sequences, strict=True)
+        ],
+        np.int64,
+    )
+    windows = observed_windows(replace(windows, season_length=seasons[windows.series_index]))
+    if len(windows) == 0:
+        longest = max((len(seq) for seq in sequences), default=0)
+        raise ValueError(
+            f"no usable windows: need series of at least input_length + pred_length = "
+            f"{input_length + pred_length} points, the longest has {longest}"
+        )
+    validation = windows.is_holdout
+    mask = None if not validation.any() or validation.all() else torch.from_numpy(validation)
+    return replace(windows, is_holdout=np.zeros(len(windows), bool)), mask
+
+
+def _random_validation(n_windows: int, config: TrainConfig) -> torch.Tensor:
+    """``(N,)`` bool: a seeded random ``val_fraction`` of the windows (at least one)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(n_windows, generator=generator)
+    validation = torch.zeros(n_windows, dtype=torch.bool)
+    validation[order[: max(1, round(n_windows * config.val_fraction))]] = True
+    return validation
+
+
+def _commonest(seasons: np.ndarray) -> int:
+    values, counts = np.unique(seasons, return_counts=True)
+    return int(values[np.argmax(counts)]) if values.size else 1
+
+
+def train_and_save(
+    jsonl_path: str | Path,
+    input_length: int,
+    pred_length: int,
+    save_path: str | Path,
+    device: str = "cpu",
+    *,
+    experts: Literal["auto"] | Sequence[str | Expert] | None = None,
+    config: TrainConfig | None = None,
+    expert_config: ExpertConfig | None = None,
+    gate_fit: Literal["validated", "fixed"] | None = None,
+    season_length: int | None = None,
+) -> GateArtifact:
+    """Train a gate on ``jsonl_path`` and write it to ``save_path`` (the seed's entry point).
+
+    Args:
+        jsonl_path: lines of ``{"sequence": [...]}`` (optional ``freq`` gives the season).
+        input_length: context length ``L`` the gate and experts see.
+        pred_length: horizon ``H``.
+        save_path: where the ``.pt`` goes (parent folders are created).
+        device: where the experts run. The gate trains on ``config.device`` (default CPU:
+            a gate step is ~50 tiny kernels, cheaper there than as GPU launches).
+        experts: names, ``Expert`` objects, ``"auto"``, or None for the seed's three.
+        config: training and windowing settings; ``TrainConfig()`` holds the seed's defaults.
+        expert_config: checkpoint/revision/dtype/batch settings for named experts.
+        gate_fit: ``"validated"``: the production fit (``moe.selection.fit_gate``, the one
+            ``moe retrain`` runs: candidates chosen on each series' newest window with a
+            one-SE rule; ``config`` gives only the windowing and seed); ``"fixed"``: train
+            exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
+            when a ``config`` is given, else ``"validated"``.
+        season_length: one season for every series; None: per series, from its ``freq``,
+            else detected from its values (as ``moe retrain`` does).
+
+    Returns:
+        The saved artifact (weights, metrics, provenance).
+    """
+    fit_mode = gate_fit or ("fixed" if config is not None else "validated")
+    config = config or TrainConfig()
+    sequences, freqs = read_records(jsonl_path)
+    windows, validation = make_windows(
+        sequences, freqs, input_length, pred_length, config, season_length
+    )
+    assert windows.season_length is not None  # make_windows always sets it
+    # Per-series seasons: the experts are built non-seasonal (or with the forced season) and
+    # each window's period is applied where they run, as in the retrain.
+    expert_config = (expert_config or ExpertConfig()).model_copy(
+        update={"season_length": season_length or 1}
+    )
+    built = resolve_experts(experts, device, expert_config)
+    from_names = experts is None or experts == "auto" or all(isinstance(e, str) for e in experts)
+    context = torch.from_numpy(windows.context)
+    target = torch.from_numpy(windows.target)
+    points, _ = forecast_all(
+        built, context, pred_length, config.expert_batch_size, device, windows.season_length
+    )
+    selection = None
+    if fit_mode == "validated":
+        from moe.selection import fit_gate  # lazy: keeps `import moe.seed.api` light
+
+        if validation is None:  # seed windowing or one window per series: a seeded split
+            validation = _random_validation(len(windows), config)
+        fit = fit_gate(
+            context,
+            target,
+            points,
+            validation_mask=validation,
+            season_length=torch.from_numpy(windows.season_length),
+            seed=config.seed,
+        )
+        result, selection = fit.result, fit.summary()
+    else:
+        fixed = config.model_copy(update={"season_length": _commonest(windows.season_length)})
+        result = train_gate(context, target, points, fixed, validation_mask=validation)
+    artifact = build_artifact(
+        result, built, context, target, points, expert_config if from_names else None
+    )
+    artifact = replace(artifact, season={"mode": "per_series", "forced": season_length})
+    if selection is not None:
+        artifact.metrics["selection"] = selection
+    save_artifact(artifact, save_path)
+    return artifact
+
+
+def predict_from_model(
+    model_path: str | Path,
+    series: Sequence[float] | np.ndarray | torch.Tensor,
+    input_length: int,
+    device: str = "cpu",
+    verbose: bool = False,
+    *,
+    experts: Sequence[Expert] | None = None,
+    freq: str | None = None,
+) -> torch.Tensor:
+    """Forecast one series from its last ``input_length`` points -> ``(1, pred_length)`` (CPU).
+
+    ``input_length`` must equal the model's. ``verbose=True`` prints the two chosen experts
+    and their weights. A series shorter than ``input_length`` raises ``ValueError``. A
+    model trained with per-series seasons takes this series' season from ``freq`` (else
+    detected from ``series``), as the batch forecast does.
+    """
+    artifact = load_artifact(model_path)
+    if input_length != artifact.input_length:
+        raise ArtifactError(
+            f"model file {str(model_path)!r} was trained with input_length="
+            f"{artifact.input_length}, got input_length={input_length}"
+        )
+    values = torch.as_tensor(np.asarray(series, dtype=np.float32)).reshape(-1)
+    if values.shape[0] < input_length:
+        raise ValueError(
+            f"series has {values.shape[0]} points; the model needs at least "
+            f"input_length={input_length}"
+        )
+    router = load_router(artifact, device, experts)
+    if artifact.season.get("mode") == "per_series":
+        season = season_length_of(freq, values.numpy(), artifact.season.get("forced"))
+        router.experts = experts_for_season(router.experts, season)
+    with torch.no_grad():
+        output = router.route(values[-input_length:][None, :])  # (1, L) -> (1, H)
+    if verbose:
+        print(output.routing.format())
+    return output.point.cpu()
