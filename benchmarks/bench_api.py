@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
-from cli.main import sample_path  # noqa: E402
+from cli.commands import sample_path  # noqa: E402
 from pipeline.config import RetrainConfig  # noqa: E402
 from pipeline.retrain import retrain  # noqa: E402
 from storage import Store  # noqa: E402

@@ -5,6 +5,6 @@ wraps ``pipeline`` in Prefect, ``serving`` answers HTTP, and this package starts
 them on a user's command.
 """
 
-from cli.main import main
+from cli.commands import main
 
 __all__ = ["main"]

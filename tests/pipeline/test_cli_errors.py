@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from cli.commands import main
 from storage import Store, ingest_jsonl
 from storage.registry import promote, register_model
 from tests.pipeline.test_artifact_at_use import KEYS, _artifact

@@ -66,7 +66,7 @@ import subprocess, sys, time
 from prefect.server.api.server import SubprocessASGIServer
 # Stand-in for uvicorn (a real server takes 20-80 s to start here); the launch path is Prefect's.
 SubprocessASGIServer._run_uvicorn_command = lambda self: subprocess.Popen(["sleep", "600"])
-from cli.main import _prefect_env
+from cli.commands import _prefect_env
 _prefect_env()  # what every flow command of the CLI runs first
 server = SubprocessASGIServer()._run_uvicorn_command()
 print(server.pid, flush=True)

@@ -130,7 +130,7 @@ def test_mixed_frequency_retrain_and_forecast(store: Store, tmp_path: Path) -> N
 
 def test_cli_flag_forces_the_season(monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards `moe retrain --season-length N`: the flow gets that period for every series."""
-    from cli import main as cli
+    from cli import commands as cli
 
     seen: list[RetrainConfig] = []
 

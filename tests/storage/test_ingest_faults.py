@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.main import main
+from cli.commands import main
 from storage import IngestError, Store, ingest_jsonl
 from storage.records import LineError, SeriesRecord, parse_line
 from storage.sql import query
