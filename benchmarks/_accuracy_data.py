@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moe.data import newest_windows, rolling_windows
+
 __all__ = ["DATASETS", "DatasetSpec", "BenchSeries", "BenchWindows", "load_series", "make_windows"]
 
 
@@ -119,14 +121,6 @@ def load_series(name: str, max_series: int | None = None) -> BenchSeries:
     )
 
 
-def _left_padded(values: np.ndarray, length: int) -> np.ndarray:
-    """The last ``length`` points of ``values``, NaN-padded on the left: ``(length,)``."""
-    out = np.full(length, np.nan, np.float32)
-    tail = values[-length:] if len(values) > 0 else values
-    out[length - len(tail) :] = tail
-    return out
-
-
 def make_windows(
     data: BenchSeries,
     input_length: int,
@@ -144,44 +138,41 @@ def make_windows(
         min_context: fewest observed context points a training window needs.
     """
     horizon = data.horizon
-    step = horizon if stride is None else stride
-    if input_length < 1 or n_train_windows < 0 or step < 1:
+    if input_length < 1 or n_train_windows < 0 or (stride is not None and stride < 1):
         raise ValueError(
             f"need input_length >= 1, n_train_windows >= 0, stride >= 1; got "
-            f"{input_length}, {n_train_windows}, {step}"
+            f"{input_length}, {n_train_windows}, {stride}"
         )
-    contexts: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
-    series_index: list[int] = []
-    origins: list[int] = []
-    is_test: list[bool] = []
-    is_validation: list[bool] = []
-    for index, values in enumerate(data.train):
-        contexts.append(_left_padded(values, input_length))
-        targets.append(data.test[index].astype(np.float32))
-        series_index.append(index)
-        origins.append(len(values))
-        is_test.append(True)
-        is_validation.append(False)
-        kept: list[int] = []
-        for rank in range(n_train_windows):
-            end = len(values) - rank * step  # one past the target's last point
-            if end - horizon < min_context:
-                break
-            contexts.append(_left_padded(values[: end - horizon], input_length))
-            targets.append(values[end - horizon : end].astype(np.float32))
-            series_index.append(index)
-            origins.append(end - horizon)
-            is_test.append(False)
-            is_validation.append(False)
-            kept.append(len(contexts) - 1)
-        if len(kept) >= 2:
-            is_validation[kept[0]] = True
+    # The test window of each series: its last input_length training points -> the holdout.
+    tests = rolling_windows(
+        [np.concatenate([values, data.test[i]]) for i, values in enumerate(data.train)],
+        input_length,
+        horizon,
+        max_windows_per_series=1,
+        min_context=1,
+    )
+    # Training windows: the production window maker (moe.data.rolling_windows) on the
+    # training part, newest first; the newest of each series with two or more validates.
+    train = rolling_windows(
+        data.train,
+        input_length,
+        horizon,
+        stride=stride,
+        max_windows_per_series=n_train_windows,
+        holdout=0,
+        min_context=min_context,
+    )
+    validation = newest_windows(train.series_index, train.origin)
+    n_test, n_train = len(tests), len(train)
+    is_test = np.r_[np.ones(n_test, bool), np.zeros(n_train, bool)]
+    series_index = np.r_[tests.series_index, train.series_index]
+    # Each series' test window, then its training windows newest first (a stable sort).
+    order = np.lexsort((~is_test, series_index))
     return BenchWindows(
-        context=np.stack(contexts),
-        target=np.stack(targets),
-        series_index=np.asarray(series_index, np.int64),
-        origin=np.asarray(origins, np.int64),
-        is_test=np.asarray(is_test, bool),
-        is_validation=np.asarray(is_validation, bool),
+        context=np.concatenate([tests.context, train.context])[order],
+        target=np.concatenate([tests.target, train.target])[order],
+        series_index=series_index[order],
+        origin=np.r_[tests.origin, train.origin][order],
+        is_test=is_test[order],
+        is_validation=np.r_[np.zeros(n_test, bool), validation][order],
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 
 from flows import alerts, artifacts, tasks
+from pipeline import retrain as pipeline_retrain
 from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
 from storage.store import resolve_store_root
 
@@ -40,17 +40,10 @@ def _retrain_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) 
 
 @flow(name="retrain", log_prints=True, on_failure=[_retrain_failed])
 def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -> dict[str, object]:
-    """Ingest -> windows -> expert cache -> train gate -> backtest -> register/promote."""
+    """Ingest -> windows -> expert cache -> train gate -> backtest -> register/promote, then
+    forecast after a promotion: ``pipeline.retrain.retrain``'s outline, each step a task."""
     opened = tasks.open_store(store)
-    for path in config.jsonl_paths:
-        tasks.ingest_file(opened, path)
-    series, windows = tasks.prepare_windows(opened, config)
-    experts = tasks.train_experts(opened, tasks.build_experts(config), windows, config)
-    tasks.fill_cache(opened, experts, windows, config)
-    data = tasks.load_training_data(opened, experts, series, windows, config.pred_length)
-    artifact, scores = tasks.train_and_backtest(experts, data, config)
-    run_id = uuid.uuid4().hex[:12]
-    result = tasks.register_and_decide(opened, artifact, scores, data, config, run_id, experts)
+    result = pipeline_retrain.retrain(opened, config, run=tasks.as_task)
     artifacts.publish_retrain(result)
     get_run_logger().info("%s: %s", result.model_version, result.reason)
     if not result.promoted:
@@ -60,8 +53,8 @@ def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -
             f"model {result.model_version} was not promoted: {result.reason}",
             model_version=result.model_version,
         )
-    if result.promoted and config.forecast_after:
-        batch_forecast(ForecastConfig(device=config.device), store=str(opened.root))
+    if result.forecast is not None:
+        artifacts.publish_forecast(opened, result.forecast)
     return {
         "model_version": result.model_version,
         "promoted": result.promoted,

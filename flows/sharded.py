@@ -25,7 +25,7 @@ from flows import tasks
 from moe.precompute import season_groups
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, shard_contexts
-from pipeline.retrain import fill_cache_shard
+from pipeline.retrain import fill_cache_shard, ingest_and_window
 
 __all__ = ["precompute_sharded", "precompute_shard"]
 
@@ -45,9 +45,7 @@ def precompute_sharded(
 ) -> list[PrecomputeStats]:
     """Ingest -> windows -> each shard of distinct windows precomputed by its own task."""
     opened = tasks.open_store(store)
-    for path in config.jsonl_paths:
-        tasks.ingest_file(opened, path)
-    _, windows = tasks.prepare_windows(opened, config)
+    _, windows = ingest_and_window(opened, config, run=tasks.as_task)
     futures: list[PrefectFuture[list[PrecomputeStats]]] = []
     assert windows.season_length is not None  # prepare_windows always sets it
     for season, rows in season_groups(windows.season_length):  # experts differ per period

@@ -7,6 +7,9 @@ Prefect's input hashing (``NO_CACHE``): the expert cache in the store is the cac
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,6 +29,7 @@ __all__ = [
     "register_and_decide",
     "batch_forecast",
     "evaluate_forecasts",
+    "as_task",
 ]
 
 _IO = {"retries": 2, "retry_delay_seconds": [5.0, 30.0]}  # outside world: files, weights
@@ -46,3 +50,24 @@ train_and_backtest = _wrap("train-gate")(retrain.train_and_backtest)
 register_and_decide = _wrap("register")(retrain.register_and_decide)
 batch_forecast = _wrap("batch-forecast")(forecast.batch_forecast)
 evaluate_forecasts = _wrap("evaluate")(evaluate.evaluate_forecasts)
+
+#: The task of each step of ``pipeline.retrain``'s outline.
+_TASK_OF = {
+    ingest_jsonl: ingest_file,
+    retrain.build_experts_for: build_experts,
+    retrain.add_trained_experts: train_experts,
+    retrain.prepare_windows: prepare_windows,
+    retrain.fill_cache: fill_cache,
+    retrain.load_training_data: load_training_data,
+    retrain.train_and_backtest: train_and_backtest,
+    retrain.register_and_decide: register_and_decide,
+    forecast.batch_forecast: batch_forecast,
+}
+
+
+def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``pipeline.retrain.StepRunner`` for flows: each step runs as its Prefect task."""
+    try:
+        return _TASK_OF[step]  # type: ignore[no-any-return]
+    except KeyError:
+        raise KeyError(f"no Prefect task wraps the step {step.__qualname__}") from None

@@ -57,13 +57,16 @@ def rolling_windows(
     stride: int | None = None,
     max_windows_per_series: int | None = None,
     holdout: int = 1,
+    min_context: int | None = None,
 ) -> Windows:
     """Rolling-origin windows over each series, newest first when capped.
 
     Origins step back from the end of each series by ``stride`` (default ``pred_length``),
     so the last window always ends at the last observation. ``max_windows_per_series``
     keeps the newest ones. The newest ``holdout`` windows of each series are flagged for
-    validation/backtests; the others are for training.
+    validation/backtests; the others are for training. ``min_context`` (default
+    ``input_length``): fewest points a window needs before its target; contexts shorter
+    than ``input_length`` are NaN-padded on the left (missing, as experts and gates read NaN).
     """
     if input_length < 1 or pred_length < 1:
         raise ValueError(
@@ -74,6 +77,9 @@ def rolling_windows(
         raise ValueError(f"stride must be >= 1, got {step}")
     if holdout < 0:
         raise ValueError(f"holdout must be >= 0, got {holdout}")
+    shortest = input_length if min_context is None else min_context
+    if shortest < 1:
+        raise ValueError(f"min_context must be >= 1, got {min_context}")
     width = input_length + pred_length
     contexts: list[np.ndarray] = []
     targets: list[np.ndarray] = []
@@ -82,12 +88,15 @@ def rolling_windows(
     holdout_flags: list[bool] = []
     for index, raw in enumerate(sequences):
         values = np.asarray(raw, dtype=np.float32)
-        n_windows = 0 if len(values) < width else (len(values) - width) // step + 1
+        usable = len(values) - pred_length - shortest
+        n_windows = 0 if usable < 0 else usable // step + 1
         if max_windows_per_series is not None:
             n_windows = min(n_windows, max_windows_per_series)
         for rank in range(n_windows):  # rank 0 is the newest window
             end = len(values) - rank * step
-            contexts.append(values[end - width : end - pred_length])
+            contexts.append(
+                _left_padded(values[max(end - width, 0) : end - pred_length], input_length)
+            )
             targets.append(values[end - pred_length : end])
             series_index.append(index)
             origins.append(end - pred_length)
@@ -107,6 +116,15 @@ def rolling_windows(
         origin=np.asarray(origins, np.int64),
         is_holdout=np.asarray(holdout_flags, bool),
     )
+
+
+def _left_padded(values: np.ndarray, length: int) -> np.ndarray:
+    """``values`` ``(n,)`` with ``n <= length``, NaN-padded on the left to ``(length,)``."""
+    if len(values) == length:
+        return values
+    out = np.full(length, np.nan, np.float32)
+    out[length - len(values) :] = values
+    return out
 
 
 def observed_windows(windows: Windows) -> Windows:

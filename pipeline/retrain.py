@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,13 +31,14 @@ from moe.selection import fit_gate
 from moe.training import TrainResult
 from pipeline.backtest import Scores, write_scores
 from pipeline.calibration import backtest_with_intervals
-from pipeline.config import RetrainConfig
+from pipeline.config import ForecastConfig, RetrainConfig
+from pipeline.forecast import ForecastRun, batch_forecast
 from pipeline.models import load_verified_artifact
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
 from pipeline.seasons import series_season_lengths
 from pipeline.windows import windows_from_store
-from storage.ingest import IngestReport, ingest_jsonl
+from storage.ingest import ingest_jsonl
 from storage.registry import champion, get_model, promote, record_event, register_model
 from storage.series import StoredSeries
 from storage.store import Store
@@ -48,7 +51,9 @@ __all__ = [
     "build_experts_for",
     "add_trained_experts",
     "global_expert_windows",
-    "ingest_files",
+    "ingest_and_window",
+    "StepRunner",
+    "run_directly",
     "prepare_windows",
     "fill_cache",
     "fill_cache_shard",
@@ -94,6 +99,18 @@ class RetrainResult:
     precompute: list[PrecomputeStats] = field(default_factory=list)
     artifact_path: str = ""
     candidate: str = "gate"  # what was registered: "gate" or "constant_pair"
+    forecast: ForecastRun | None = None  # the batch forecast after a promotion, if any
+
+
+#: Wraps one step of the outline before it is called (identity here; Prefect's ``task`` in
+#: the flow). Steps are plain functions of this module (and ``ingest_jsonl``,
+#: ``batch_forecast``).
+StepRunner = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def run_directly(step: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``StepRunner`` without an orchestrator: the step itself."""
+    return step
 
 
 def build_experts_for(config: RetrainConfig) -> list[Expert]:
@@ -155,10 +172,6 @@ def _record_checkpoints(artifact: GateArtifact, experts: list[Expert]) -> GateAr
             entry = {**entry, "config": {**(entry.get("config") or {}), "checkpoint": checkpoint}}
         entries.append(entry)
     return replace(artifact, experts=entries)
-
-
-def ingest_files(store: Store, paths: list[str]) -> list[IngestReport]:
-    return [ingest_jsonl(store, path) for path in paths]
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:
@@ -486,20 +499,43 @@ def register_and_decide(
 
 
 def retrain(
-    store: Store, config: RetrainConfig, experts: list[Expert] | None = None
+    store: Store,
+    config: RetrainConfig,
+    experts: list[Expert] | None = None,
+    run: StepRunner = run_directly,
 ) -> RetrainResult:
-    """The whole job without Prefect (same steps as ``flows.retrain``).
+    """The retrain outline, written once: ingest -> windows -> (global expert) -> expert
+    cache -> gate fit + backtest -> register/promote -> (forecast after a promotion).
 
-    ``experts`` replaces the ones named in ``config`` (tests pass fakes here).
+    ``run`` wraps each step before it is called: plain calls here, Prefect tasks in the
+    flow (``flows.jobs.retrain``), so ``moe retrain``, the flow and the tests run the same
+    steps in the same order. ``experts`` replaces the ones named in ``config`` (tests pass
+    fakes here).
     """
-    ingest_files(store, config.jsonl_paths)
-    series, windows = prepare_windows(store, config)
+    series, windows = ingest_and_window(store, config, run)
     if experts is None:
-        experts = add_trained_experts(store, build_experts_for(config), windows, config)
-    stats = fill_cache(store, experts, windows, config)
-    data = load_training_data(store, experts, series, windows, config.pred_length)
-    artifact, scores = train_and_backtest(experts, data, config)
+        experts = run(add_trained_experts)(store, run(build_experts_for)(config), windows, config)
+    stats = run(fill_cache)(store, experts, windows, config)
+    data = run(load_training_data)(store, experts, series, windows, config.pred_length)
+    artifact, scores = run(train_and_backtest)(experts, data, config)
     run_id = uuid.uuid4().hex[:12]
-    result = register_and_decide(store, artifact, scores, data, config, run_id, experts)
+    result: RetrainResult = run(register_and_decide)(
+        store, artifact, scores, data, config, run_id, experts
+    )
     result.precompute = stats
+    if result.promoted and config.forecast_after:
+        # the experts just used are already loaded: the forecast reuses them
+        result.forecast = run(batch_forecast)(
+            store, ForecastConfig(device=config.device), experts=experts
+        )
     return result
+
+
+def ingest_and_window(
+    store: Store, config: RetrainConfig, run: StepRunner = run_directly
+) -> tuple[StoredSeries, Windows]:
+    """The outline's first steps, shared with the sharded precompute: ingest each of
+    ``config.jsonl_paths``, then cut the windows (``prepare_windows``)."""
+    for path in config.jsonl_paths:
+        run(ingest_jsonl)(store, path)
+    return run(prepare_windows)(store, config)

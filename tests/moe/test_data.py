@@ -28,3 +28,21 @@ def test_newest_windows_rejects_mismatched_shapes() -> None:
     assert newest_windows(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0,)
     with pytest.raises(ValueError, match=r"must both be \(N,\)"):
         newest_windows(np.zeros(3, np.int64), np.zeros(2, np.int64))
+
+
+def test_rolling_windows_min_context_pads_short_histories_on_the_left() -> None:
+    """Guards the one window maker's short-history option (the accuracy benchmark's
+    windows): contexts shorter than input_length are NaN-padded, and no window has fewer
+    than min_context points before its target."""
+    series = [np.arange(10, dtype=np.float32)]
+    full = rolling_windows(series, 6, 2, stride=2, holdout=0)
+    assert full.origin.tolist() == [8, 6]  # the default needs 6 context points
+    short = rolling_windows(series, 6, 2, stride=2, holdout=0, min_context=3)
+    assert short.origin.tolist() == [8, 6, 4]
+    assert np.isnan(short.context[2, :2]).all() and short.context[2, 2:].tolist() == [0, 1, 2, 3]
+    assert short.target[2].tolist() == [4, 5]
+    np.testing.assert_array_equal(short.context[:2], full.context)
+    strict = rolling_windows(series, 6, 2, stride=2, holdout=0, min_context=7)
+    assert strict.origin.tolist() == [8]  # more history than the context shows
+    with pytest.raises(ValueError, match="min_context"):
+        rolling_windows(series, 6, 2, min_context=0)

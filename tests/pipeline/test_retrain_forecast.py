@@ -28,8 +28,26 @@ def _config(**overrides: object) -> RetrainConfig:
         "pred_length": 6,
         "max_windows_per_series": 4,
         "train": FAST_TRAIN,
+        "forecast_after": False,  # these tests run batch_forecast themselves
     }
     return RetrainConfig.model_validate({**base, **overrides})
+
+
+def test_plain_retrain_forecasts_after_a_promotion(store: Store, series_file: Path) -> None:
+    """Guards issue 12: the plain outline (moe retrain without Prefect) forecasts after a
+    promotion exactly as the flow does, with the experts it already loaded."""
+    config = _config(jsonl_paths=[str(series_file)], forecast_after=True)
+    result = retrain(store, config, experts=fake_trio())
+    assert result.promoted and result.forecast is not None
+    assert result.forecast.model_version == result.model_version
+    counts = query(
+        store, "SELECT count(*) FROM forecasts WHERE run_id = $1", [result.forecast.run_id]
+    )
+    assert counts.column(0).to_pylist() == [24 * 6]
+    rejected = retrain(
+        store, config.model_copy(update={"promotion_margin": 0.9}), experts=fake_trio()
+    )
+    assert not rejected.promoted and rejected.forecast is None
 
 
 def test_retrain_registers_and_promotes_first_model(store: Store, series_file: Path) -> None:
