@@ -25,7 +25,8 @@ from flows import tasks
 from moe.precompute import season_groups
 from pipeline.config import RetrainConfig
 from pipeline.precompute import PrecomputeStats, shard_contexts
-from pipeline.retrain import fill_cache_shard, ingest_and_window
+from pipeline.retrain import ingest_and_window
+from pipeline.training_data import fill_cache_shard
 
 __all__ = ["precompute_sharded", "precompute_shard"]
 

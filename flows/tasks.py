@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import evaluate, forecast, retrain
+from pipeline import evaluate, forecast, retrain, training_data
 from storage.ingest import ingest_jsonl
 from storage.store import Store
 
@@ -41,11 +41,11 @@ def _wrap(name: str, **options: object):  # -> decorator
 
 open_store = _wrap("open-store")(Store.open)
 ingest_file = _wrap("ingest-file", **_IO)(ingest_jsonl)
-build_experts = _wrap("load-experts", **_IO)(retrain.build_experts_for)
-train_experts = _wrap("train-global-expert")(retrain.add_trained_experts)
-prepare_windows = _wrap("windows")(retrain.prepare_windows)
-fill_cache = _wrap("expert-cache")(retrain.fill_cache)
-load_training_data = _wrap("read-cache")(retrain.load_training_data)
+build_experts = _wrap("load-experts", **_IO)(training_data.build_experts_for)
+train_experts = _wrap("train-global-expert")(training_data.add_trained_experts)
+prepare_windows = _wrap("windows")(training_data.prepare_windows)
+fill_cache = _wrap("expert-cache")(training_data.fill_cache)
+load_training_data = _wrap("read-cache")(training_data.load_training_data)
 train_and_backtest = _wrap("train-gate")(retrain.train_and_backtest)
 register_and_decide = _wrap("register")(retrain.register_and_decide)
 batch_forecast = _wrap("batch-forecast")(forecast.batch_forecast)
@@ -54,11 +54,11 @@ evaluate_forecasts = _wrap("evaluate")(evaluate.evaluate_forecasts)
 #: The task of each step of ``pipeline.retrain``'s outline.
 _TASK_OF = {
     ingest_jsonl: ingest_file,
-    retrain.build_experts_for: build_experts,
-    retrain.add_trained_experts: train_experts,
-    retrain.prepare_windows: prepare_windows,
-    retrain.fill_cache: fill_cache,
-    retrain.load_training_data: load_training_data,
+    training_data.build_experts_for: build_experts,
+    training_data.add_trained_experts: train_experts,
+    training_data.prepare_windows: prepare_windows,
+    training_data.fill_cache: fill_cache,
+    training_data.load_training_data: load_training_data,
     retrain.train_and_backtest: train_and_backtest,
     retrain.register_and_decide: register_and_decide,
     forecast.batch_forecast: batch_forecast,

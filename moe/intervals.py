@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from moe.experts.base import QUANTILE_LEVELS, Expert, ExpertForecast
+from moe.metrics import positive_scale
 
 __all__ = [
     "MIN_OFFSET",
@@ -59,15 +60,9 @@ MIN_WINDOWS = 20
 
 
 def interval_scale(context: np.ndarray) -> np.ndarray:
-    """``(N, L)`` -> ``(N,)`` positive: lag-1 naive MAE, else mean |value|, else 1."""
-    context = np.asarray(context, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: handled below
-        diffs = np.abs(np.diff(context, axis=1))
-        naive = np.nanmean(diffs, axis=1) if context.shape[1] > 1 else np.full(len(context), 0.0)
-        level = np.nanmean(np.abs(context), axis=1)
-    scale = np.where(np.isfinite(naive) & (naive > 0), naive, level)
-    return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    """``(N, L)`` -> ``(N,)`` positive: lag-1 naive MAE, else mean |value|, else 1
+    (``moe.metrics.positive_scale`` at lag 1)."""
+    return positive_scale(context, 1)
 
 
 def _empirical_quantile(values: np.ndarray, level: float, axis: int) -> np.ndarray:

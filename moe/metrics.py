@@ -33,6 +33,7 @@ __all__ = [
     "rmse",
     "wql",
     "naive_scale",
+    "positive_scale",
     "interval_coverage",
     "interval_width",
     "all_metrics",
@@ -79,6 +80,23 @@ def naive_scale(context: np.ndarray, season_length: SeasonLength = 1) -> np.ndar
         rows = seasons == lag
         scale[rows] = _scale_one_lag(context[rows], int(lag))
     return scale
+
+
+def positive_scale(context: np.ndarray, season_length: SeasonLength = 1) -> np.ndarray:
+    """``naive_scale`` made safe to divide by: ``(N, L)`` -> ``(N,)``, positive and finite.
+
+    The one MASE scale with fallbacks, for losses and interval units (a metric keeps the
+    plain ``naive_scale`` and leaves undefined rows out): where the seasonal-naive MAE is
+    not a positive number, the lag-1 naive MAE; then the mean |value|; then 1.
+    """
+    context = np.asarray(context, np.float64)
+    scale = naive_scale(context, season_length)
+    for fallback in (lambda: naive_scale(context, 1), lambda: _nanmean_rows(np.abs(context))):
+        bad = ~(np.isfinite(scale) & (scale > 0))
+        if not bad.any():
+            return scale
+        scale = np.where(bad, fallback(), scale)
+    return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
 
 
 def mase(

@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from moe.metrics import positive_scale
+
 __all__ = [
     "ScalingMethod",
     "window_scale",
@@ -46,26 +48,16 @@ def window_scale(context: torch.Tensor, method: ScalingMethod = "mean_abs") -> t
 
 
 def seasonal_naive_scale(context: torch.Tensor, season_length: int) -> torch.Tensor:
-    """MASE's denominator inside each window: mean ``|x_t - x_{t-m}|`` -> ``(N, 1)``.
+    """MASE's denominator inside each window as a loss scale: ``(N, L)`` -> ``(N, 1)``.
 
-    ``context`` ``(N, L)``, NaN = missing (pairs with a missing end are skipped). Where no
-    pair ``season_length`` apart is observed, lag 1 is used; where that is not a positive
-    finite number either (flat or nearly empty windows), the mean |value| of the window
-    (``window_scale``), so a scale is always positive and finite.
+    ``moe.metrics.positive_scale`` (mean ``|x_t - x_{t-m}|`` over observed pairs, falling
+    back to lag 1, then the mean |value|, then 1), so a scale is always positive and finite.
     """
     if context.ndim != 2:
         raise ValueError(f"context must have shape (N, L), got {tuple(context.shape)}")
     if season_length < 1:
         raise ValueError(f"season_length must be >= 1, got {season_length}")
-    fallback = window_scale(context)  # (N, 1)
-    scale = torch.full_like(fallback, float("nan"))
-    for lag in (season_length, 1):
-        if context.shape[1] <= lag:
-            continue
-        changes = (context[:, lag:] - context[:, :-lag]).abs().nanmean(dim=1, keepdim=True)
-        usable = torch.isnan(scale) & torch.isfinite(changes) & (changes > 0)
-        scale = torch.where(usable, changes, scale)
-    return torch.where(torch.isnan(scale), fallback, scale)
+    return mase_scales(context, season_length)[:, None]
 
 
 def mase_scales(context: torch.Tensor, season_lengths: torch.Tensor | int) -> torch.Tensor:
@@ -81,11 +73,9 @@ def mase_scales(context: torch.Tensor, season_lengths: torch.Tensor | int) -> to
         raise ValueError(
             f"season_lengths must have shape ({context.shape[0]},), got {tuple(seasons.shape)}"
         )
-    out = torch.empty(context.shape[0], dtype=context.dtype, device=context.device)
-    for season in seasons.unique().tolist():
-        rows = (seasons == season).nonzero().squeeze(1).to(context.device)
-        out[rows] = seasonal_naive_scale(context[rows], int(season)).squeeze(1)
-    return out
+    values = context.detach().to("cpu", torch.float64).numpy()
+    scale = positive_scale(values, seasons.cpu().numpy())
+    return torch.from_numpy(scale).to(dtype=context.dtype, device=context.device)
 
 
 def scale_context(context: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

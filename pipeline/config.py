@@ -6,11 +6,12 @@ copying (``config.model_copy(update=...)``), never in place.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import JsonDict, JsonValue
 
+from moe.experts.registry import EXPERT_NAMES, FOUNDATION_EXPERTS, OFFLINE_EXPERTS
 from moe.training import TrainConfig
 
 __all__ = [
@@ -22,22 +23,12 @@ __all__ = [
     "EvaluateConfig",
 ]
 
-#: Registry names the forms accept (kept equal to moe.experts.registry by a test).
-ExpertName = Literal[
-    "moirai",
-    "timemoe",
-    "timesfm",
-    "seasonal_naive",
-    "autoets",
-    "autotheta",
-    "fracast",
-    "dynamic_theta",
-    "autoces",
-    "autoarima",
-    "global_mlp",
-]
-OFFLINE_EXPERTS: tuple[ExpertName, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")
-FOUNDATION_EXPERTS: tuple[ExpertName, ...] = ("moirai", "timemoe", "timesfm")
+#: Registry names the forms accept: built from the registry, the one list of names (the
+#: JSON schema's enum, the Prefect form's choices and pydantic's error all come from it).
+if TYPE_CHECKING:
+    ExpertName = str
+else:
+    ExpertName = Literal[EXPERT_NAMES]
 
 
 _MAX_BACKTEST_WINDOWS = 100

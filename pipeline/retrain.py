@@ -1,7 +1,8 @@
-"""The retrain job as plain functions: windows -> cache -> gate -> backtest -> registry.
+"""The retrain job: its outline (``retrain``) and its fit, backtest and promotion steps.
 
-Each step is a function the Prefect flow wraps as one task; ``retrain`` chains them for
-callers without Prefect (tests, ``moe retrain``).
+The data steps (windows, trained experts, expert cache) are in ``pipeline.training_data``.
+Each step is a plain function; ``retrain`` chains them, and the Prefect flow runs the same
+outline with each step as a task (``StepRunner``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ import numpy as np
 import torch
 
 from moe.artifact import GateArtifact, save_artifact
-from moe.data import Windows, newest_windows, observed_windows
+from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig
-from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
-from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
+from moe.experts.registry import TRAINED_EXPERTS
 from moe.intervals import IntervalModel
 from moe.metrics import mase
 from moe.model_file import build_artifact, load_router
-from moe.precompute import experts_for_season
 from moe.router import MoERouter
 from moe.selection import fit_gate
 from moe.training import TrainResult
@@ -36,8 +35,14 @@ from pipeline.forecast import ForecastRun, batch_forecast
 from pipeline.models import load_verified_artifact
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
-from pipeline.seasons import series_season_lengths
-from pipeline.windows import windows_from_store
+from pipeline.training_data import (
+    TrainingData,
+    add_trained_experts,
+    build_experts_for,
+    fill_cache,
+    load_training_data,
+    prepare_windows,
+)
 from storage.ingest import ingest_jsonl
 from storage.registry import champion, get_model, promote, record_event, register_model
 from storage.series import StoredSeries
@@ -47,44 +52,14 @@ _log = logging.getLogger(__name__)
 
 __all__ = [
     "RetrainResult",
-    "TrainingData",
-    "build_experts_for",
-    "add_trained_experts",
-    "global_expert_windows",
     "ingest_and_window",
     "StepRunner",
     "run_directly",
-    "prepare_windows",
-    "fill_cache",
-    "fill_cache_shard",
-    "load_training_data",
     "train_and_backtest",
     "register_and_decide",
     "retrain",
     "season_policy",
 ]
-
-
-@dataclass
-class TrainingData:
-    """Windows with every expert's cached forecasts.
-
-    ``points`` ``(N, E, H)``, ``quantiles`` ``(N, E, H, Q)``; ``windows.is_holdout`` marks
-    the backtest windows (never trained on).
-    """
-
-    series: StoredSeries
-    windows: Windows
-    points: torch.Tensor
-    quantiles: torch.Tensor
-
-    @property
-    def season_lengths(self) -> torch.Tensor:
-        """``(N,)`` int64: each window's seasonal period (the MASE-unit loss's per-window lag)."""
-        seasons = self.windows.season_length
-        if seasons is None:
-            raise ValueError("these windows carry no season lengths (use prepare_windows)")
-        return torch.from_numpy(seasons)
 
 
 @dataclass
@@ -113,56 +88,6 @@ def run_directly(step: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
-def build_experts_for(config: RetrainConfig) -> list[Expert]:
-    """The config's pretrained experts (trained ones come from ``add_trained_experts``)."""
-    # Per-series seasons (season_length None) start from the non-seasonal variant; each
-    # window's period is applied with moe.experts.base.for_season where the experts run.
-    expert_config = ExpertConfig(
-        device=config.device,
-        batch_size=config.expert_batch_size,
-        season_length=config.season_length or 1,
-    )
-    names = [name for name in config.experts if name not in TRAINED_EXPERTS]
-    if len(names) == len(config.experts):
-        return resolve_experts(names, config.device, expert_config)
-    return [build_expert(name, expert_config) for name in names]
-
-
-def global_expert_windows(windows: Windows) -> np.ndarray:
-    """``(N,)`` bool: training windows whose target ends before their series' first backtest
-    target point (with a stride below ``pred_length`` newer training targets overlap it)."""
-    first = np.full(int(windows.series_index.max(initial=-1)) + 1, np.iinfo(np.int64).max)
-    np.minimum.at(
-        first, windows.series_index[windows.is_holdout], windows.origin[windows.is_holdout]
-    )
-    horizon = windows.target.shape[1]
-    return ~windows.is_holdout & (windows.origin + horizon <= first[windows.series_index])
-
-
-def add_trained_experts(
-    store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
-) -> list[Expert]:
-    """Train the config's trained experts on the training windows only, save each under
-    ``<store>/experts/`` and load it back through the registry (the path a forecast job
-    takes); returns every expert in ``config.experts`` order."""
-    if not any(name in TRAINED_EXPERTS for name in config.experts):
-        return experts
-    rows = global_expert_windows(windows)
-    expert, report = train_global_mlp(
-        windows.context[rows], windows.target[rows], GlobalMLPConfig(seed=config.train.seed)
-    )
-    _log.info("global_mlp trained: %s", report)
-    path = save_global_mlp(expert, store.root / "experts" / f"global_mlp-{expert.fingerprint}.pt")
-    loaded = build_expert(
-        "global_mlp",
-        ExpertConfig(
-            checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
-        ),
-    )
-    by_name = {e.name: e for e in [*experts, loaded]}
-    return [by_name[name] for name in config.experts]
-
-
 def _record_checkpoints(artifact: GateArtifact, experts: list[Expert]) -> GateArtifact:
     """Point each trained expert's entry at its checkpoint, so the artifact rebuilds it."""
     entries = []
@@ -172,78 +97,6 @@ def _record_checkpoints(artifact: GateArtifact, experts: list[Expert]) -> GateAr
             entry = {**entry, "config": {**(entry.get("config") or {}), "checkpoint": checkpoint}}
         entries.append(entry)
     return replace(artifact, experts=entries)
-
-
-def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:
-    """Rolling windows over the stored series; windows with nothing observed are dropped.
-
-    Each window carries its series' season length (``windows.season_length`` ``(N,)``):
-    ``config.season_length`` when set, else from the series' freq, else detected on the
-    series without its backtest targets.
-    """
-    series, windows = windows_from_store(
-        store,
-        config.input_length,
-        config.pred_length,
-        stride=config.stride,
-        max_windows_per_series=config.max_windows_per_series,
-        holdout=config.backtest_windows,
-    )
-    stride = config.stride or config.pred_length
-    backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
-    seasons = series_season_lengths(series, config.season_length, exclude_last=backtest_points)
-    windows = observed_windows(replace(windows, season_length=seasons[windows.series_index]))
-    if len(windows) == 0 or windows.is_holdout.all():
-        raise ValueError(
-            f"no training windows: {len(series)} stored series, none long enough for "
-            f"input_length={config.input_length} + pred_length={config.pred_length} with "
-            f"{config.backtest_windows} backtest window(s); ingest longer series or shorten"
-        )
-    return series, windows
-
-
-def fill_cache(
-    store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
-) -> list[PrecomputeStats]:
-    return precompute_cache(
-        store,
-        experts,
-        windows.context,
-        config.pred_length,
-        batch_size=config.expert_batch_size,
-        device=config.device,
-        season_lengths=windows.season_length,
-    )
-
-
-def fill_cache_shard(
-    store_root: str, config: RetrainConfig, context: np.ndarray, season_length: int | None = None
-) -> list[PrecomputeStats]:
-    """One shard of a distributed precompute: load the experts here (on the worker) and
-    fill the cache for ``context`` ``(n, L)``, every row of period ``season_length`` (None:
-    the experts as configured)."""
-    experts = build_experts_for(config)
-    if season_length is not None:
-        experts = experts_for_season(experts, season_length)
-    return precompute_cache(
-        Store.open(store_root),
-        experts,
-        context,
-        config.pred_length,
-        batch_size=config.expert_batch_size,
-        device=config.device,
-        progress=False,
-    )
-
-
-def load_training_data(
-    store: Store, experts: list[Expert], series: StoredSeries, windows: Windows, pred_length: int
-) -> TrainingData:
-    points, quantiles = load_cached(
-        store, experts, windows.context, pred_length, season_lengths=windows.season_length
-    )
-    assert quantiles is not None
-    return TrainingData(series=series, windows=windows, points=points, quantiles=quantiles)
 
 
 def mixture_on_cache(

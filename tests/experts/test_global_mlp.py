@@ -16,7 +16,8 @@ from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_globa
 from moe.experts.registry import build_expert
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
-from pipeline.retrain import global_expert_windows, retrain
+from pipeline.retrain import retrain
+from pipeline.training_data import global_expert_windows
 from storage import Store
 
 

@@ -14,7 +14,7 @@ from prefect_dask import DaskTaskRunner
 from flows.sharded import precompute_sharded
 from pipeline.config import RetrainConfig
 from pipeline.precompute import load_cached, shard_contexts
-from pipeline.retrain import build_experts_for, prepare_windows
+from pipeline.training_data import build_experts_for, prepare_windows
 from storage import Store
 from storage.cache import window_hashes
 from tests.flows.conftest import FAST_RETRAIN

@@ -14,7 +14,8 @@ from moe.metrics import mase, naive_scale
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
 from pipeline.precompute import load_cached, precompute_cache
-from pipeline.retrain import build_experts_for, prepare_windows, retrain
+from pipeline.retrain import retrain
+from pipeline.training_data import build_experts_for, prepare_windows
 from storage import Store, ingest_jsonl
 from storage.sql import query
 

@@ -21,7 +21,8 @@ from moe.metrics import mase
 from moe.model_file import load_router
 from moe.seed.cli import run
 from pipeline.config import RetrainConfig
-from pipeline.retrain import build_experts_for, load_training_data, prepare_windows, retrain
+from pipeline.retrain import retrain
+from pipeline.training_data import build_experts_for, load_training_data, prepare_windows
 from storage import Store
 
 SAMPLE = Path(__file__).resolve().parents[2] / "pipeline" / "sample_data"
