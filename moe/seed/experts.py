@@ -57,66 +57,41 @@ class ExpertModule(nn.Module):
         )
 
 
-def _seed_expert(
-    name: str,
-    input_length: int,
-    pred_length: int,
-    device: str | torch.device | None,
-    config: ExpertConfig | None,
-) -> tuple[Expert, int, int]:
-    """Build ``name`` with ``config``; ``device`` (if given) overrides ``config.device``."""
-    config = config if config is not None else ExpertConfig()
-    if device is not None and str(device) != config.device:
-        config = config.model_copy(update={"device": str(device)})
-    return build_expert(name, config), input_length, pred_length
+class _RegistryExpertModule(ExpertModule):
+    """A seed expert class: the registry's expert ``registry_name`` as a frozen module."""
+
+    registry_name: str
+
+    def __init__(
+        self,
+        input_length: int,
+        pred_length: int,
+        device: str | torch.device | None = None,
+        config: ExpertConfig | None = None,
+    ) -> None:
+        """Build the expert; ``device`` (seed argument) overrides ``config.device`` unless None.
+
+        Without ``config`` the expert's default weights load on ``device`` (or the CPU).
+        """
+        config = config if config is not None else ExpertConfig()
+        if device is not None and str(device) != config.device:
+            config = config.model_copy(update={"device": str(device)})
+        super().__init__(build_expert(self.registry_name, config), input_length, pred_length)
 
 
-class MoiraiMoEExpert(ExpertModule):
+class MoiraiMoEExpert(_RegistryExpertModule):
     """The seed's Moirai-MoE expert (registry name ``moirai``)."""
 
-    def __init__(
-        self,
-        input_length: int,
-        pred_length: int,
-        device: str | torch.device | None = None,
-        config: ExpertConfig | None = None,
-    ) -> None:
-        """Build the expert; ``device`` (seed argument) overrides ``config.device`` unless None.
-
-        Without ``config`` the expert's default weights load on ``device`` (or the CPU).
-        """
-        super().__init__(*_seed_expert("moirai", input_length, pred_length, device, config))
+    registry_name = "moirai"
 
 
-class TimeMoEExpert(ExpertModule):
+class TimeMoEExpert(_RegistryExpertModule):
     """The seed's Time-MoE expert (registry name ``timemoe``)."""
 
-    def __init__(
-        self,
-        input_length: int,
-        pred_length: int,
-        device: str | torch.device | None = None,
-        config: ExpertConfig | None = None,
-    ) -> None:
-        """Build the expert; ``device`` (seed argument) overrides ``config.device`` unless None.
-
-        Without ``config`` the expert's default weights load on ``device`` (or the CPU).
-        """
-        super().__init__(*_seed_expert("timemoe", input_length, pred_length, device, config))
+    registry_name = "timemoe"
 
 
-class TimesFMExpert(ExpertModule):
+class TimesFMExpert(_RegistryExpertModule):
     """The seed's TimesFM expert (registry name ``timesfm``)."""
 
-    def __init__(
-        self,
-        input_length: int,
-        pred_length: int,
-        device: str | torch.device | None = None,
-        config: ExpertConfig | None = None,
-    ) -> None:
-        """Build the expert; ``device`` (seed argument) overrides ``config.device`` unless None.
-
-        Without ``config`` the expert's default weights load on ``device`` (or the CPU).
-        """
-        super().__init__(*_seed_expert("timesfm", input_length, pred_length, device, config))
+    registry_name = "timesfm"
