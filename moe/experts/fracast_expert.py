@@ -49,7 +49,7 @@ from moe.experts.base import (
 if TYPE_CHECKING:
     from fracast import FracastModel
 
-__all__ = ["MIN_OBSERVED", "FracastExpert", "build"]
+__all__ = ["MIN_OBSERVED", "FracastForecaster", "build"]
 
 _log = logging.getLogger(__name__)
 _NAME = "fracast"
@@ -63,7 +63,7 @@ MIN_OBSERVED = 8
 POLICY_VERSION = 1
 
 
-class FracastExpert:
+class FracastForecaster:
     """A loaded, frozen Fracast-0 model behind the ``Expert`` protocol."""
 
     name = _NAME
@@ -137,7 +137,7 @@ class FracastExpert:
         )
 
 
-def build(config: ExpertConfig) -> FracastExpert:
+def build(config: ExpertConfig) -> FracastForecaster:
     """Load Fracast-0 (bundled weights unless ``config.checkpoint`` names others)."""
     try:
         import fracast
@@ -170,4 +170,4 @@ def build(config: ExpertConfig) -> FracastExpert:
             f"{error}. Use checkpoint=None for the bundled weights, or a directory holding "
             f"{', '.join(_WEIGHT_FILES)}"
         ) from error
-    return FracastExpert(model, identity=identity, batch_size=config.batch_size)
+    return FracastForecaster(model, identity=identity, batch_size=config.batch_size)

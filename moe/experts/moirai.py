@@ -80,7 +80,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "MAX_CONTEXT",
     "NUM_SAMPLES",
-    "MoiraiExpert",
+    "MoiraiForecaster",
     "build",
 ]
 
@@ -124,7 +124,7 @@ class _Tokens:
     time_id: torch.Tensor  # (n, T) long
 
 
-class MoiraiExpert:
+class MoiraiForecaster:
     """A loaded, frozen Moirai-MoE module behind the ``Expert`` protocol."""
 
     name = _NAME
@@ -318,7 +318,7 @@ class MoiraiExpert:
         return torch.cat(draws)
 
 
-def build(config: ExpertConfig) -> MoiraiExpert:
+def build(config: ExpertConfig) -> MoiraiForecaster:
     """Load Moirai-MoE as configured (checkpoint, revision, device, dtype, batch size)."""
     try:
         from uni2ts.model.moirai_moe import MoiraiMoEModule
@@ -340,7 +340,7 @@ def build(config: ExpertConfig) -> MoiraiExpert:
             f"Moirai-MoE weights in {source.directory} could not be loaded"
             f" ({type(error).__name__}: {error}). {how_to_provide(_WEIGHTS)}"
         ) from error
-    return MoiraiExpert(
+    return MoiraiForecaster(
         module.to(device),
         identity=source.identity,
         dtype=config.dtype,

@@ -68,7 +68,7 @@ from moe.experts.base import (
 if TYPE_CHECKING:
     from transformers import TimesFm2_5ModelForPrediction
 
-__all__ = ["DEFAULT_CHECKPOINT", "CHECKPOINT_ENV_VAR", "TimesFM25Expert", "build"]
+__all__ = ["DEFAULT_CHECKPOINT", "CHECKPOINT_ENV_VAR", "TimesFMForecaster", "build"]
 
 DEFAULT_CHECKPOINT = "google/timesfm-2.5-200m-transformers"
 CHECKPOINT_ENV_VAR = "MOE_TIMESFM_CHECKPOINT"
@@ -105,7 +105,7 @@ _WEIGHTS = WeightsSpec(
 )
 
 
-class TimesFM25Expert:
+class TimesFMForecaster:
     """A loaded, frozen TimesFM 2.5 model behind the ``Expert`` protocol."""
 
     name = _NAME
@@ -265,7 +265,7 @@ class TimesFM25Expert:
         return block, spread
 
 
-def build(config: ExpertConfig) -> TimesFM25Expert:
+def build(config: ExpertConfig) -> TimesFMForecaster:
     """Load TimesFM 2.5 as configured (checkpoint, revision, device, dtype, batch size)."""
     try:
         from transformers import TimesFm2_5ModelForPrediction
@@ -296,7 +296,7 @@ def build(config: ExpertConfig) -> TimesFM25Expert:
             f" in its config.json: {listed}"
         )
     model = model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to
-    return TimesFM25Expert(
+    return TimesFMForecaster(
         model,
         identity=source.identity,
         dtype=config.dtype,
