@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moe.experts._loading import check_inputs
+from moe.experts._loading import check_inputs, import_extra
 from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertConfig, ExpertForecast
 
 __all__ = [
@@ -261,13 +261,12 @@ class StatisticalForecaster:
 
 def _build(name: str, model_name: str, config: ExpertConfig) -> StatisticalForecaster:
     """Import statsforecast (the ``stats`` extra) and wrap ``model_name``."""
-    try:
-        import statsforecast
-        from statsforecast import models
-    except ImportError as error:
-        from moe.experts.base import MissingExtraError
-
-        raise MissingExtraError(name, "stats", "statsforecast") from error
+    statsforecast = import_extra(
+        "statsforecast", expert=name, extra="stats", package="statsforecast"
+    )
+    models = import_extra(
+        "statsforecast.models", expert=name, extra="stats", package="statsforecast"
+    )
     model_class = getattr(models, model_name)
     return StatisticalForecaster(
         name,

@@ -80,7 +80,7 @@ def test_capabilities_and_cache_key(expert: TimeMoEForecaster, tiny_dir: Path) -
     assert (caps.max_context, caps.min_context, caps.native_horizon) == (64, 1, 4)
     assert caps.quantile_levels == () and caps.handles_missing is False
     assert expert.name == "timemoe"
-    assert str(tiny_dir) in expert.cache_key and "sha256-" in expert.cache_key
+    assert str(tiny_dir) in expert.cache_key and "sha256:" in expert.cache_key
     bf16 = build(ExpertConfig(checkpoint=str(tiny_dir), dtype="bfloat16"))
     assert bf16.cache_key != expert.cache_key
 
