@@ -100,3 +100,39 @@ def test_a_batch_cached_meanwhile_is_not_stored_twice(store: Store) -> None:
     assert sorted(rows) == sorted(hashes)
     parts = store.table_dir("expert_forecasts").glob("cache=*/*.parquet")
     assert sorted(p.stem for p in parts if "_empty" not in str(p)) == ["first", "second"]
+
+
+class _KeySpelledAnew(FakeForecaster):
+    """A fake whose ``cache_key`` an older version spelled ``old:<name>``."""
+
+    @property
+    def cache_key(self) -> str:
+        return f"new:{self.name}"
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        return (f"old:{self.name}",)
+
+
+class _KeySpelledOld(FakeForecaster):
+    """The same model as an older version keyed it."""
+
+    @property
+    def cache_key(self) -> str:
+        return f"old:{self.name}"
+
+
+def test_rows_under_an_older_key_spelling_stay_cache_hits(store: Store) -> None:
+    """Guards legacy_cache_keys: rows stored under an old key spelling are read, not recomputed."""
+    from storage.sql import query
+
+    context = _context(10)
+    precompute_cache(store, [_KeySpelledOld("timemoe", factor=3.0)], context[:6], 3, progress=False)
+    expert = _KeySpelledAnew("timemoe", factor=3.0)
+    stats = precompute_cache(store, [expert], context, 3, progress=False)
+    assert expert.calls == 4 and stats[0].already_cached == 6 and stats[0].computed == 4
+    points, _ = load_cached(store, [expert], context, 3)
+    expected = FakeForecaster("timemoe", factor=3.0).forecast(torch.from_numpy(context), 3).point
+    torch.testing.assert_close(points[:, 0], expected)
+    keys = query(store, "SELECT cache_key FROM expert_forecasts").column(0).to_pylist()
+    assert sorted(keys) == ["new:timemoe"] * 4 + ["old:timemoe"] * 6  # new rows: new key only
