@@ -29,7 +29,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -102,7 +102,7 @@ class Source:
     directory: Path
     checkpoint: str  # the hub id, or the resolved absolute directory
     revision: str  # snapshot commit hash, or the content label of a local directory
-    aliases: tuple[str, ...] = field(default=())  # labels older versions gave this revision
+    aliases: tuple[str, ...] = ()  # labels older versions gave this same revision
 
     @property
     def identity(self) -> str:
