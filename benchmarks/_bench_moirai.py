@@ -6,7 +6,7 @@ weights: the compute is that of the real checkpoint, the forecasts mean nothing.
 forecasts the same random-walk windows with 100 sample paths and returns median and
 quantiles:
 
-* ``adapter``: ``MoiraiExpert.forecast`` (this repository);
+* ``adapter``: ``MoiraiForecaster.forecast`` (this repository);
 * ``native_predictor``: ``MoiraiMoEForecast.create_predictor(...).predict`` on a GluonTS
   dataset, then ``np.quantile`` over each item's samples (what a uni2ts user writes);
 * ``native_forward``: ``MoiraiMoEForecast.forward`` on ready-made tensors (no GluonTS
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from moe.experts.base import QUANTILE_LEVELS
-from moe.experts.moirai import NUM_SAMPLES, MoiraiExpert
+from moe.experts.moirai import NUM_SAMPLES, MoiraiForecaster
 
 if TYPE_CHECKING:
     from uni2ts.model.moirai_moe import MoiraiMoEModule
@@ -131,7 +131,7 @@ def bench_moirai(
 
 def _adapter_runner(module: MoiraiMoEModule) -> Callable[[torch.Tensor, int], None]:
     def run(windows: torch.Tensor, horizon: int) -> None:
-        expert = MoiraiExpert(module, identity="random", batch_size=windows.shape[0])
+        expert = MoiraiForecaster(module, identity="random", batch_size=windows.shape[0])
         expert.forecast(windows, horizon)
 
     return run

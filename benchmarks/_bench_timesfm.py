@@ -26,7 +26,7 @@ def bench_timesfm(
     dtype: str = "float32",
     seed: int = 0,
 ) -> list[dict[str, object]]:
-    """Windows/second of ``TimesFM25Expert.forecast`` and of ``model(past_values=[...])``.
+    """Windows/second of ``TimesFMForecaster.forecast`` and of ``model(past_values=[...])``.
 
     Both get identical ``(B, input_length)`` random-walk windows and forecast ``pred_length``
     steps; the model's ``context_length`` is set to ``input_length`` so the library does not
@@ -35,7 +35,7 @@ def bench_timesfm(
     """
     from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
 
-    from moe.experts.timesfm import TimesFM25Expert
+    from moe.experts.timesfm import TimesFMForecaster
 
     torch.manual_seed(seed)
     config = TimesFm2_5Config(context_length=input_length)  # full 200M architecture
@@ -46,11 +46,15 @@ def bench_timesfm(
     generator = torch.Generator().manual_seed(seed)
     results: list[dict[str, object]] = []
     for batch_size in batch_sizes:
-        expert = TimesFM25Expert(model, identity="random-init", dtype=dtype, batch_size=batch_size)
+        expert = TimesFMForecaster(
+            model, identity="random-init", dtype=dtype, batch_size=batch_size
+        )
         windows = torch.randn(batch_size, input_length, generator=generator).cumsum(dim=1) + 100.0
         windows = windows.to(device)
 
-        def ours(windows: torch.Tensor = windows, expert: TimesFM25Expert = expert) -> torch.Tensor:
+        def ours(
+            windows: torch.Tensor = windows, expert: TimesFMForecaster = expert
+        ) -> torch.Tensor:
             return expert.forecast(windows, pred_length).point
 
         def native(windows: torch.Tensor = windows) -> torch.Tensor:

@@ -16,7 +16,7 @@ similar cost (the per-expert time on the batch is printed to check that).
 
 Expert specs for ``--experts`` (comma-separated; the factory is pluggable):
 
-* ``fake:NAME``: ``moe.experts.fake.FakeExpert`` (almost free; shows overheads only);
+* ``fake:NAME``: ``moe.experts.fake.FakeForecaster`` (almost free; shows overheads only);
 * ``mlp:NAME[:WIDTH]``: a random-weight MLP forecaster (synthetic, similar-cost experts);
 * ``random:moirai|timemoe|timesfm``: the full-size architectures with random weights, built
   from the other benchmark helpers (compute of the real checkpoints; forecasts meaningless);
@@ -107,10 +107,10 @@ def _random_foundation(name: str, input_length: int, pred_length: int, device: s
     """Full-size random-weight architectures, via the other benchmark helpers' building blocks."""
     if name == "moirai":
         from benchmarks._bench_moirai import small_architecture
-        from moe.experts.moirai import MoiraiExpert
+        from moe.experts.moirai import MoiraiForecaster
 
         module = small_architecture().to(device).eval()
-        return MoiraiExpert(module, identity="random-init")
+        return MoiraiForecaster(module, identity="random-init")
     if name == "timemoe":
         from sktime.libs.timemoe import TimeMoeConfig, TimeMoeForPrediction
 
@@ -127,11 +127,11 @@ def _random_foundation(name: str, input_length: int, pred_length: int, device: s
     if name == "timesfm":
         from transformers import TimesFm2_5Config, TimesFm2_5ModelForPrediction
 
-        from moe.experts.timesfm import TimesFM25Expert
+        from moe.experts.timesfm import TimesFMForecaster
 
         model = TimesFm2_5ModelForPrediction(TimesFm2_5Config(context_length=input_length))
         model = model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
-        return TimesFM25Expert(model, identity="random-init", dtype="float32", batch_size=256)
+        return TimesFMForecaster(model, identity="random-init", dtype="float32", batch_size=256)
     raise ValueError(f"random:{name}: expected moirai, timemoe or timesfm")
 
 
@@ -143,9 +143,9 @@ def make_expert(spec: str, input_length: int, pred_length: int, device: str) -> 
 
         return build_expert(spec, ExpertConfig(device=device))
     if kind == "fake":
-        from moe.experts.fake import FakeExpert
+        from moe.experts.fake import FakeForecaster
 
-        return FakeExpert(rest, factor=1.0 + 0.1 * (zlib.crc32(rest.encode()) % 7))
+        return FakeForecaster(rest, factor=1.0 + 0.1 * (zlib.crc32(rest.encode()) % 7))
     if kind == "mlp":
         name, _, width = rest.partition(":")
         return MLPExpert(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from moe.experts.base import QUANTILE_LEVELS, Expert
+from moe.experts.base import QUANTILE_LEVELS, Expert, legacy_cache_keys
 from moe.precompute import experts_for_season, forecast_in_batches, season_groups
 from storage.cache import (
     CachedModel,
@@ -47,7 +47,9 @@ class PrecomputeStats:
 
 
 def cached_model(expert: Expert, input_length: int, pred_length: int) -> CachedModel:
-    return CachedModel(expert.name, expert.cache_key, input_length, pred_length)
+    """The cache partition of ``expert``, reading too what older spellings of its key stored."""
+    aliases = legacy_cache_keys(expert)
+    return CachedModel(expert.name, expert.cache_key, input_length, pred_length, aliases)
 
 
 def precompute_cache(

@@ -15,7 +15,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -38,12 +38,17 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 @dataclass(frozen=True)
 class CachedModel:
-    """Which cache partition: an expert's exact model and the window lengths."""
+    """Which cache partition: an expert's exact model and the window lengths.
+
+    ``aliases``: older spellings of ``cache_key`` for the same model (an expert's
+    ``legacy_cache_keys``). Reads include the rows stored under them; writes use ``cache_key``.
+    """
 
     expert: str
     cache_key: str
     input_length: int
     pred_length: int
+    aliases: tuple[str, ...] = ()
 
     @property
     def partition(self) -> dict[str, str]:
@@ -68,8 +73,10 @@ def _partition_dir(store: Store, model: CachedModel):  # -> Path
 
 
 def _read_partition(store: Store, model: CachedModel, columns: list[str]) -> pa.Table | None:
-    folder = _partition_dir(store, model)
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    """The model's rows, those stored under its ``aliases`` first (a reader keeps the last)."""
+    spellings = [replace(model, cache_key=key, aliases=()) for key in model.aliases] + [model]
+    folders = [_partition_dir(store, spelling) for spelling in spellings]
+    files = [f for folder in folders if folder.exists() for f in sorted(folder.glob("*.parquet"))]
     if not files:
         return None
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])

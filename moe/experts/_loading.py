@@ -1,4 +1,4 @@
-"""Weights resolution and input checks shared by the expert adapters.
+"""The load scaffold shared by the expert adapters: extras, weights, device, dtype, labels.
 
 Moirai-MoE, TimesFM and Time-MoE find their weights the same way: ``ExpertConfig.checkpoint``,
 else the expert's environment variable, else its default hub id. An existing local directory
@@ -8,36 +8,60 @@ a path but names no directory is an error; anything else is a hub id, resolved t
 set) and labelled by the snapshot's commit hash. Every miss raises ``ExpertLoadError`` naming
 the expert, the checkpoint, the revision, where it looked and how to provide the weights.
 
-Labels end up in ``Expert.cache_key``, which keys the forecast cache: each adapter keeps its
-own label format (``WeightsSpec.local_revision``) so that existing caches stay valid.
+``load_weights`` is the whole ``build()`` scaffold of those adapters (dtype and device
+checked, weights resolved, the family's loader run with its failures wrapped into
+``ExpertLoadError``, the model moved to the device); ``import_extra`` turns a missing
+library into ``MissingExtraError``; ``from_pretrained_strict`` refuses a transformers
+checkpoint that would leave weights randomly initialised. Each adapter keeps only its
+family's loader and forecasting code.
+
+Content labels end up in ``Expert.cache_key``, which keys the forecast cache. There is one
+spelling, ``content_revision``: ``sha256:`` + 16 hex digits. Time-MoE wrote ``sha256-`` until
+2026-12; ``Source.aliases`` carries that old label (``WeightsSpec.legacy_prefixes``) so its
+adapter can name its old cache key (``legacy_cache_keys``) and a store filled by an older
+version keeps its cache hits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
 
 import torch
+from torch import nn
 
-from moe.experts.base import ExpertConfig, ExpertLoadError
+from moe.experts.base import ExpertConfig, ExpertLoadError, MissingExtraError, torch_dtype
 
 __all__ = [
+    "CONTENT_PREFIX",
     "Source",
     "WeightsSpec",
     "check_device",
     "check_inputs",
     "check_observed_rows",
+    "content_revision",
     "fingerprint",
+    "from_pretrained_strict",
     "how_to_provide",
+    "import_extra",
+    "load_weights",
     "resolve_weights",
 ]
 
 _log = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
+_ALL_DTYPES = ("float32", "bfloat16", "float16")
+#: The one spelling of a local directory's content label (``content_revision``).
+CONTENT_PREFIX = "sha256:"
+
+Model = TypeVar("Model", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -56,10 +80,19 @@ class WeightsSpec:
     """Glob patterns that must each match a file of a checkpoint directory (may be empty)."""
     layout: str
     """What a local directory must hold, in words, for the how-to text."""
-    local_revision: Callable[[Path], str]
-    """Content label of a local directory (e.g. ``sha256:<16 hex>``); part of the cache key."""
+    content_files: Callable[[Path], Sequence[Path]]
+    """The files of a local directory whose bytes label it (``content_revision``), in order.
+    The label is part of the cache key: never change which files an adapter lists."""
+    hash_names: bool = False
+    """Hash each file's name before its bytes (Time-MoE's label always did)."""
+    legacy_prefixes: tuple[str, ...] = ()
+    """Prefixes earlier versions put before the same hex digits (Time-MoE: ``sha256-``)."""
     validate: Callable[[Path], None] | None = None
     """Further check of a checkpoint directory, run before it is hashed; raises on a misfit."""
+    dtypes: tuple[str, ...] = _ALL_DTYPES
+    """``ExpertConfig.dtype`` names the family runs in."""
+    dtype_hint: str = ""
+    """Appended to the unsupported-dtype error, e.g. what to use instead."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +102,7 @@ class Source:
     directory: Path
     checkpoint: str  # the hub id, or the resolved absolute directory
     revision: str  # snapshot commit hash, or the content label of a local directory
+    aliases: tuple[str, ...] = ()  # labels older versions gave this same revision
 
     @property
     def identity(self) -> str:
@@ -90,7 +124,10 @@ def resolve_weights(spec: WeightsSpec, config: ExpertConfig) -> Source:
                 "%s: revision %r ignored for local directory %s", spec.expert, config.revision, path
             )
         _check_directory(spec, path)
-        return Source(path, str(path.resolve()), spec.local_revision(path))
+        revision = content_revision(spec.content_files(path), with_names=spec.hash_names)
+        digest = revision.removeprefix(CONTENT_PREFIX)
+        aliases = tuple(prefix + digest for prefix in spec.legacy_prefixes)
+        return Source(path, str(path.resolve()), revision, aliases)
     if _looks_like_path(checkpoint):
         raise ExpertLoadError(
             f"{spec.expert} checkpoint directory {checkpoint!r} does not exist"
@@ -99,6 +136,71 @@ def resolve_weights(spec: WeightsSpec, config: ExpertConfig) -> Source:
     directory = _snapshot(spec, checkpoint, config.revision)
     _check_directory(spec, directory)
     return Source(directory, checkpoint, directory.name)  # snapshot folders are commit hashes
+
+
+def load_weights(
+    spec: WeightsSpec, config: ExpertConfig, load: Callable[[Path, torch.dtype], Model]
+) -> tuple[Model, Source]:
+    """The ``build()`` scaffold: ``load(directory, dtype)`` on the configured weights.
+
+    Checks ``config.dtype`` against ``spec.dtypes`` and ``config.device`` (``ValueError``),
+    resolves the weights (``resolve_weights``), runs the family's ``load`` and moves the
+    model to the device. A failure inside ``load`` that is not already an
+    ``ExpertLoadError`` becomes one naming the directory and how to provide the weights.
+    """
+    dtype = torch_dtype(config.dtype, spec.dtypes, spec.expert, spec.dtype_hint)
+    device = check_device(config.device, spec.expert)
+    source = resolve_weights(spec, config)
+    try:
+        model = load(source.directory, dtype)
+    except ExpertLoadError:
+        raise
+    except Exception as error:  # the libraries' load errors vary (OSError, ValueError, ...)
+        raise ExpertLoadError(
+            f"{spec.expert} weights could not be loaded from directory"
+            f" {str(source.directory)!r} ({type(error).__name__}: {error})."
+            f" {how_to_provide(spec)}"
+        ) from error
+    return model.to(device), source
+
+
+def import_extra(module: str, *, expert: str, extra: str, package: str) -> ModuleType:
+    """``import module``, or ``MissingExtraError`` naming the ``package`` and the ``extra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise MissingExtraError(expert, extra, package) from error
+
+
+def from_pretrained_strict(
+    model_class: Any, directory: Path, dtype: torch.dtype, spec: WeightsSpec
+) -> Any:
+    """transformers' ``from_pretrained`` on a local directory, refusing a partial load.
+
+    transformers only warns and initialises randomly what a checkpoint lacks (or does not
+    fit): any missing, unexpected or mismatched key raises ``ExpertLoadError`` instead.
+    """
+    model, info = model_class.from_pretrained(
+        str(directory), dtype=dtype, local_files_only=True, output_loading_info=True
+    )
+    _refuse_partial_load(info, directory, spec)
+    return model
+
+
+def _refuse_partial_load(info: Mapping[str, Any], directory: Path, spec: WeightsSpec) -> None:
+    """``ExpertLoadError`` listing (first 5 of each) what ``from_pretrained`` could not match."""
+    listed = {
+        key: sorted(map(str, value))[:5]
+        for key in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        if (value := info.get(key))
+    }
+    problems: object = listed or info.get("error_msgs")
+    if problems:
+        raise ExpertLoadError(
+            f"{spec.expert} checkpoint {str(directory)!r} does not match the architecture in"
+            f" its config.json ({problems}); refusing to run with randomly initialised weights."
+            f" Use a {spec.expert} checkpoint such as {spec.default_checkpoint}"
+        )
 
 
 def how_to_provide(
@@ -113,6 +215,11 @@ def how_to_provide(
         " with HF_HUB_OFFLINE=1, from the hub cache), or point ExpertConfig(checkpoint=...)"
         f" or the environment variable {spec.env_var} at a local directory holding {spec.layout}."
     )
+
+
+def content_revision(files: Sequence[Path], *, with_names: bool = False) -> str:
+    """The one content label: ``CONTENT_PREFIX`` + ``fingerprint(files)`` (16 hex digits)."""
+    return CONTENT_PREFIX + fingerprint(files, with_names=with_names)
 
 
 def fingerprint(files: Sequence[Path], *, digits: int = 16, with_names: bool = False) -> str:
@@ -147,27 +254,35 @@ def check_inputs(context: torch.Tensor, horizon: int, expert: str) -> None:
     """
     if not isinstance(context, torch.Tensor) or context.ndim != 2:
         shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
-        raise ValueError(f"{expert} context must be a 2-D tensor (B, L), got {shape}")
+        raise ValueError(
+            f"{expert} context must be a 2-D tensor, i.e. a (B, L) tensor, got {shape}"
+        )
     if not context.is_floating_point():
         raise ValueError(f"{expert} context must be floating point (float32), got {context.dtype}")
     if context.shape[1] == 0:
         raise ValueError(f"{expert} context must have at least one column, got (B, 0)")
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"{expert} horizon must be a positive int, got {horizon!r}")
-    if torch.isinf(context).any():
-        raise ValueError(f"{expert} context contains +-inf; only NaN may mark missing values")
+        raise ValueError(
+            f"{expert} horizon must be an int >= 1, got {horizon!r} (a positive int, not a bool)"
+        )
+    infinite = torch.isinf(context).any(dim=1)  # (B,)
+    if infinite.any():
+        rows = infinite.nonzero().flatten()[:10].tolist()
+        raise ValueError(
+            f"{expert} context rows {rows} contain +-inf; only NaN may mark missing values"
+        )
 
 
 def check_observed_rows(context: torch.Tensor, expert: str, where: str = "") -> None:
     """``ValueError`` naming the rows (first 10) of ``context`` ``(B, L)`` that are all NaN.
 
-    ``where`` is appended to the message, e.g. ``" in their last 512 steps"``.
+    ``where`` follows "no observed value", e.g. ``" in their last 512 steps"``.
     """
     empty_rows = torch.isnan(context).all(dim=1).nonzero().flatten()
     if empty_rows.numel():
         raise ValueError(
-            f"{expert} context rows {empty_rows[:10].tolist()} have no observed value"
-            f" (all NaN){where}"
+            f"{expert} context rows {empty_rows[:10].tolist()} have no observed value{where}"
+            " (all NaN)"
         )
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "torch_dtype",
     "SeasonAware",
     "for_season",
+    "LegacyKeyed",
+    "legacy_cache_keys",
 ]
 
 #: The torch dtype of each ``ExpertConfig.dtype`` name (the one map every adapter uses).
@@ -126,6 +128,27 @@ def for_season(expert: Expert, season_length: int) -> Expert:
     if isinstance(expert, SeasonAware):
         return expert.with_season_length(season_length)
     return expert
+
+
+@runtime_checkable
+class LegacyKeyed(Protocol):
+    """An expert whose ``cache_key`` an older version of this code spelled differently.
+
+    ``legacy_cache_keys`` are the keys under which older versions stored this exact model's
+    forecasts; the cache reads rows stored under them as its own, so a store filled before a
+    spelling change keeps its hits (Time-MoE's local-directory label was ``sha256-...`` until
+    2026-12, ``sha256:...`` since). New rows are always written under ``cache_key``.
+    """
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        """Older spellings of ``cache_key`` for the same model (may be empty)."""
+        ...
+
+
+def legacy_cache_keys(expert: Expert) -> tuple[str, ...]:
+    """``expert.legacy_cache_keys`` where the expert has them, else ``()``."""
+    return tuple(expert.legacy_cache_keys) if isinstance(expert, LegacyKeyed) else ()
 
 
 class ExpertLoadError(RuntimeError):

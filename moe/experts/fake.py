@@ -13,10 +13,10 @@ import torch
 
 from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertForecast
 
-__all__ = ["FakeExpert", "fake_trio"]
+__all__ = ["FakeForecaster", "fake_trio"]
 
 
-class FakeExpert:
+class FakeForecaster:
     """``point[b, h] = offset + factor * last observed value of row b`` (NaN-aware)."""
 
     def __init__(self, name: str, factor: float = 1.0, offset: float = 0.0) -> None:
@@ -48,10 +48,10 @@ class FakeExpert:
         return ExpertForecast(point=point.float(), quantiles=quantiles.float())
 
 
-def fake_trio() -> list[FakeExpert]:
+def fake_trio() -> list[FakeForecaster]:
     """Three distinguishable fakes named like the seed's experts."""
     return [
-        FakeExpert("moirai", factor=1.0),
-        FakeExpert("timemoe", factor=0.5, offset=1.0),
-        FakeExpert("timesfm", factor=2.0, offset=-1.0),
+        FakeForecaster("moirai", factor=1.0),
+        FakeForecaster("timemoe", factor=0.5, offset=1.0),
+        FakeForecaster("timesfm", factor=2.0, offset=-1.0),
     ]

@@ -36,20 +36,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from moe.experts._loading import check_inputs, fingerprint
+from moe.experts._loading import check_inputs, fingerprint, import_extra
 from moe.experts.base import (
     QUANTILE_LEVELS,
     ExpertCapabilities,
     ExpertConfig,
     ExpertForecast,
     ExpertLoadError,
-    MissingExtraError,
 )
 
 if TYPE_CHECKING:
     from fracast import FracastModel
 
-__all__ = ["MIN_OBSERVED", "FracastExpert", "build"]
+__all__ = ["MIN_OBSERVED", "FracastForecaster", "build"]
 
 _log = logging.getLogger(__name__)
 _NAME = "fracast"
@@ -63,7 +62,7 @@ MIN_OBSERVED = 8
 POLICY_VERSION = 1
 
 
-class FracastExpert:
+class FracastForecaster:
     """A loaded, frozen Fracast-0 model behind the ``Expert`` protocol."""
 
     name = _NAME
@@ -137,13 +136,9 @@ class FracastExpert:
         )
 
 
-def build(config: ExpertConfig) -> FracastExpert:
+def build(config: ExpertConfig) -> FracastForecaster:
     """Load Fracast-0 (bundled weights unless ``config.checkpoint`` names others)."""
-    try:
-        import fracast
-        from fracast import FracastModel
-    except ImportError as error:
-        raise MissingExtraError(_NAME, "fracast", "fracast") from error
+    fracast = import_extra("fracast", expert=_NAME, extra="fracast", package="fracast")
     if config.revision is not None:
         raise ExpertLoadError(
             f"fracast cannot pin a hub revision (got revision={config.revision!r}); "
@@ -152,7 +147,8 @@ def build(config: ExpertConfig) -> FracastExpert:
     if config.dtype != "float32":
         _log.info("fracast runs in float32; ignoring dtype=%s", config.dtype)
     if config.checkpoint is None:
-        directory, kind = Path(fracast.__file__).resolve().parent / "weights", "bundled"
+        package = Path(str(fracast.__file__)).resolve().parent
+        directory, kind = package / "weights", "bundled"
     else:
         directory, kind = Path(config.checkpoint).expanduser(), "local"
         if not directory.is_dir():
@@ -161,7 +157,9 @@ def build(config: ExpertConfig) -> FracastExpert:
                 f"local directory holding {', '.join(_WEIGHT_FILES)}; got {config.checkpoint!r}"
             )
     try:
-        model = FracastModel.from_pretrained(directory, weights=_WEIGHTS, device=config.device)
+        model = fracast.FracastModel.from_pretrained(
+            directory, weights=_WEIGHTS, device=config.device
+        )
         # sha256 (12 hex) over the config and the fp32 weights loaded; part of the cache key
         identity = f"{kind}@{fingerprint([directory / f for f in _WEIGHT_FILES], digits=12)}"
     except (OSError, ValueError, RuntimeError, KeyError) as error:
@@ -170,4 +168,4 @@ def build(config: ExpertConfig) -> FracastExpert:
             f"{error}. Use checkpoint=None for the bundled weights, or a directory holding "
             f"{', '.join(_WEIGHT_FILES)}"
         ) from error
-    return FracastExpert(model, identity=identity, batch_size=config.batch_size)
+    return FracastForecaster(model, identity=identity, batch_size=config.batch_size)

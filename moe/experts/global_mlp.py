@@ -37,7 +37,7 @@ from moe.intervals import interval_scale
 __all__ = [
     "NAME",
     "GlobalMLPConfig",
-    "GlobalMLPExpert",
+    "GlobalMLPForecaster",
     "train_global_mlp",
     "save_global_mlp",
     "build",
@@ -103,7 +103,7 @@ def _fingerprint(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
-class GlobalMLPExpert:
+class GlobalMLPForecaster:
     """The trained MLP behind the ``Expert`` protocol (point forecasts, CPU or GPU)."""
 
     name = NAME
@@ -179,7 +179,7 @@ class GlobalMLPExpert:
 
 def train_global_mlp(
     context: np.ndarray, target: np.ndarray, config: GlobalMLPConfig = GlobalMLPConfig()
-) -> tuple[GlobalMLPExpert, dict[str, Any]]:
+) -> tuple[GlobalMLPForecaster, dict[str, Any]]:
     """Train on windows ``context`` ``(N, L)`` -> ``target`` ``(N, H)`` (NaN targets are
     left out of the loss); returns the expert and a training report.
 
@@ -223,7 +223,7 @@ def train_global_mlp(
             losses.append(total / x.shape[0])
             if time.perf_counter() - started > config.max_seconds:
                 break
-    expert = GlobalMLPExpert(network, input_length, horizon, config.width)
+    expert = GlobalMLPForecaster(network, input_length, horizon, config.width)
     report = {
         "windows": int(x.shape[0]),
         "epochs": len(losses),
@@ -234,7 +234,7 @@ def train_global_mlp(
     return expert, report
 
 
-def save_global_mlp(expert: GlobalMLPExpert, path: str | Path) -> Path:
+def save_global_mlp(expert: GlobalMLPForecaster, path: str | Path) -> Path:
     """Write the checkpoint (plain data and tensors) via a temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def save_global_mlp(expert: GlobalMLPExpert, path: str | Path) -> Path:
     return path
 
 
-def build(config: ExpertConfig) -> GlobalMLPExpert:
+def build(config: ExpertConfig) -> GlobalMLPForecaster:
     """Load the trained expert from ``config.checkpoint`` (a ``.pt`` from ``save_global_mlp``)."""
     if config.checkpoint is None:
         raise ExpertLoadError(
@@ -273,7 +273,7 @@ def build(config: ExpertConfig) -> GlobalMLPExpert:
         )
     network = _network(int(raw["input_length"]), int(raw["horizon"]), int(raw["width"]))
     network.load_state_dict(raw["state"])
-    expert = GlobalMLPExpert(
+    expert = GlobalMLPForecaster(
         network,
         int(raw["input_length"]),
         int(raw["horizon"]),

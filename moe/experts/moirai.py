@@ -46,29 +46,25 @@ import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from moe.experts._loading import (
     WeightsSpec,
-    check_device,
     check_inputs,
     check_observed_rows,
-    fingerprint,
-    how_to_provide,
-    resolve_weights,
+    import_extra,
+    load_weights,
 )
+from moe.experts._moirai_tokens import Tokens, append, fields, repeat, tokenize
 from moe.experts.base import (
     QUANTILE_LEVELS,
     TORCH_DTYPES,
     ExpertCapabilities,
     ExpertConfig,
     ExpertForecast,
-    ExpertLoadError,
-    MissingExtraError,
     torch_dtype,
 )
 
@@ -80,7 +76,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "MAX_CONTEXT",
     "NUM_SAMPLES",
-    "MoiraiExpert",
+    "MoiraiForecaster",
     "build",
 ]
 
@@ -96,7 +92,7 @@ NUM_SAMPLES = 100
 TOKENS_PER_CALL = 1 << 17
 
 _NAME = "moirai"
-_DISPLAY = "Moirai"  # in input and configuration errors; load errors say "Moirai-MoE"
+_DISPLAY = "Moirai"  # in input errors; load, dtype and device errors say "Moirai-MoE"
 _WEIGHT_FILES = ("config.json", "model.safetensors")
 _SUPPORTED_DTYPES = ("float32", "bfloat16")
 _MEDIAN = QUANTILE_LEVELS.index(0.5)
@@ -107,24 +103,13 @@ _WEIGHTS = WeightsSpec(
     hub_patterns=_WEIGHT_FILES,
     required=_WEIGHT_FILES,
     layout="config.json and model.safetensors (as MoiraiMoEModule.save_pretrained writes them)",
-    # "sha256:" + 16 hex digits over config and weights; part of cache keys: never change it
-    local_revision=lambda directory: (
-        "sha256:" + fingerprint([directory / f for f in _WEIGHT_FILES])
-    ),
+    content_files=lambda directory: [directory / f for f in _WEIGHT_FILES],
+    dtypes=_SUPPORTED_DTYPES,  # the module runs in float32, bfloat16 under autocast
+    dtype_hint=" (float16 is not supported; use bfloat16 on GPUs)",
 )
 
 
-@dataclass(frozen=True)
-class _Tokens:
-    """Patched sequences as ``MoiraiMoEModule.forward`` takes them (n sequences, T patches)."""
-
-    target: torch.Tensor  # (n, T, P) float32, unobserved points filled
-    observed: torch.Tensor  # (n, T, P) bool
-    sample_id: torch.Tensor  # (n, T) long, 0 for a patch that is all padding
-    time_id: torch.Tensor  # (n, T) long
-
-
-class MoiraiExpert:
+class MoiraiForecaster:
     """A loaded, frozen Moirai-MoE module behind the ``Expert`` protocol."""
 
     name = _NAME
@@ -225,22 +210,22 @@ class MoiraiExpert:
 
     def _sample_paths(self, rows: torch.Tensor, horizon: int) -> torch.Tensor:
         """Rows ``(b, L)`` float32 on the module's device -> sample paths ``(b, S, H)``."""
-        tokens = _tokenize(rows, self._patch)
+        tokens = tokenize(rows, self._patch)
         n_rows, n_samples = rows.shape[0], self._num_samples
         params, loc, scale = self._next_patch_params(tokens)
         paths = self._draw(params, loc, scale, step=0, sample_shape=(n_samples,))  # (b*S, P)
         paths = paths.view(n_rows, n_samples, 1, self._patch)
         steps = math.ceil(horizon / self._patch)
-        context = _repeat(tokens, n_samples) if steps > 1 else tokens  # (b*S, T, P)
+        context = repeat(tokens, n_samples) if steps > 1 else tokens  # (b*S, T, P)
         last_time = tokens.time_id.max(dim=1).values.repeat_interleave(n_samples)  # (b*S,)
         for step in range(1, steps):
-            extended = _append(context, paths.flatten(0, 1), last_time)
+            extended = append(context, paths.flatten(0, 1), last_time)
             params, loc, scale = self._next_patch_params(extended)
             patch = self._draw(params, loc, scale, step=step, sample_shape=())  # (b*S, P)
             paths = torch.cat([paths, patch.view(n_rows, n_samples, 1, self._patch)], dim=2)
         return paths.flatten(2)[..., :horizon]
 
-    def _next_patch_params(self, tokens: _Tokens) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def _next_patch_params(self, tokens: Tokens) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """Distribution of the patch after each sequence's last one.
 
         Returns the parameter pytree (leaves ``(n, P, ...)``, float32) and loc, scale ``(n, 1)``.
@@ -248,7 +233,7 @@ class MoiraiExpert:
         n, length = tokens.sample_id.shape
         per_call = max(1, TOKENS_PER_CALL // length)
         chunks = [
-            self._forward_last(_Tokens(*(t[i : i + per_call] for t in _fields(tokens))))
+            self._forward_last(Tokens(*(t[i : i + per_call] for t in fields(tokens))))
             for i in range(0, n, per_call)
         ]
         if len(chunks) == 1:
@@ -256,7 +241,7 @@ class MoiraiExpert:
         params = _tree_cat([c[0] for c in chunks])
         return params, torch.cat([c[1] for c in chunks]), torch.cat([c[2] for c in chunks])
 
-    def _forward_last(self, tokens: _Tokens) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    def _forward_last(self, tokens: Tokens) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """One ``MoiraiMoEModule.forward``; keeps only the last patch's distribution parameters."""
         captured: list[Any] = []
 
@@ -318,80 +303,20 @@ class MoiraiExpert:
         return torch.cat(draws)
 
 
-def build(config: ExpertConfig) -> MoiraiExpert:
+def build(config: ExpertConfig) -> MoiraiForecaster:
     """Load Moirai-MoE as configured (checkpoint, revision, device, dtype, batch size)."""
-    try:
-        from uni2ts.model.moirai_moe import MoiraiMoEModule
-    except ImportError as error:
-        raise MissingExtraError(_NAME, "moirai", "uni2ts") from error
-
-    torch_dtype(
-        config.dtype,
-        _SUPPORTED_DTYPES,
-        "Moirai",
-        " (float16 is not supported; use bfloat16 on GPUs)",
-    )
-    device = check_device(config.device, _DISPLAY)
-    source = resolve_weights(_WEIGHTS, config)
-    try:
-        module = MoiraiMoEModule.from_pretrained(str(source.directory), strict=True)
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
-        raise ExpertLoadError(
-            f"Moirai-MoE weights in {source.directory} could not be loaded"
-            f" ({type(error).__name__}: {error}). {how_to_provide(_WEIGHTS)}"
-        ) from error
-    return MoiraiExpert(
-        module.to(device),
-        identity=source.identity,
-        dtype=config.dtype,
-        batch_size=config.batch_size,
+    library = import_extra(
+        "uni2ts.model.moirai_moe", expert=_NAME, extra="moirai", package="uni2ts"
     )
 
+    def load(directory: Path, _dtype: torch.dtype) -> MoiraiMoEModule:
+        # float32 weights whatever the dtype: bfloat16 runs under autocast (module docstring)
+        return library.MoiraiMoEModule.from_pretrained(str(directory), strict=True)
 
-def _tokenize(rows: torch.Tensor, patch: int) -> _Tokens:
-    """Rows ``(b, L)`` with NaN -> left-padded patches ``(b, T, P)``, ``T = ceil(L / P)``."""
-    observed = ~torch.isnan(rows)  # (b, L)
-    started = observed.cumsum(dim=1) > 0  # (b, L): False on the leading NaN run (padding)
-    filled = _causal_mean_fill(rows, observed)
-    filled = torch.where(started, filled, torch.zeros_like(filled))
-    pad = -rows.shape[1] % patch
-    filled = F.pad(filled, (pad, 0)).unflatten(1, (-1, patch))  # (b, T, P)
-    observed = F.pad(observed, (pad, 0), value=False).unflatten(1, (-1, patch))
-    real = F.pad(started, (pad, 0), value=False).unflatten(1, (-1, patch))
-    sample_id = real.any(dim=2).long()  # (b, T)
-    # uni2ts numbers patches from the first one holding an observation; earlier ones share 0
-    seen = observed.any(dim=2).long().cummax(dim=1).values
-    time_id = (seen.cumsum(dim=1) - 1).clamp(min=0)  # (b, T)
-    return _Tokens(filled, observed, sample_id, time_id)
-
-
-def _causal_mean_fill(rows: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-    """``NaN`` -> mean of the observed points before it (float64 sums); ``(b, L)`` -> ``(b, L)``."""
-    values = torch.where(observed, rows, torch.zeros_like(rows)).double()
-    running_mean = values.cumsum(dim=1) / observed.cumsum(dim=1).clamp(min=1)
-    return torch.where(observed, rows, running_mean.to(rows.dtype))
-
-
-def _repeat(tokens: _Tokens, times: int) -> _Tokens:
-    """Each sequence ``times`` times in a row: ``(n, ...)`` -> ``(n * times, ...)``."""
-    return _Tokens(*(t.repeat_interleave(times, dim=0) for t in _fields(tokens)))
-
-
-def _append(context: _Tokens, patches: torch.Tensor, last_time: torch.Tensor) -> _Tokens:
-    """Context ``(n, T, P)`` + sampled patches ``(n, k, P)`` as observed data -> ``(n, T+k, P)``."""
-    n, k, _ = patches.shape
-    ones = torch.ones(n, k, dtype=torch.long, device=patches.device)
-    times = last_time[:, None] + torch.arange(1, k + 1, device=patches.device)  # (n, k)
-    return _Tokens(
-        torch.cat([context.target, patches], dim=1),
-        torch.cat([context.observed, torch.ones_like(patches, dtype=torch.bool)], dim=1),
-        torch.cat([context.sample_id, ones], dim=1),
-        torch.cat([context.time_id, times], dim=1),
+    module, source = load_weights(_WEIGHTS, config, load)
+    return MoiraiForecaster(
+        module, identity=source.identity, dtype=config.dtype, batch_size=config.batch_size
     )
-
-
-def _fields(tokens: _Tokens) -> tuple[torch.Tensor, ...]:
-    return (tokens.target, tokens.observed, tokens.sample_id, tokens.time_id)
 
 
 def _tree_map(function: Any, tree: Any) -> Any:

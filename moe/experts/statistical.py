@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from moe.experts._loading import check_inputs
+from moe.experts._loading import check_inputs, import_extra
 from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertConfig, ExpertForecast
 
 __all__ = [
     "POLICY_VERSION",
-    "StatisticalExpert",
+    "StatisticalForecaster",
     "build_seasonal_naive",
     "build_autoets",
     "build_autotheta",
@@ -111,7 +111,7 @@ def _fill_gaps(row: np.ndarray) -> np.ndarray:
     return np.interp(positions, positions[observed], values[observed])
 
 
-class StatisticalExpert:
+class StatisticalForecaster:
     """One statsforecast model behind the ``Expert`` protocol, fitted per row."""
 
     def __init__(
@@ -141,7 +141,7 @@ class StatisticalExpert:
         self._season_length = season_length
         self._version = version
         self._factory = factory
-        self._variants: dict[int, StatisticalExpert] = {season_length: self}
+        self._variants: dict[int, StatisticalForecaster] = {season_length: self}
         self._min_length = _MIN_LENGTH[model_name]
         self._seasonal = factory(season_length)
         self._plain = factory(1) if season_length > 1 else self._seasonal
@@ -168,11 +168,11 @@ class StatisticalExpert:
         """The seasonal period this instance fits with (1 = none)."""
         return self._season_length
 
-    def with_season_length(self, season_length: int) -> StatisticalExpert:
+    def with_season_length(self, season_length: int) -> StatisticalForecaster:
         """The same model for period ``season_length`` (built once, then reused)."""
         season_length = int(season_length)
         if season_length not in self._variants:
-            variant = StatisticalExpert(
+            variant = StatisticalForecaster(
                 self.name,
                 self._model_name,
                 self._factory,
@@ -259,17 +259,16 @@ class StatisticalExpert:
         return self._run(self._naive, series, horizon, index, failures)
 
 
-def _build(name: str, model_name: str, config: ExpertConfig) -> StatisticalExpert:
+def _build(name: str, model_name: str, config: ExpertConfig) -> StatisticalForecaster:
     """Import statsforecast (the ``stats`` extra) and wrap ``model_name``."""
-    try:
-        import statsforecast
-        from statsforecast import models
-    except ImportError as error:
-        from moe.experts.base import MissingExtraError
-
-        raise MissingExtraError(name, "stats", "statsforecast") from error
+    statsforecast = import_extra(
+        "statsforecast", expert=name, extra="stats", package="statsforecast"
+    )
+    models = import_extra(
+        "statsforecast.models", expert=name, extra="stats", package="statsforecast"
+    )
     model_class = getattr(models, model_name)
-    return StatisticalExpert(
+    return StatisticalForecaster(
         name,
         model_name,
         lambda season_length: model_class(season_length=season_length),
@@ -278,32 +277,32 @@ def _build(name: str, model_name: str, config: ExpertConfig) -> StatisticalExper
     )
 
 
-def build_seasonal_naive(config: ExpertConfig) -> StatisticalExpert:
+def build_seasonal_naive(config: ExpertConfig) -> StatisticalForecaster:
     """SeasonalNaive with ``config.season_length`` (Naive when it is 1 or the row is short)."""
     return _build("seasonal_naive", "SeasonalNaive", config)
 
 
-def build_autoets(config: ExpertConfig) -> StatisticalExpert:
+def build_autoets(config: ExpertConfig) -> StatisticalForecaster:
     """AutoETS (model ``ZZZ``, AICc selection) with ``config.season_length``."""
     return _build("autoets", "AutoETS", config)
 
 
-def build_autotheta(config: ExpertConfig) -> StatisticalExpert:
+def build_autotheta(config: ExpertConfig) -> StatisticalForecaster:
     """AutoTheta (STM/OTM/DSTM/DOTM by MSE) with ``config.season_length``."""
     return _build("autotheta", "AutoTheta", config)
 
 
-def build_dynamic_theta(config: ExpertConfig) -> StatisticalExpert:
+def build_dynamic_theta(config: ExpertConfig) -> StatisticalForecaster:
     """DynamicOptimizedTheta (DOTM: theta and the drift optimised, dynamic) per row."""
     return _build("dynamic_theta", "DynamicOptimizedTheta", config)
 
 
-def build_autoces(config: ExpertConfig) -> StatisticalExpert:
+def build_autoces(config: ExpertConfig) -> StatisticalForecaster:
     """AutoCES (complex exponential smoothing, N/S/P/F chosen by AICc) per row."""
     return _build("autoces", "AutoCES", config)
 
 
-def build_autoarima(config: ExpertConfig) -> StatisticalExpert:
+def build_autoarima(config: ExpertConfig) -> StatisticalForecaster:
     """AutoARIMA (stepwise Hyndman-Khandakar search). About 10x AutoETS's fit time per row:
     roughly 0.5 s per 126-point monthly series on one core here."""
     return _build("autoarima", "AutoARIMA", config)

@@ -10,7 +10,8 @@ Weights
     ``*.safetensors`` (never the hub's remote code). Weights that cannot be found, or that
     do not match the architecture, raise ``ExpertLoadError`` saying where we looked and
     how to provide them; nothing ever falls back to other (or random) weights. The cache
-    key names the resolved hub commit, or a content hash of a local directory.
+    key names the resolved hub commit, or a content hash of a local directory
+    (``sha256:...``; the key older versions spelled ``sha256-...`` is ``legacy_cache_keys``).
 
 Library
     transformers 5 has no Time-MoE class and the hub's remote code targets transformers
@@ -63,14 +64,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from moe.experts import _timemoe_mask
-from moe.experts._loading import WeightsSpec, fingerprint, how_to_provide, resolve_weights
+from moe.experts._loading import (
+    WeightsSpec,
+    check_inputs,
+    check_observed_rows,
+    from_pretrained_strict,
+    import_extra,
+    load_weights,
+)
 from moe.experts.base import (
     TORCH_DTYPES,
     ExpertCapabilities,
     ExpertConfig,
     ExpertForecast,
     ExpertLoadError,
-    MissingExtraError,
 )
 
 if TYPE_CHECKING:
@@ -96,15 +103,11 @@ ATTENTION_BUDGET_BYTES = 4 * 2**30
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def _directory_hash(directory: Path) -> str:
-    """Content hash of a local checkpoint's config and weight files (16 hex digits).
-
-    Part of cache keys (``sha256-`` + names and bytes, sorted): never change what it hashes.
-    """
-    files = sorted(
+def _content_files(directory: Path) -> list[Path]:
+    """Config and weight files of a local checkpoint, sorted; their names and bytes label it."""
+    return sorted(
         p for p in directory.iterdir() if p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES
     )
-    return "sha256-" + fingerprint(files, with_names=True)
 
 
 # No required files: transformers names what a directory lacks when it loads it.
@@ -115,7 +118,10 @@ _WEIGHTS = WeightsSpec(
     hub_patterns=("*.json", "*.safetensors"),  # never the hub's remote code
     required=(),
     layout="config.json and model.safetensors",
-    local_revision=_directory_hash,
+    content_files=_content_files,
+    hash_names=True,
+    # Until 2026-12 this adapter spelled the label "sha256-"; stores keep those cache rows
+    legacy_prefixes=("sha256-",),
 )
 
 
@@ -124,7 +130,15 @@ class TimeMoEForecaster:
 
     name = "timemoe"
 
-    def __init__(self, model: nn.Module, checkpoint: str, revision: str, config: ExpertConfig):
+    def __init__(
+        self,
+        model: nn.Module,
+        checkpoint: str,
+        revision: str,
+        config: ExpertConfig,
+        *,
+        revision_aliases: tuple[str, ...] = (),
+    ):
         """Wrap an already loaded ``TimeMoeForPrediction``; use ``build()`` to load one.
 
         Args:
@@ -132,6 +146,7 @@ class TimeMoEForecaster:
             checkpoint: What was loaded (hub id or absolute directory), for the cache key.
             revision: Resolved revision (hub commit) or content hash of a local directory.
             config: Device, dtype and batch size to run with.
+            revision_aliases: Labels older versions gave ``revision`` (``legacy_cache_keys``).
         """
         model_config: Any = model.config
         if model_config.input_size != 1:
@@ -151,6 +166,7 @@ class TimeMoEForecaster:
         self._num_heads = int(model_config.num_attention_heads)
         self._checkpoint = checkpoint
         self._revision = revision
+        self._revision_aliases = revision_aliases
         max_context = min(_TIMEMOE_MAX_CONTEXT, int(model_config.max_position_embeddings))
         self.capabilities = ExpertCapabilities(
             max_context=max_context,
@@ -163,8 +179,16 @@ class TimeMoEForecaster:
     @property
     def cache_key(self) -> str:
         """``timemoe|<checkpoint>|<revision>|<dtype>|ctx<max_context>``."""
+        return self._key(self._revision)
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        """The keys older versions wrote for this model (a local directory's ``sha256-`` label)."""
+        return tuple(self._key(alias) for alias in self._revision_aliases)
+
+    def _key(self, revision: str) -> str:
         return (
-            f"{self.name}|{self._checkpoint}|{self._revision}|{self._dtype}"
+            f"{self.name}|{self._checkpoint}|{revision}|{self._dtype}"
             f"|ctx{self.capabilities.max_context}"
         )
 
@@ -179,11 +203,13 @@ class TimeMoEForecaster:
             ``ExpertForecast`` with ``point`` ``(B, horizon)`` float32 on the context's
             device and ``quantiles`` ``None``.
         """
-        _check_inputs(context, horizon)
+        check_inputs(context, horizon, self.name)
         max_context = self.capabilities.max_context
         assert max_context is not None  # set in __init__
         window = context[:, -max_context:]  # a view; truncation as in the module docstring
-        _check_values(window, truncated=context.shape[1] > max_context)
+        truncated = context.shape[1] > max_context
+        where = f" in the last {window.shape[1]} columns (max_context)" if truncated else ""
+        check_observed_rows(window, self.name, where)
         chunk = self._rows_per_call(window.shape[1] + horizon)
         points = [
             self._forecast_chunk(window[start : start + chunk], horizon)
@@ -222,48 +248,24 @@ def build(config: ExpertConfig) -> TimeMoEForecaster:
         MissingExtraError: ``sktime`` or ``transformers`` is not installed.
         ExpertLoadError: The weights cannot be found or do not match the architecture.
     """
-    try:
-        import transformers  # noqa: F401  (sktime imports it lazily and would hide its absence)
-    except ImportError as exc:
-        raise MissingExtraError("timemoe", "timemoe", "transformers") from exc
-    try:
-        from sktime.libs.timemoe import TimeMoeForPrediction
-    except ImportError as exc:
-        raise MissingExtraError("timemoe", "timemoe", "sktime") from exc
+    # transformers first: sktime imports it lazily and would hide its absence
+    import_extra("transformers", expert="timemoe", extra="timemoe", package="transformers")
+    library = import_extra(
+        "sktime.libs.timemoe", expert="timemoe", extra="timemoe", package="sktime"
+    )
 
-    source = resolve_weights(_WEIGHTS, config)  # a hub snapshot or a local directory
-    model = _load(TimeMoeForPrediction, source.directory, config)
-    return TimeMoEForecaster(model, source.checkpoint, source.revision, config)
+    def load(directory: Path, dtype: torch.dtype) -> nn.Module:
+        model = from_pretrained_strict(library.TimeMoeForPrediction, directory, dtype, _WEIGHTS)
+        _restore_rotary_tables(model)
+        return model
+
+    model, source = load_weights(_WEIGHTS, config, load)
+    return TimeMoEForecaster(
+        model, source.checkpoint, source.revision, config, revision_aliases=source.aliases
+    )
 
 
 # --- loading -------------------------------------------------------------------------
-
-
-def _load(model_class: Any, directory: Path, config: ExpertConfig) -> nn.Module:
-    """Load from a checkpoint directory; a failure to read it becomes ``ExpertLoadError``."""
-    try:
-        return _from_pretrained(model_class, str(directory), config)
-    except (OSError, ValueError) as exc:
-        raise ExpertLoadError(
-            f"Time-MoE weights could not be loaded from directory {str(directory)!r}: {exc}\n"
-            + how_to_provide(_WEIGHTS)
-        ) from exc
-
-
-def _from_pretrained(model_class: Any, directory: str, config: ExpertConfig) -> nn.Module:
-    """``from_pretrained`` on a local directory that refuses partially random weights."""
-    model, info = model_class.from_pretrained(
-        directory, dtype=TORCH_DTYPES[config.dtype], local_files_only=True, output_loading_info=True
-    )
-    problems = {key: value for key, value in info.items() if value and key != "error_msgs"}
-    if problems or info.get("error_msgs"):
-        raise ExpertLoadError(
-            f"Time-MoE checkpoint {directory!r} does not match the architecture "
-            f"({problems or info['error_msgs']}); refusing to run with randomly initialised "
-            "weights. Use a Time-MoE checkpoint such as " + DEFAULT_CHECKPOINT
-        )
-    _restore_rotary_tables(model)
-    return model
 
 
 def _restore_rotary_tables(model: nn.Module) -> None:
@@ -295,32 +297,6 @@ def _restore_rotary_tables(model: nn.Module) -> None:
 
 
 # --- forecasting math ----------------------------------------------------------------
-
-
-def _check_inputs(context: torch.Tensor, horizon: int) -> None:
-    """Reject malformed calls with messages naming expected and actual values."""
-    if not isinstance(context, torch.Tensor) or context.ndim != 2:
-        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context)
-        raise ValueError(f"timemoe: context must be a (B, L) tensor, got {shape}")
-    if not context.is_floating_point():
-        raise ValueError(f"timemoe: context must be float32 (NaN = missing), got {context.dtype}")
-    if context.shape[1] < 1:
-        raise ValueError(f"timemoe: context needs >= 1 column, got shape {tuple(context.shape)}")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ValueError(f"timemoe: horizon must be an int >= 1, got {horizon!r}")
-
-
-def _check_values(window: torch.Tensor, truncated: bool) -> None:
-    """Reject rows with an infinity or without any observation, naming them (first 10)."""
-    infinite = torch.isinf(window).any(dim=1)  # (B,)
-    if bool(infinite.any()):
-        bad = infinite.nonzero().flatten()[:10].tolist()
-        raise ValueError(f"timemoe: context rows {bad} contain +-inf; use NaN for missing")
-    empty = torch.isnan(window).all(dim=1)  # (B,)
-    if bool(empty.any()):
-        bad = empty.nonzero().flatten()[:10].tolist()
-        where = f" in the last {window.shape[1]} columns (max_context)" if truncated else ""
-        raise ValueError(f"timemoe: context rows {bad} have no observed value{where} (all NaN)")
 
 
 def _fill_missing(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

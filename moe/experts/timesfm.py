@@ -42,18 +42,18 @@ KV-cached decode gives the same numbers; here the prefix is recomputed).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import torch
 
 from moe.experts._loading import (
     WeightsSpec,
-    check_device,
     check_inputs,
     check_observed_rows,
-    fingerprint,
+    from_pretrained_strict,
     how_to_provide,
-    resolve_weights,
+    import_extra,
+    load_weights,
 )
 from moe.experts.base import (
     QUANTILE_LEVELS,
@@ -61,14 +61,12 @@ from moe.experts.base import (
     ExpertConfig,
     ExpertForecast,
     ExpertLoadError,
-    MissingExtraError,
-    torch_dtype,
 )
 
 if TYPE_CHECKING:
     from transformers import TimesFm2_5ModelForPrediction
 
-__all__ = ["DEFAULT_CHECKPOINT", "CHECKPOINT_ENV_VAR", "TimesFM25Expert", "build"]
+__all__ = ["DEFAULT_CHECKPOINT", "CHECKPOINT_ENV_VAR", "TimesFMForecaster", "build"]
 
 DEFAULT_CHECKPOINT = "google/timesfm-2.5-200m-transformers"
 CHECKPOINT_ENV_VAR = "MOE_TIMESFM_CHECKPOINT"
@@ -97,15 +95,14 @@ _WEIGHTS = WeightsSpec(
     hub_patterns=("config.json", "*.safetensors", "*.safetensors.index.json"),
     required=("config.json", "*.safetensors"),
     layout="config.json and model.safetensors in the transformers layout",
-    # "sha256:" + 16 hex digits over the weight files; part of cache keys: never change it
-    local_revision=lambda directory: (
-        "sha256:" + fingerprint(sorted(directory.glob("*.safetensors")))
-    ),
+    content_files=lambda directory: sorted(directory.glob("*.safetensors")),
     validate=_check_model_type,
+    dtypes=_SUPPORTED_DTYPES,
+    dtype_hint=" (float16 is not offered for TimesFM)",
 )
 
 
-class TimesFM25Expert:
+class TimesFMForecaster:
     """A loaded, frozen TimesFM 2.5 model behind the ``Expert`` protocol."""
 
     name = _NAME
@@ -265,42 +262,17 @@ class TimesFM25Expert:
         return block, spread
 
 
-def build(config: ExpertConfig) -> TimesFM25Expert:
+def build(config: ExpertConfig) -> TimesFMForecaster:
     """Load TimesFM 2.5 as configured (checkpoint, revision, device, dtype, batch size)."""
-    try:
-        from transformers import TimesFm2_5ModelForPrediction
-    except ImportError as error:
-        raise MissingExtraError(_NAME, "timesfm", "transformers") from error
+    library = import_extra("transformers", expert=_NAME, extra="timesfm", package="transformers")
 
-    dtype = torch_dtype(
-        config.dtype, _SUPPORTED_DTYPES, "TimesFM", " (float16 is not offered for TimesFM)"
-    )
-    device = check_device(config.device, _DISPLAY)
-    source = resolve_weights(_WEIGHTS, config)
-    try:
-        loaded = TimesFm2_5ModelForPrediction.from_pretrained(
-            source.directory, dtype=dtype, output_loading_info=True
-        )
-        model, info = cast("tuple[TimesFm2_5ModelForPrediction, dict[str, Any]]", loaded)
-    except Exception as error:  # re-raised with the place; transformers' errors vary
-        raise ExpertLoadError(
-            f"TimesFM weights in {source.directory} could not be loaded:"
-            f" {type(error).__name__}: {error}"
-        ) from error
-    # transformers only warns and initialises randomly what a checkpoint lacks: refuse that
-    problems = {key: info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if any(problems.values()):
-        listed = {key: sorted(map(str, value))[:5] for key, value in problems.items() if value}
-        raise ExpertLoadError(
-            f"TimesFM weights in {source.directory} do not match the architecture"
-            f" in its config.json: {listed}"
-        )
-    model = model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to
-    return TimesFM25Expert(
-        model,
-        identity=source.identity,
-        dtype=config.dtype,
-        batch_size=config.batch_size,
+    def load(directory: Path, dtype: torch.dtype) -> TimesFm2_5ModelForPrediction:
+        model_class = library.TimesFm2_5ModelForPrediction
+        return from_pretrained_strict(model_class, directory, dtype, _WEIGHTS)
+
+    model, source = load_weights(_WEIGHTS, config, load)
+    return TimesFMForecaster(
+        model, identity=source.identity, dtype=config.dtype, batch_size=config.batch_size
     )
 
 

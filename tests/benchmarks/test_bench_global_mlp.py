@@ -9,7 +9,7 @@ import torch
 
 from benchmarks._accuracy_data import BenchSeries, make_windows
 from benchmarks.bench_accuracy import Prepared, add_global_mlp
-from moe.experts.fake import FakeExpert
+from moe.experts.fake import FakeForecaster
 
 
 def _prepared(test_offset: float) -> Prepared:
@@ -34,7 +34,7 @@ def _prepared(test_offset: float) -> Prepared:
         name="toy",
         data=data,
         windows=windows,
-        experts=[FakeExpert("fake")],
+        experts=[FakeForecaster("fake")],
         points=torch.zeros(n, 1, 6),
         quantiles=torch.zeros(n, 1, 6, 3),
         started=0.0,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moe.experts import EXPERT_NAMES, FOUNDATION_EXPERTS, Expert, build_expert
-from moe.experts.fake import FakeExpert
+from moe.experts.fake import FakeForecaster
 from tests.experts.contract import assert_expert_contract
 
 
@@ -29,7 +29,7 @@ def _tiny_global_mlp(directory: Path) -> Expert:
 def _factory(name: str) -> Callable[[Path], Expert]:
     """How the contract test gets expert ``name``: tiny real architectures for foundation ones."""
     if name == "fake":
-        return lambda _: FakeExpert("fake", factor=1.5, offset=0.5)
+        return lambda _: FakeForecaster("fake", factor=1.5, offset=0.5)
     if name == "global_mlp":
         return _tiny_global_mlp
     if name in FOUNDATION_EXPERTS:
@@ -52,7 +52,7 @@ def test_expert_contract(name: str, input_length: int, tmp_path: Path) -> None:
 def test_contract_catches_a_broken_expert() -> None:
     """Guards the contract helper itself: an expert that writes into its input must fail."""
 
-    class Mutating(FakeExpert):
+    class Mutating(FakeForecaster):
         def forecast(self, context, horizon):  # type: ignore[no-untyped-def]
             result = super().forecast(context, horizon)
             context.nan_to_num_(0.0)
@@ -65,7 +65,7 @@ def test_contract_catches_a_broken_expert() -> None:
 def test_contract_catches_batch_dependence() -> None:
     """Guards the contract helper itself: forecasts that depend on the batch must fail."""
 
-    class BatchDependent(FakeExpert):
+    class BatchDependent(FakeForecaster):
         def forecast(self, context, horizon):  # type: ignore[no-untyped-def]
             result = super().forecast(context, horizon)
             shift = float(context.shape[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe.experts import moirai
+from moe.experts import _moirai_tokens, moirai
 from moe.experts.base import (
     QUANTILE_LEVELS,
     Expert,
@@ -227,9 +227,9 @@ def test_matches_library_token_layout(expert: Expert) -> None:
         prediction_mask[:, 4] = False  # the library's autoregressive step: patch 4 now holds data
         second = module(target, observed, sample_id, time_id, variate_id, prediction_mask, sizes)
 
-        ours = moirai._tokenize(context, 16)
+        ours = _moirai_tokens.tokenize(context, 16)
         last_time = ours.time_id.max(dim=1).values
-        extended = moirai._append(ours, patch[:, None], last_time)
+        extended = _moirai_tokens.append(ours, patch[:, None], last_time)
         means = []
         for tokens_ in (ours, extended):
             params, loc, scale = expert._next_patch_params(tokens_)  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from moe.experts import (
     ExpertConfig,
     build_expert,
 )
-from moe.experts.fake import FakeExpert
+from moe.experts.fake import FakeForecaster
 from moe.experts.registry import _BUILDERS, EXTRA_STATISTICAL_EXPERTS
 from moe.seed.experts import ExpertModule, MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
 
@@ -29,10 +29,10 @@ def fake_registry(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ExpertConf
     """Replace the registry lookup in ``moe.seed.experts`` by fakes; record each request."""
     requests: list[tuple[str, ExpertConfig]] = []
 
-    def build(name: str, config: ExpertConfig | None = None) -> FakeExpert:
+    def build(name: str, config: ExpertConfig | None = None) -> FakeForecaster:
         assert config is not None
         requests.append((name, config))
-        return FakeExpert(name, factor=2.0)
+        return FakeForecaster(name, factor=2.0)
 
     monkeypatch.setattr(seed, "build_expert", build)
     return requests
@@ -60,7 +60,7 @@ def test_device_argument_overrides_the_config_device(fake_registry: list) -> Non
 
 def test_expert_module_is_frozen_and_gradient_free() -> None:
     """Guards 'frozen': no parameters or state, and no autograd graph even from a grad input."""
-    module = ExpertModule(FakeExpert("moirai"), input_length=3, pred_length=2)
+    module = ExpertModule(FakeForecaster("moirai"), input_length=3, pred_length=2)
     assert list(module.parameters()) == [] and module.state_dict() == {}
     x = torch.ones(4, 3, requires_grad=True)
     out = module(x)
@@ -70,10 +70,10 @@ def test_expert_module_is_frozen_and_gradient_free() -> None:
 def test_expert_module_does_not_register_a_module_expert() -> None:
     """Guards the gate's state_dict: an expert that is an nn.Module adds no parameters."""
 
-    class ModuleExpert(torch.nn.Module, FakeExpert):
+    class ModuleExpert(torch.nn.Module, FakeForecaster):
         def __init__(self) -> None:
             torch.nn.Module.__init__(self)
-            FakeExpert.__init__(self, "timemoe")
+            FakeForecaster.__init__(self, "timemoe")
             self.layer = torch.nn.Linear(3, 3)
 
     module = ExpertModule(ModuleExpert(), input_length=3, pred_length=1)
@@ -83,7 +83,7 @@ def test_expert_module_does_not_register_a_module_expert() -> None:
 @pytest.mark.parametrize("bad", [torch.ones(2, 5), torch.ones(4), torch.ones(1, 2, 4)])
 def test_wrong_input_shape_names_expected_and_actual(bad: torch.Tensor) -> None:
     """Guards the boundary error: it names the expected (B, input_length) and the actual shape."""
-    module = ExpertModule(FakeExpert("timesfm"), input_length=4, pred_length=2)
+    module = ExpertModule(FakeForecaster("timesfm"), input_length=4, pred_length=2)
     with pytest.raises(ValueError, match=r"expected x of shape \(B, 4\), got \(") as info:
         module(bad)
     assert str(tuple(bad.shape)) in str(info.value)

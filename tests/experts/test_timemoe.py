@@ -80,7 +80,7 @@ def test_capabilities_and_cache_key(expert: TimeMoEForecaster, tiny_dir: Path) -
     assert (caps.max_context, caps.min_context, caps.native_horizon) == (64, 1, 4)
     assert caps.quantile_levels == () and caps.handles_missing is False
     assert expert.name == "timemoe"
-    assert str(tiny_dir) in expert.cache_key and "sha256-" in expert.cache_key
+    assert str(tiny_dir) in expert.cache_key and "sha256:" in expert.cache_key
     bf16 = build(ExpertConfig(checkpoint=str(tiny_dir), dtype="bfloat16"))
     assert bf16.cache_key != expert.cache_key
 
@@ -336,6 +336,38 @@ def test_mismatched_checkpoint_is_refused(tmp_path: Path) -> None:
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ExpertLoadError, match="refusing to run with randomly initialised"):
         build(ExpertConfig(checkpoint=str(tmp_path)))
+
+
+def test_store_filled_under_the_old_sha256_dash_key_keeps_its_hits(
+    expert: TimeMoEForecaster, tiny_dir: Path, tmp_path: Path
+) -> None:
+    """Guards the cache-key spelling change (sha256- -> sha256:): old cache rows still hit."""
+    import hashlib
+
+    import numpy as np
+
+    from pipeline.precompute import load_cached, precompute_cache
+    from storage import Store
+    from storage.cache import CachedModel, window_hashes, write_forecasts
+
+    digest = hashlib.sha256()  # the label as versions before 2026-12 computed and spelled it
+    for file in sorted([tiny_dir / "config.json", *tiny_dir.glob("*.safetensors")]):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    label = digest.hexdigest()[:16]
+    old_key = f"timemoe|{tiny_dir.resolve()}|sha256-{label}|torch.float32|ctx64"
+    assert expert.legacy_cache_keys == (old_key,)
+    assert expert.cache_key == old_key.replace("sha256-", "sha256:")
+    store = Store.open(tmp_path / "store")
+    context = _series(3, 10).numpy()
+    stored = np.arange(9, dtype=np.float32).reshape(3, 3)  # not what the model would say
+    write_forecasts(
+        store, CachedModel("timemoe", old_key, 10, 3), window_hashes(context), stored, None
+    )
+    stats = precompute_cache(store, [expert], context, 3, progress=False)
+    assert stats[0].computed == 0 and stats[0].already_cached == 3
+    points, _ = load_cached(store, [expert], context, 3, with_quantiles=False)
+    assert torch.equal(points[:, 0], torch.from_numpy(stored))
 
 
 def test_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

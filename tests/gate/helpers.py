@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from moe.experts.base import ExpertForecast
-from moe.experts.fake import FakeExpert, fake_trio
+from moe.experts.fake import FakeForecaster, fake_trio
 
 __all__ = ["RecordingExpert", "recording_trio", "synthetic_windows"]
 
 
-class RecordingExpert(FakeExpert):
-    """A ``FakeExpert`` that also keeps every batch it was called with."""
+class RecordingExpert(FakeForecaster):
+    """A ``FakeForecaster`` that also keeps every batch it was called with."""
 
     def __init__(self, name: str, factor: float = 1.0, offset: float = 0.0) -> None:
         super().__init__(name, factor, offset)

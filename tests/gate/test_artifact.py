@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from moe.artifact import FORMAT_VERSION, ArtifactError, data_fingerprint, load_artifact
-from moe.experts.fake import FakeExpert, fake_trio
+from moe.experts.fake import FakeForecaster, fake_trio
 from moe.model_file import MissingExpertError, load_router
 from moe.seed.api import predict_from_model, train_and_save
 from moe.training import TrainConfig
@@ -169,7 +169,7 @@ def test_seed_file_loads_as_format_zero(tmp_path: Path) -> None:
 def test_cache_key_change_warns(trained: Path) -> None:
     """Guards provenance: an expert that differs from the one trained with is reported."""
     experts = fake_trio()
-    experts[0] = FakeExpert("moirai", factor=1.5)
+    experts[0] = FakeForecaster("moirai", factor=1.5)
     with pytest.warns(UserWarning, match="'moirai' is 'fake:moirai:factor=1.5"):
         load_router(trained, experts=experts)
 

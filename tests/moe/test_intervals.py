@@ -9,7 +9,7 @@ import torch
 
 from moe.artifact import GateArtifact, load_artifact, save_artifact
 from moe.experts.base import QUANTILE_LEVELS, ExpertForecast
-from moe.experts.fake import FakeExpert
+from moe.experts.fake import FakeForecaster
 from moe.intervals import (
     IntervalModel,
     ResidualQuantileExpert,
@@ -86,7 +86,7 @@ def test_few_windows_use_the_pooled_factor() -> None:
     assert np.isfinite(factors).all()
 
 
-class _PointOnly(FakeExpert):
+class _PointOnly(FakeForecaster):
     """A fake without quantiles (like Time-MoE)."""
 
     def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:

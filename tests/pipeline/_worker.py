@@ -8,14 +8,14 @@ import time
 import torch
 
 from moe.experts.base import ExpertForecast
-from moe.experts.fake import FakeExpert, fake_trio
+from moe.experts.fake import FakeForecaster, fake_trio
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
 from pipeline.retrain import retrain
 from storage import Store
 
 
-class SlowFake(FakeExpert):
+class SlowFake(FakeForecaster):
     """A fake that takes ``delay`` seconds per call, so a kill lands mid-run."""
 
     def __init__(self, name: str, factor: float, offset: float, delay: float) -> None:
@@ -27,7 +27,7 @@ class SlowFake(FakeExpert):
         return super().forecast(context, horizon)
 
 
-def slow_trio(delay: float) -> list[FakeExpert]:
+def slow_trio(delay: float) -> list[FakeForecaster]:
     return [SlowFake(e.name, e.factor, e.offset, delay) for e in fake_trio()]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from moe.artifact import load_artifact
 from moe.experts.base import ExpertForecast
-from moe.experts.fake import FakeExpert
+from moe.experts.fake import FakeForecaster
 from moe.intervals import IntervalModel
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
@@ -19,7 +19,7 @@ from storage.schemas import QUANTILE_COLUMNS
 from storage.sql import query
 
 
-class _PointOnly(FakeExpert):
+class _PointOnly(FakeForecaster):
     """A fake without quantiles (like Time-MoE)."""
 
     def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:

@@ -13,7 +13,7 @@ import torch
 
 from moe.artifact import load_artifact
 from moe.experts.base import QUANTILE_LEVELS, ExpertForecast
-from moe.experts.fake import FakeExpert
+from moe.experts.fake import FakeForecaster
 from moe.router import select_top2
 from moe.training import TrainConfig, train_gate
 from pipeline.config import RetrainConfig
@@ -58,7 +58,7 @@ def test_constant_pair_gate_routes_every_window_to_the_pair() -> None:
     torch.testing.assert_close(selection.weights, torch.tensor([[0.8, 0.2]]).expand(20, 2))
 
 
-class _Slope(FakeExpert):
+class _Slope(FakeForecaster):
     """Forecasts ``last + slope * h``: right on series that move by ``slope`` per step."""
 
     def __init__(self, name: str, slope: float) -> None:
@@ -104,8 +104,8 @@ def _config(path: Path, **train: object) -> RetrainConfig:
     )
 
 
-def _experts() -> list[FakeExpert]:
-    return [_Slope("up", 1.0), _Slope("down", -1.0), FakeExpert("double", factor=2.0)]
+def _experts() -> list[FakeForecaster]:
+    return [_Slope("up", 1.0), _Slope("down", -1.0), FakeForecaster("double", factor=2.0)]
 
 
 def test_gate_that_routes_well_is_registered_and_promoted(store: Store, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moe.experts.base import ExpertForecast
-from moe.experts.fake import FakeExpert, fake_trio
+from moe.experts.fake import FakeForecaster, fake_trio
 from pipeline.precompute import load_cached, precompute_cache
 from storage import Store
 
@@ -29,7 +29,7 @@ def test_rerun_does_no_expert_work(store: Store) -> None:
 
 def test_new_series_compute_only_what_is_missing(store: Store) -> None:
     """Adding windows computes only the new ones; duplicates inside a batch run once."""
-    expert = FakeExpert("moirai")
+    expert = FakeForecaster("moirai")
     old = _context(20)
     precompute_cache(store, [expert], old, 3, progress=False)
     new = np.concatenate([old, _context(5, seed=1), _context(5, seed=1)])
@@ -37,7 +37,7 @@ def test_new_series_compute_only_what_is_missing(store: Store) -> None:
     assert expert.calls == 25 and stats[0].computed == 5 and stats[0].distinct == 25
 
 
-class _CrashingExpert(FakeExpert):
+class _CrashingExpert(FakeForecaster):
     """Fails on its n-th forecast call, like a process killed mid-precompute."""
 
     def __init__(self, fail_on_call: int) -> None:
@@ -61,7 +61,7 @@ def test_interrupted_precompute_resumes(store: Store) -> None:
             store, [crashing], context, 3, batch_size=10, rows_per_part=20, progress=False
         )
     assert crashing.calls == 40  # two whole parts landed
-    resumed = FakeExpert("moirai")
+    resumed = FakeForecaster("moirai")
     stats = precompute_cache(store, [resumed], context, 3, batch_size=10, progress=False)
     assert stats[0].already_cached == 40 and resumed.calls == 60
 
@@ -82,7 +82,7 @@ def test_read_back_matches_live_forecasts(store: Store) -> None:
 def test_missing_windows_raise(store: Store) -> None:
     """Reading windows that were never computed names the expert and the count."""
     with pytest.raises(LookupError, match="moirai"):
-        load_cached(store, [FakeExpert("moirai")], _context(3), 2)
+        load_cached(store, [FakeForecaster("moirai")], _context(3), 2)
 
 
 def test_a_batch_cached_meanwhile_is_not_stored_twice(store: Store) -> None:
@@ -100,3 +100,39 @@ def test_a_batch_cached_meanwhile_is_not_stored_twice(store: Store) -> None:
     assert sorted(rows) == sorted(hashes)
     parts = store.table_dir("expert_forecasts").glob("cache=*/*.parquet")
     assert sorted(p.stem for p in parts if "_empty" not in str(p)) == ["first", "second"]
+
+
+class _KeySpelledAnew(FakeForecaster):
+    """A fake whose ``cache_key`` an older version spelled ``old:<name>``."""
+
+    @property
+    def cache_key(self) -> str:
+        return f"new:{self.name}"
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        return (f"old:{self.name}",)
+
+
+class _KeySpelledOld(FakeForecaster):
+    """The same model as an older version keyed it."""
+
+    @property
+    def cache_key(self) -> str:
+        return f"old:{self.name}"
+
+
+def test_rows_under_an_older_key_spelling_stay_cache_hits(store: Store) -> None:
+    """Guards legacy_cache_keys: rows stored under an old key spelling are read, not recomputed."""
+    from storage.sql import query
+
+    context = _context(10)
+    precompute_cache(store, [_KeySpelledOld("timemoe", factor=3.0)], context[:6], 3, progress=False)
+    expert = _KeySpelledAnew("timemoe", factor=3.0)
+    stats = precompute_cache(store, [expert], context, 3, progress=False)
+    assert expert.calls == 4 and stats[0].already_cached == 6 and stats[0].computed == 4
+    points, _ = load_cached(store, [expert], context, 3)
+    expected = FakeForecaster("timemoe", factor=3.0).forecast(torch.from_numpy(context), 3).point
+    torch.testing.assert_close(points[:, 0], expected)
+    keys = query(store, "SELECT cache_key FROM expert_forecasts").column(0).to_pylist()
+    assert sorted(keys) == ["new:timemoe"] * 4 + ["old:timemoe"] * 6  # new rows: new key only
