@@ -5,7 +5,7 @@
 the ``.pt`` artifact. ``predict_from_model`` loads the artifact, rebuilds its experts and
 forecasts the last ``input_length`` points of one series.
 
-Windows (``TrainConfig.windowing``):
+Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 
 * ``"rolling"`` (default): rolling origins stepping back from each series' end by
   ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series. The
@@ -53,7 +53,7 @@ from moe.experts.base import (
 from moe.precompute import forecast_all
 from moe.router import SEED_EXPERTS, MoERouter
 from moe.seasonality import season_from_freq
-from moe.training import TrainConfig, TrainResult, train_gate
+from moe.training import TrainConfig, TrainResult, WindowConfig, train_gate
 
 __all__ = [
     "OFFLINE_DEFAULT",
@@ -115,7 +115,7 @@ def resolve_experts(
 
 
 def make_windows(
-    sequences: Sequence[Sequence[float]], input_length: int, pred_length: int, config: TrainConfig
+    sequences: Sequence[Sequence[float]], input_length: int, pred_length: int, config: WindowConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``context`` ``(N, L)``, ``target`` ``(N, H)`` and a validation mask ``(N,)`` or None.
 
@@ -223,6 +223,7 @@ def train_and_save(
     expert_config: ExpertConfig | None = None,
     gate_fit: Literal["validated", "fixed"] | None = None,
     season_length: int | None = None,
+    windows: WindowConfig | None = None,
 ) -> GateArtifact:
     """Train a gate on ``jsonl_path`` and write it to ``save_path`` (the seed's entry point).
 
@@ -234,29 +235,32 @@ def train_and_save(
         device: where the experts run. The gate trains on ``config.device`` (default CPU:
             a gate step is ~50 tiny kernels, cheaper there than as GPU launches).
         experts: names, ``Expert`` objects, ``"auto"``, or None for the seed's three.
-        config: training and windowing settings; ``TrainConfig()`` holds the seed's defaults.
-        expert_config: checkpoint/revision/dtype/batch settings for named experts.
+        config: training settings; ``TrainConfig()`` holds the seed's defaults.
+        expert_config: checkpoint/revision/dtype/batch settings for named experts; its
+            ``batch_size`` is also the rows per expert call over the windows.
         gate_fit: ``"validated"``: the production fit (``moe.selection.fit_gate``, the one
             ``moe retrain`` runs: candidates chosen on each series' newest window with a
-            one-SE rule; ``config`` gives only the windowing and seed); ``"fixed"``: train
-            exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
+            one-SE rule; ``config`` gives only the seed and ``val_fraction``); ``"fixed"``:
+            train exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
             when a ``config`` is given, else ``"validated"``.
         season_length: season of the experts, the MASE-unit loss and the features; None:
             from the lines' ``freq`` (``season_from_freq``), else ``DEFAULT_SEASON_LENGTH``
             (the same default as ``moe retrain``).
+        windows: how windows are cut (``WindowConfig()``; kept in ``train_config["windows"]``).
 
     Returns:
         The saved artifact (weights, metrics, provenance).
     """
     fit_mode = gate_fit or ("fixed" if config is not None else "validated")
     config = config or TrainConfig()
+    windows = windows or WindowConfig()
     sequences = load_jsonl(jsonl_path)
     season = season_length if season_length is not None else _season_of_file(jsonl_path)
     expert_config = (expert_config or ExpertConfig()).model_copy(update={"season_length": season})
-    context, target, validation = make_windows(sequences, input_length, pred_length, config)
+    context, target, validation = make_windows(sequences, input_length, pred_length, windows)
     built = resolve_experts(experts, device, expert_config)
     from_names = experts is None or experts == "auto" or all(isinstance(e, str) for e in experts)
-    points, _ = forecast_all(built, context, pred_length, config.expert_batch_size, device)
+    points, _ = forecast_all(built, context, pred_length, expert_config.batch_size, device)
     selection = None
     if fit_mode == "validated":
         from moe.selection import fit_gate  # lazy: keeps `import moe.api` light
@@ -281,6 +285,7 @@ def train_and_save(
     artifact = build_artifact(
         result, built, context, target, points, expert_config if from_names else None
     )
+    artifact.train_config["windows"] = windows.model_dump()
     if selection is not None:
         artifact.metrics["selection"] = selection
     save_artifact(artifact, save_path)
