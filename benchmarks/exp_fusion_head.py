@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plai
 from benchmarks._accuracy_data import DATASETS, load_series, make_windows  # noqa: E402
 from benchmarks.bench_accuracy import build_available_experts  # noqa: E402
 from moe.feature_gate import FeaturePairGate  # noqa: E402
-from moe.pair_training import pair_errors  # noqa: E402
 from moe.scaling import mase_scales  # noqa: E402
+from moe.training.pair import pair_errors  # noqa: E402
 from pipeline.precompute import load_cached  # noqa: E402
 from storage.store import Store  # noqa: E402
 

@@ -11,7 +11,7 @@ Inputs (nothing here runs an expert, so inference stays sparse: only the chosen 
 
 A small MLP (``F' -> hidden -> P``) scores the ``P = E (E - 1) / 2`` expert pairs; with
 ``learned_weights`` it also gives each pair's mixing weight (a sigmoid), otherwise the pair
-is mixed equally. Trained FFORMA-style (``moe.pair_training``): a softmax over the pairs,
+is mixed equally. Trained FFORMA-style (``moe.training.pair``): a softmax over the pairs,
 minimising the expected MASE of the chosen pair's mixture.
 
 At inference the gate returns expert logits ``(B, E)`` that make the router's unchanged

@@ -8,7 +8,7 @@ expert runs (``moe.precompute.forecast_all``), the same validated fit
 (``moe.selection.fit_gate``) and the same packaging (``moe.model_file.build_artifact``).
 Only the expert cache differs: here it is the in-memory tensor, there the store.
 
-Windows (``TrainConfig.windowing``):
+Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 
 * ``"rolling"`` (default): rolling origins stepping back from each series' end by
   ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series. The
@@ -41,7 +41,7 @@ from moe.model_file import build_artifact, load_router
 from moe.precompute import experts_for_season, forecast_all
 from moe.seasonality import season_length_of
 from moe.seed.data import read_records
-from moe.training import TrainConfig, train_gate
+from moe.training import TrainConfig, WindowConfig, train_gate
 
 __all__ = ["make_windows", "train_and_save", "predict_from_model"]
 
@@ -68,7 +68,7 @@ def make_windows(
     freqs: Sequence[str | None],
     input_length: int,
     pred_length: int,
-    config: TrainConfig,
+    config: WindowConfig,
     season_length: int | None = None,
 ) -> tuple[Windows, torch.Tensor | None]:
     """Usable windows with each window's season, and a validation mask ``(N,)`` or None.
@@ -134,6 +134,7 @@ def train_and_save(
     expert_config: ExpertConfig | None = None,
     gate_fit: Literal["validated", "fixed"] | None = None,
     season_length: int | None = None,
+    windows: WindowConfig | None = None,
 ) -> GateArtifact:
     """Train a gate on ``jsonl_path`` and write it to ``save_path`` (the seed's entry point).
 
@@ -145,26 +146,29 @@ def train_and_save(
         device: where the experts run. The gate trains on ``config.device`` (default CPU:
             a gate step is ~50 tiny kernels, cheaper there than as GPU launches).
         experts: names, ``Expert`` objects, ``"auto"``, or None for the seed's three.
-        config: training and windowing settings; ``TrainConfig()`` holds the seed's defaults.
-        expert_config: checkpoint/revision/dtype/batch settings for named experts.
+        config: training settings; ``TrainConfig()`` holds the seed's defaults.
+        expert_config: checkpoint/revision/dtype/batch settings for named experts; its
+            ``batch_size`` is also the rows per expert call over the windows.
         gate_fit: ``"validated"``: the production fit (``moe.selection.fit_gate``, the one
             ``moe retrain`` runs: candidates chosen on each series' newest window with a
-            one-SE rule; ``config`` gives only the windowing and seed); ``"fixed"``: train
-            exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
+            one-SE rule; ``config`` gives only the seed and ``val_fraction``); ``"fixed"``:
+            train exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
             when a ``config`` is given, else ``"validated"``.
         season_length: one season for every series; None: per series, from its ``freq``,
             else detected from its values (as ``moe retrain`` does).
+        windows: how windows are cut (``WindowConfig()``; kept in ``train_config["windows"]``).
 
     Returns:
         The saved artifact (weights, metrics, provenance).
     """
     fit_mode = gate_fit or ("fixed" if config is not None else "validated")
     config = config or TrainConfig()
+    window_config = windows or WindowConfig()
     sequences, freqs = read_records(jsonl_path)
-    windows, validation = make_windows(
-        sequences, freqs, input_length, pred_length, config, season_length
+    cut, validation = make_windows(
+        sequences, freqs, input_length, pred_length, window_config, season_length
     )
-    assert windows.season_length is not None  # make_windows always sets it
+    assert cut.season_length is not None  # make_windows always sets it
     # Per-series seasons: the experts are built non-seasonal (or with the forced season) and
     # each window's period is applied where they run, as in the retrain.
     expert_config = (expert_config or ExpertConfig()).model_copy(
@@ -172,33 +176,34 @@ def train_and_save(
     )
     built = resolve_experts(experts, device, expert_config)
     from_names = experts is None or experts == "auto" or all(isinstance(e, str) for e in experts)
-    context = torch.from_numpy(windows.context)
-    target = torch.from_numpy(windows.target)
+    context = torch.from_numpy(cut.context)
+    target = torch.from_numpy(cut.target)
     points, _ = forecast_all(
-        built, context, pred_length, config.expert_batch_size, device, windows.season_length
+        built, context, pred_length, expert_config.batch_size, device, cut.season_length
     )
     selection = None
     if fit_mode == "validated":
         from moe.selection import fit_gate  # lazy: keeps `import moe.seed.api` light
 
         if validation is None:  # seed windowing or one window per series: a seeded split
-            validation = _random_validation(len(windows), config)
+            validation = _random_validation(len(cut), config)
         fit = fit_gate(
             context,
             target,
             points,
             validation_mask=validation,
-            season_length=torch.from_numpy(windows.season_length),
+            season_length=torch.from_numpy(cut.season_length),
             seed=config.seed,
         )
         result, selection = fit.result, fit.summary()
     else:
-        fixed = config.model_copy(update={"season_length": _commonest(windows.season_length)})
+        fixed = config.model_copy(update={"season_length": _commonest(cut.season_length)})
         result = train_gate(context, target, points, fixed, validation_mask=validation)
     artifact = build_artifact(
         result, built, context, target, points, expert_config if from_names else None
     )
     artifact = replace(artifact, season={"mode": "per_series", "forced": season_length})
+    artifact.train_config["windows"] = window_config.model_dump()
     if selection is not None:
         artifact.metrics["selection"] = selection
     save_artifact(artifact, save_path)

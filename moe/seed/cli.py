@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from moe.seed.api import train_and_save
-    from moe.training import TrainConfig
+    from moe.training import TrainConfig, WindowConfig
 
     for flag, value in (
         ("--jsonl", args.jsonl),
@@ -86,9 +86,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "lr": args.lr,
         "gate": args.gate,
         "seed": args.seed,
-        "windowing": args.windowing,
     }
     config = TrainConfig(**{key: value for key, value in overrides.items() if value is not None})
+    windows = WindowConfig() if args.windowing is None else WindowConfig(windowing=args.windowing)
     if args.season_length is not None and args.season_length < 1:
         parser.error(f"--season-length must be >= 1, got {args.season_length}")
     hyper = (args.epochs, args.batch_size, args.lr, args.gate)
@@ -110,6 +110,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config=config,
         gate_fit=gate_fit,
         season_length=args.season_length,
+        windows=windows,
     )
     final = artifact.metrics["final"] or {"train_loss": float("nan"), "val_loss": None}
     print(

@@ -13,7 +13,7 @@ from moe.artifact import FORMAT_VERSION, ArtifactError, data_fingerprint, load_a
 from moe.experts.fake import FakeForecaster, fake_trio
 from moe.model_file import MissingExpertError, load_router
 from moe.seed.api import predict_from_model, train_and_save
-from moe.training import TrainConfig
+from moe.training import TrainConfig, WindowConfig
 
 SEED_KEYS = {"gating_state", "expert_keys", "pred_length", "input_length"}
 
@@ -61,6 +61,7 @@ def test_artifact_holds_the_seed_keys_and_provenance(trained: Path) -> None:
     assert len(raw["data_fingerprint"]["sha256"]) == 64
     assert {"torch", "python", "numpy"} <= set(raw["library_versions"])
     assert raw["train_config"]["batch_size"] == 8
+    assert raw["train_config"]["windows"] == WindowConfig().model_dump()  # how windows were cut
 
 
 def test_predict_uses_the_last_points_and_returns_one_row(trained: Path) -> None:

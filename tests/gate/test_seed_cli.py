@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from moe.artifact import load_artifact
 from moe.seed.cli import run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +100,8 @@ def test_seed_predict_command_prints_the_forecast(
 def test_explicit_experts_and_verbose_prediction(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Guards --experts a,b and --verbose: the chosen experts are stored and explained."""
+    """Guards --experts a,b, --windowing and --verbose: the chosen experts and the windowing
+    are stored, and the experts are explained."""
     _write_dados(tmp_path / "dados.jsonl")
     model = str(tmp_path / "m.pt")
     status = run(
@@ -124,6 +126,7 @@ def test_explicit_experts_and_verbose_prediction(
     )
     assert status == 0
     assert "experts seasonal_naive,autotheta" in capsys.readouterr().out
+    assert load_artifact(model).train_config["windows"]["windowing"] == "seed"
     assert (
         run(["--mode", "predict", "--save-path", model, "--series", "[1, 2, 3, 4, 5]", "--verbose"])
         == 0
