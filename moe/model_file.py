@@ -27,6 +27,7 @@ from moe.experts.base import (
     ExpertConfig,
     ExpertLoadError,
     MissingExtraError,
+    legacy_cache_keys,
 )
 from moe.experts.registry import build_expert
 from moe.router import MoERouter
@@ -125,7 +126,8 @@ def load_router(
                     f"{entry.get('cache_key')!r}), which cannot be built here: {error}"
                 ) from error
     for expert, entry in zip(built, artifact.experts, strict=True):
-        if entry.get("cache_key") and expert.cache_key != entry["cache_key"]:
+        known = (expert.cache_key, *legacy_cache_keys(expert))  # same model, older spelling
+        if entry.get("cache_key") and entry["cache_key"] not in known:
             warnings.warn(
                 f"{source}: expert {expert.name!r} is {expert.cache_key!r} here but was "
                 f"{entry['cache_key']!r} when the gate was trained",

@@ -20,7 +20,7 @@ import torch
 
 from moe.artifact import GateArtifact, save_artifact
 from moe.data import Windows, newest_windows
-from moe.experts.base import Expert, ExpertConfig
+from moe.experts.base import Expert, ExpertConfig, legacy_cache_keys
 from moe.experts.registry import TRAINED_EXPERTS
 from moe.intervals import IntervalModel
 from moe.metrics import mase
@@ -192,7 +192,9 @@ def _champion_mase(
     artifact = load_verified_artifact(store, current)
     if (artifact.input_length, artifact.pred_length) != (config.input_length, config.pred_length):
         return current.model_version, float("inf")  # cannot forecast these windows at all
-    by_key = {expert.cache_key: expert for expert in loaded}
+    by_key = {  # a champion trained under an older key spelling reuses the same model
+        key: expert for expert in loaded for key in (expert.cache_key, *legacy_cache_keys(expert))
+    }
     reusable = [by_key.get(str(entry.get("cache_key"))) for entry in artifact.experts]
     reuse = None if None in reusable else [e for e in reusable if e is not None]
     router = load_router(artifact, config.device, experts=reuse)

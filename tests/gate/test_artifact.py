@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,31 @@ def test_cache_key_change_warns(trained: Path) -> None:
     experts = fake_trio()
     experts[0] = FakeForecaster("moirai", factor=1.5)
     with pytest.warns(UserWarning, match="'moirai' is 'fake:moirai:factor=1.5"):
+        load_router(trained, experts=experts)
+
+
+class _Respelled(FakeForecaster):
+    """The same fake model under a new key spelling; its old spelling is a legacy key."""
+
+    @property
+    def cache_key(self) -> str:
+        return "new:" + super().cache_key
+
+    @property
+    def legacy_cache_keys(self) -> tuple[str, ...]:
+        return (super().cache_key,)
+
+
+def test_an_older_key_spelling_of_the_same_model_does_not_warn(trained: Path) -> None:
+    """Guards the cache-key respelling (sha256- -> sha256:): a model file that recorded the
+    old spelling loads without a provenance warning, while a different model still warns."""
+    experts = fake_trio()
+    experts[0] = _Respelled("moirai")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_router(trained, experts=experts)
+    experts[0] = FakeForecaster("moirai", factor=1.5)
+    with pytest.warns(UserWarning, match="when the gate was trained"):
         load_router(trained, experts=experts)
 
 
