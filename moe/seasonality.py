@@ -37,6 +37,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from moe.gaps import fill_row
+
 __all__ = [
     "DEFAULT_CANDIDATES",
     "season_from_freq",
@@ -84,20 +86,6 @@ def season_from_freq(freq: str | None) -> int | None:
     return period // multiple if period % multiple == 0 else 1
 
 
-def _fill(values: np.ndarray) -> np.ndarray:
-    """Drop leading/trailing NaN and interpolate interior gaps -> ``(n,)`` without NaN."""
-    observed = ~np.isnan(values)
-    if not observed.any():
-        return values[:0]
-    first = int(np.argmax(observed))
-    last = len(values) - int(np.argmax(observed[::-1]))
-    values, observed = values[first:last], observed[first:last]
-    if observed.all():
-        return values
-    positions = np.arange(len(values))
-    return np.interp(positions, positions[observed], values[observed])
-
-
 def _autocorrelation(values: np.ndarray, max_lag: int) -> np.ndarray:
     """Sample autocorrelation ``r_0..r_max_lag`` of ``values`` ``(n,)`` (r_0 = 1)."""
     centred = values - values.mean()
@@ -126,7 +114,7 @@ def detect_season(
     """
     if any(int(c) < 2 for c in candidates):
         raise ValueError(f"candidate season lengths must be >= 2, got {list(candidates)}")
-    series = _fill(np.asarray(values, np.float64))
+    series = fill_row(np.asarray(values, np.float64), trailing="drop")
     diffs = np.diff(series)
     n = diffs.shape[0]
     usable = sorted({int(c) for c in candidates if min_cycles * int(c) <= n})

@@ -43,6 +43,7 @@ import torch
 
 from moe.experts._loading import check_inputs, import_extra
 from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertConfig, ExpertForecast
+from moe.gaps import fill_row
 
 __all__ = [
     "POLICY_VERSION",
@@ -93,22 +94,6 @@ def _interval_keys(levels: tuple[float, ...]) -> tuple[list[int | float], list[s
         wanted.add(level)
         keys.append(f"{'lo' if q < 0.5 else 'hi'}-{level}")
     return sorted(wanted), keys
-
-
-def _fill_gaps(row: np.ndarray) -> np.ndarray:
-    """``(L,)`` with NaN -> ``(n,)`` without: leading NaN dropped, gaps interpolated, tail held.
-
-    The caller guarantees at least one observed value.
-    """
-    observed = ~np.isnan(row)
-    first = int(np.argmax(observed))
-    values = row[first:]
-    observed = observed[first:]
-    if observed.all():
-        return values.copy()
-    positions = np.arange(values.shape[0])
-    # np.interp holds the last observed value beyond it: the trailing carry-forward.
-    return np.interp(positions, positions[observed], values[observed])
 
 
 class StatisticalForecaster:
@@ -198,7 +183,7 @@ class StatisticalForecaster:
             for index in range(batch):
                 if np.isnan(rows[index]).all():
                     continue
-                series = _fill_gaps(rows[index])
+                series = fill_row(rows[index])
                 quantiles[index] = self._forecast_row(series, horizon, index, failures)
                 no_spread[index] = series.shape[0] < 2
         if failures:

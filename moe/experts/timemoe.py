@@ -79,6 +79,7 @@ from moe.experts.base import (
     ExpertForecast,
     ExpertLoadError,
 )
+from moe.gaps import fill_gaps
 
 if TYPE_CHECKING:
     from torch import nn
@@ -233,7 +234,7 @@ class TimeMoEForecaster:
         max_context = self.capabilities.max_context
         assert max_context is not None
         values = window.to(device=self._device, dtype=torch.float32)  # never written to
-        filled, observed = _fill_missing(values)  # (b, T), (b, T)
+        filled, observed = fill_gaps(values)  # (b, T), (b, T)
         mean, scale = _observed_mean_std(values, observed)  # (b, 1), (b, 1)
         started = observed.cumsum(dim=1) > 0  # (b, T) False = leading gap = left padding
         normalised = torch.where(started, (filled - mean) / scale, 0.0)
@@ -297,30 +298,6 @@ def _restore_rotary_tables(model: nn.Module) -> None:
 
 
 # --- forecasting math ----------------------------------------------------------------
-
-
-def _fill_missing(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interior gaps: linear interpolation; trailing gaps: last value carried forward.
-
-    Args:
-        values: ``(b, T)`` float32, ``NaN`` = missing, finite otherwise.
-
-    Returns:
-        ``filled`` ``(b, T)`` (leading gaps stay ``NaN``) and ``observed`` ``(b, T)`` bool.
-    """
-    observed = ~torch.isnan(values)
-    length = values.shape[1]
-    index = torch.arange(length, device=values.device).expand_as(values)  # (b, T)
-    previous = torch.where(observed, index, -1).cummax(dim=1).values  # last observed <= t
-    following = torch.where(observed, index, length).flip(1).cummin(dim=1).values.flip(1)
-    has_previous, has_following = previous >= 0, following < length
-    left = values.gather(1, previous.clamp(min=0))
-    right = values.gather(1, following.clamp(max=length - 1))
-    span = (following - previous).clamp(min=1).to(values.dtype)
-    weight = (index - previous).to(values.dtype) / span
-    interpolated = torch.where(has_following, left + (right - left) * weight, left)
-    filled = torch.where(observed, values, torch.where(has_previous, interpolated, values))
-    return filled, observed
 
 
 def _observed_mean_std(

@@ -12,7 +12,7 @@ import torch
 
 import moe.experts.timemoe as timemoe_module
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError
-from moe.experts.timemoe import CHECKPOINT_ENV_VAR, TimeMoEForecaster, _fill_missing, build
+from moe.experts.timemoe import CHECKPOINT_ENV_VAR, TimeMoEForecaster, build
 from tests.experts.tiny_timemoe import make_tiny, tiny_model
 
 NAN = float("nan")
@@ -146,15 +146,6 @@ def test_long_context_is_truncated(expert: TimeMoEForecaster) -> None:
         expert.forecast(context, 9).point, expert.forecast(context[:, -64:], 9).point
     )
     assert torch.isfinite(expert.forecast(_series(2, 60), 12).point).all()  # window slides
-
-
-def test_fill_missing_policy() -> None:
-    """Guards the NaN policy: interior linear, trailing carried forward, leading left missing."""
-    values = torch.tensor([[NAN, 1.0, NAN, NAN, 4.0, NAN], [2.0, NAN, 6.0, 5.0, NAN, NAN]])
-    filled, observed = _fill_missing(values)
-    expected = torch.tensor([[NAN, 1.0, 2.0, 3.0, 4.0, 4.0], [2.0, 4.0, 6.0, 5.0, 5.0, 5.0]])
-    torch.testing.assert_close(filled, expected, equal_nan=True)
-    assert torch.equal(observed, ~torch.isnan(values))
 
 
 def test_model_sees_interpolated_normalised_values(
