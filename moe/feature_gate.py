@@ -73,7 +73,7 @@ def past_expert_mase(
     ``origin[m] + H <= origin[n]``: its whole target lies before ``n``'s first target point,
     so no target of ``n`` (or later) leaks in. NaN rows where no older window exists.
     """
-    n_windows, n_experts, horizon = points.shape
+    n_windows, n_experts, pred_length = points.shape
     scale = mase_scale.reshape(-1, 1).float()
     observed = ~torch.isnan(target)
     errors = (points.float() - target.float()[:, None, :]).abs()  # (N, E, H)
@@ -87,7 +87,7 @@ def past_expert_mase(
     for series in np.unique(series_index):
         rows = np.flatnonzero(series_index == series)
         for row in rows:
-            older = rows[(origin[rows] + horizon <= origin[row]) & usable[rows]]
+            older = rows[(origin[rows] + pred_length <= origin[row]) & usable[rows]]
             if older.size:
                 result[row] = per_window[torch.from_numpy(older)].mean(dim=0)
     return result

@@ -177,13 +177,13 @@ def _features_one(raw: np.ndarray, season: int) -> np.ndarray:
     snaive_mae = float(np.abs(z[m:] - z[:-m]).mean()) if n > m else naive_mae
     out[19] = _log_ratio(naive_mae, snaive_mae)
     scale = snaive_mae if snaive_mae > _EPS else max(naive_mae, _EPS)
-    horizon = m if m > 1 else min(6, n // 3)
-    if horizon >= 1 and n - horizon >= max(m, 2) + 1:
-        past, future = z[: n - horizon], z[n - horizon :]
-        snaive = np.resize(past[-m:], horizon) if m > 1 else np.full(horizon, past[-1])
-        naive = np.full(horizon, past[-1])
+    pred_length = m if m > 1 else min(6, n // 3)
+    if pred_length >= 1 and n - pred_length >= max(m, 2) + 1:
+        past, future = z[: n - pred_length], z[n - pred_length :]
+        snaive = np.resize(past[-m:], pred_length) if m > 1 else np.full(pred_length, past[-1])
+        naive = np.full(pred_length, past[-1])
         drift_slope = (past[-1] - past[0]) / max(past.size - 1, 1)
-        drift = past[-1] + drift_slope * np.arange(1, horizon + 1)
+        drift = past[-1] + drift_slope * np.arange(1, pred_length + 1)
         for position, forecast in ((20, snaive), (21, naive), (22, drift)):
             out[position] = np.log(float(np.abs(future - forecast).mean()) / scale + 1e-3)
     return np.clip(np.nan_to_num(out, nan=0.0, posinf=_CLIP, neginf=-_CLIP), -_CLIP, _CLIP)

@@ -110,7 +110,7 @@ def _rank_level(level: float, n: int) -> float:
 
 
 def _factor_table(
-    scores: np.ndarray, coverage: float, min_windows: int, horizon: int
+    scores: np.ndarray, coverage: float, min_windows: int, pred_length: int
 ) -> np.ndarray:
     """``(H,)``: per step the split-conformal ``coverage`` quantile of ``scores`` ``(N, H)``;
     steps with fewer than ``min_windows`` finite scores take the quantile pooled over steps."""
@@ -121,8 +121,8 @@ def _factor_table(
         if pooled_n
         else 1.0
     )
-    table = np.full(horizon, float(pooled))
-    for step in range(horizon):
+    table = np.full(pred_length, float(pooled))
+    for step in range(pred_length):
         column = scores[valid[:, step], step]
         if column.size >= min_windows:
             table[step] = _empirical_quantile(column, _rank_level(coverage, column.size), axis=0)
@@ -150,8 +150,8 @@ def fit_conformal(
     """
     scale = interval_scale(context)[:, None]  # (N, 1)
     target = np.asarray(target, np.float64)
-    horizon = point.shape[1]
-    factors = np.ones((horizon, len(levels)))
+    pred_length = point.shape[1]
+    factors = np.ones((pred_length, len(levels)))
 
     def ratio(index: int) -> np.ndarray:  # (N, H), NaN where y, point or quantile is missing
         offset = np.maximum(np.abs(quantiles[:, :, index] - point), MIN_OFFSET * scale)
@@ -168,12 +168,12 @@ def fit_conformal(
             if level > 0.5:
                 continue  # set together with its lower partner
             scores = np.maximum(ratio(index), ratio(partner))
-            table = _factor_table(scores, 1.0 - 2.0 * level, min_windows, horizon)
+            table = _factor_table(scores, 1.0 - 2.0 * level, min_windows, pred_length)
             factors[:, index] = table
             factors[:, partner] = table
             continue
         coverage = level if level > 0.5 else 1.0 - level
-        factors[:, index] = _factor_table(ratio(index), coverage, min_windows, horizon)
+        factors[:, index] = _factor_table(ratio(index), coverage, min_windows, pred_length)
     return factors
 
 
@@ -193,8 +193,8 @@ class IntervalModel:
 
     def offsets_for(self, names: Sequence[str]) -> np.ndarray:
         """``(E, H, Q)`` offsets in the order of ``names`` (NaN for unknown experts)."""
-        horizon, n_levels = self.factors.shape
-        empty = np.full((horizon, n_levels), np.nan)
+        pred_length, n_levels = self.factors.shape
+        empty = np.full((pred_length, n_levels), np.nan)
         return np.stack([self.expert_offsets.get(name, empty) for name in names])
 
     def fill(
@@ -255,14 +255,14 @@ def apply_factors(
     floored at ``MIN_OFFSET`` interval scales exactly as in ``fit_conformal``.
     """
     scale = interval_scale(context)[:, None]  # (N, 1)
-    horizon = point.shape[1]
+    pred_length = point.shape[1]
     calibrated = np.array(quantiles, np.float64, copy=True)
     for index, level in enumerate(levels):
         if level == 0.5:
             continue
         offset = np.maximum(np.abs(quantiles[:, :, index] - point), MIN_OFFSET * scale)
         sign = 1.0 if level > 0.5 else -1.0
-        calibrated[:, :, index] = point + sign * factors[None, :horizon, index] * offset
+        calibrated[:, :, index] = point + sign * factors[None, :pred_length, index] * offset
     return np.sort(calibrated, axis=-1)
 
 
@@ -285,9 +285,9 @@ class ResidualQuantileExpert:
     def cache_key(self) -> str:
         return self._key
 
-    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
+    def forecast(self, context: torch.Tensor, pred_length: int) -> ExpertForecast:
         """The inner forecast with NaN quantiles filled (``point`` unchanged)."""
-        result = self.inner.forecast(context, horizon)
+        result = self.inner.forecast(context, pred_length)
         point = result.point.detach().cpu().double().numpy()  # (B, H)
         quantiles = (
             np.full((*point.shape, len(QUANTILE_LEVELS)), np.nan)
@@ -295,13 +295,13 @@ class ResidualQuantileExpert:
             else result.quantiles.detach().cpu().double().numpy()
         )
         offsets = self.offsets
-        if horizon > offsets.shape[0]:  # beyond the fitted horizon: the last step's offsets
-            tail = np.repeat(offsets[-1:], horizon - offsets.shape[0], axis=0)
+        if pred_length > offsets.shape[0]:  # beyond the fitted horizon: the last step's offsets
+            tail = np.repeat(offsets[-1:], pred_length - offsets.shape[0], axis=0)
             offsets = np.concatenate([offsets, tail])
         rows = context.detach().cpu().double().numpy()
-        filled = fill_quantiles(point[:, None], quantiles[:, None], rows, offsets[None, :horizon])[
-            :, 0
-        ]
+        filled = fill_quantiles(
+            point[:, None], quantiles[:, None], rows, offsets[None, :pred_length]
+        )[:, 0]
         return ExpertForecast(
             point=result.point,
             quantiles=torch.from_numpy(filled.astype(np.float32)).to(result.point.device),

@@ -30,7 +30,7 @@ def _as_tensor(context: np.ndarray | torch.Tensor) -> torch.Tensor:
 def forecast_in_batches(
     expert: Expert,
     context: np.ndarray | torch.Tensor,
-    horizon: int,
+    pred_length: int,
     batch_size: int,
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[slice, ExpertForecast]]:
@@ -47,8 +47,8 @@ def forecast_in_batches(
         rows = slice(start, min(start + batch_size, rows_total))
         batch = full[rows].to(device, non_blocking=True)
         with torch.no_grad():
-            result = expert.forecast(batch, horizon)
-        expected = (rows.stop - rows.start, horizon)
+            result = expert.forecast(batch, pred_length)
+        expected = (rows.stop - rows.start, pred_length)
         if tuple(result.point.shape) != expected:
             raise RuntimeError(
                 f"expert {expert.name!r} returned point shape {tuple(result.point.shape)}, "
@@ -73,7 +73,7 @@ def experts_for_season(experts: Sequence[Expert], season_length: int) -> list[Ex
 def forecast_all(
     experts: Sequence[Expert],
     context: np.ndarray | torch.Tensor,
-    horizon: int,
+    pred_length: int,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     season_lengths: np.ndarray | None = None,
@@ -86,15 +86,17 @@ def forecast_all(
     on that period's windows (as the retrain's cache does). None: the experts as configured.
     """
     rows_total = context.shape[0]
-    points = torch.full((rows_total, len(experts), horizon), float("nan"))
-    quantiles = torch.full((rows_total, len(experts), horizon, len(QUANTILE_LEVELS)), float("nan"))
+    points = torch.full((rows_total, len(experts), pred_length), float("nan"))
+    quantiles = torch.full(
+        (rows_total, len(experts), pred_length, len(QUANTILE_LEVELS)), float("nan")
+    )
     if season_lengths is None:
-        _forecast_into(points, quantiles, experts, context, None, horizon, batch_size, device)
+        _forecast_into(points, quantiles, experts, context, None, pred_length, batch_size, device)
         return points, quantiles
     for season, rows in season_groups(season_lengths):
         variants = experts_for_season(experts, season)
         part = context[rows] if isinstance(context, np.ndarray) else context[torch.from_numpy(rows)]
-        _forecast_into(points, quantiles, variants, part, rows, horizon, batch_size, device)
+        _forecast_into(points, quantiles, variants, part, rows, pred_length, batch_size, device)
     return points, quantiles
 
 
@@ -104,14 +106,14 @@ def _forecast_into(
     experts: Sequence[Expert],
     context: np.ndarray | torch.Tensor,
     rows: np.ndarray | None,
-    horizon: int,
+    pred_length: int,
     batch_size: int,
     device: str | torch.device,
 ) -> None:
     """Write each expert's forecasts of ``context`` ``(n, L)`` into ``points`` ``(N, E, H)``
     and ``quantiles`` ``(N, E, H, Q)`` at ``rows`` ``(n,)`` (None: all rows, in order)."""
     for index, expert in enumerate(experts):
-        for batch, result in forecast_in_batches(expert, context, horizon, batch_size, device):
+        for batch, result in forecast_in_batches(expert, context, pred_length, batch_size, device):
             where = batch if rows is None else torch.from_numpy(rows[batch])
             points[where, index] = result.point
             if result.quantiles is not None:

@@ -125,7 +125,7 @@ def replay_top2(
 def run_experts(
     experts: Sequence[Expert],
     context: torch.Tensor,
-    horizon: int,
+    pred_length: int,
     selected: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse dispatch: each expert runs once, on the rows that chose it.
@@ -136,9 +136,11 @@ def run_experts(
     run (or has no quantiles).
     """
     rows_total = context.shape[0]
-    points = torch.full((rows_total, len(experts), horizon), float("nan"), device=context.device)
+    points = torch.full(
+        (rows_total, len(experts), pred_length), float("nan"), device=context.device
+    )
     quantiles = torch.full(
-        (rows_total, len(experts), horizon, len(QUANTILE_LEVELS)),
+        (rows_total, len(experts), pred_length, len(QUANTILE_LEVELS)),
         float("nan"),
         device=context.device,
     )
@@ -150,8 +152,8 @@ def run_experts(
             if rows.numel() == 0:
                 continue
         with torch.no_grad():
-            result = expert.forecast(context[rows], horizon)
-        expected = (rows.numel(), horizon)
+            result = expert.forecast(context[rows], pred_length)
+        expected = (rows.numel(), pred_length)
         if tuple(result.point.shape) != expected:
             raise RuntimeError(
                 f"expert {expert.name!r} returned point shape {tuple(result.point.shape)}, "

@@ -81,19 +81,19 @@ def last_contexts(series: StoredSeries, input_length: int) -> tuple[np.ndarray, 
 
 
 @lru_cache(maxsize=4096)
-def _timestamps(start: str | None, freq: str | None, n_points: int, horizon: int) -> tuple:
-    """Timestamps of the ``horizon`` steps after a series' ``n_points`` observations.
+def _timestamps(start: str | None, freq: str | None, n_points: int, pred_length: int) -> tuple:
+    """Timestamps of the ``pred_length`` steps after a series' ``n_points`` observations.
 
     Cached: series usually share start, frequency and length. Jumps to the first forecast
     step with one offset multiplication instead of enumerating the whole history.
     """
     if start is None or freq is None:
-        return (None,) * horizon
+        return (None,) * pred_length
     offset = to_offset(freq)
     # Same steps as pd.date_range(start, periods=n_points + horizon, freq)[n_points:]: roll
     # the start onto the offset first, as date_range does, then jump n_points steps.
     first = offset.rollforward(pd.Timestamp(start)) + n_points * offset
-    stamps = pd.date_range(first, periods=horizon, freq=offset)
+    stamps = pd.date_range(first, periods=pred_length, freq=offset)
     if stamps.tz is None:
         stamps = stamps.tz_localize("UTC")
     return tuple(stamps.to_pydatetime())
@@ -131,9 +131,9 @@ def route_by_season(
     routes every row with the router's experts as they are. ``intervals`` (from the
     artifact): experts' missing levels are filled and the mixture's quantiles calibrated.
     """
-    b, horizon = contexts.shape[0], router.pred_length
-    point = np.full((b, horizon), np.nan)
-    quantiles = np.full((b, horizon, len(QUANTILE_COLUMNS)), np.nan)
+    b, pred_length = contexts.shape[0], router.pred_length
+    point = np.full((b, pred_length), np.nan)
+    quantiles = np.full((b, pred_length, len(QUANTILE_COLUMNS)), np.nan)
     indices = np.zeros((b, 2), np.int64)
     weights = np.zeros((b, 2))
     groups = [(None, np.arange(b))] if season_lengths is None else season_groups(season_lengths)
@@ -167,21 +167,21 @@ def forecast_rows(
     ``season_lengths`` ``(B,)``: each series' period for the season-aware experts (None:
     the experts as the router has them); ``intervals``: see ``route_by_season``.
     """
-    horizon = router.pred_length
+    pred_length = router.pred_length
     contexts, lengths = last_contexts(series, router.input_length)
     point, quantiles, indices, weights = route_by_season(
         router, contexts, season_lengths, device, intervals
     )
     keys = router.expert_keys
     b = len(series)
-    steps = np.tile(np.arange(1, horizon + 1, dtype=np.int32), b)
-    per_row = np.repeat(np.arange(b), horizon)
+    steps = np.tile(np.arange(1, pred_length + 1, dtype=np.int32), b)
+    per_row = np.repeat(np.arange(b), pred_length)
     stamps: list = []
     for row in range(b):
-        stamps += _timestamps(series.start[row], series.freq[row], int(lengths[row]), horizon)
+        stamps += _timestamps(series.start[row], series.freq[row], int(lengths[row]), pred_length)
     columns: dict[str, object] = {
-        "run_id": pa.array([run_id] * (b * horizon)),
-        "model_version": pa.array([model_version] * (b * horizon)),
+        "run_id": pa.array([run_id] * (b * pred_length)),
+        "model_version": pa.array([model_version] * (b * pred_length)),
         "series_id": pa.array(np.asarray(series.series_id, dtype=object)[per_row]),
         "series_hash": pa.array(np.asarray(series.content_hash, dtype=object)[per_row]),
         "origin_index": pa.array(lengths[per_row]),
@@ -192,7 +192,9 @@ def forecast_rows(
         "weight_1": pa.array(weights[:, 0][per_row]),
         "expert_2": pa.array(np.asarray(keys, dtype=object)[indices[:, 1]][per_row]),
         "weight_2": pa.array(weights[:, 1][per_row]),
-        "created_at": pa.array([datetime.now(UTC)] * (b * horizon), pa.timestamp("us", tz="UTC")),
+        "created_at": pa.array(
+            [datetime.now(UTC)] * (b * pred_length), pa.timestamp("us", tz="UTC")
+        ),
     }
     for q, name in enumerate(QUANTILE_COLUMNS):
         columns[name] = pa.array(quantiles[:, :, q].reshape(-1), from_pandas=True)

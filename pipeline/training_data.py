@@ -83,8 +83,8 @@ def global_expert_windows(windows: Windows) -> np.ndarray:
     np.minimum.at(
         first, windows.series_index[windows.is_holdout], windows.origin[windows.is_holdout]
     )
-    horizon = windows.target.shape[1]
-    return ~windows.is_holdout & (windows.origin + horizon <= first[windows.series_index])
+    pred_length = windows.target.shape[1]
+    return ~windows.is_holdout & (windows.origin + pred_length <= first[windows.series_index])
 
 
 def add_trained_experts(

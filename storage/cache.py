@@ -124,8 +124,8 @@ def write_forecasts(
     Under the store's writer lock, windows another writer cached meanwhile are dropped, so
     two precomputes of the same windows at once leave one row per window.
     """
-    n, horizon = point.shape
-    if n != len(hashes) or horizon != model.pred_length:
+    n, pred_length = point.shape
+    if n != len(hashes) or pred_length != model.pred_length:
         raise ValueError(
             f"point has shape {point.shape}, expected ({len(hashes)}, {model.pred_length})"
         )
@@ -149,8 +149,8 @@ def _write_batch(
     quantiles: np.ndarray | None,
     part_name: str | None,
 ) -> None:
-    n, horizon = point.shape
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * horizon)
+    n, pred_length = point.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * pred_length)
     point_list = pa.ListArray.from_arrays(offsets, pa.array(point.astype(np.float32).ravel()))
     if quantiles is None:
         quantile_list = pa.nulls(n, pa.list_(pa.float32()))
@@ -203,13 +203,13 @@ def read_forecasts(
     """
     if not models:
         raise ValueError("no models given")
-    horizon = models[0].pred_length
+    pred_length = models[0].pred_length
     n = len(hashes)
     # Filled expert by expert in contiguous (E, N, ...) blocks, returned as (N, E, ...) views:
     # scattering into an interleaved expert axis was the slow part of the read.
-    points_by_expert = _nan_array((len(models), n, horizon))
+    points_by_expert = _nan_array((len(models), n, pred_length))
     quantiles_by_expert = (
-        None if n_quantiles is None else _nan_array((len(models), n, horizon, n_quantiles))
+        None if n_quantiles is None else _nan_array((len(models), n, pred_length, n_quantiles))
     )
     found = np.zeros((n, len(models)), bool)
     columns = ["window_hash", "point"] + ([] if quantiles_by_expert is None else ["quantiles"])
@@ -221,10 +221,10 @@ def read_forecasts(
         rows = np.fromiter((position.get(h, -1) for h in hashes), np.int64, count=n)
         hit = rows >= 0
         found[:, e] = hit
-        points_by_expert[e, hit] = _list_to_matrix(table.column("point"), horizon)[rows[hit]]
+        points_by_expert[e, hit] = _list_to_matrix(table.column("point"), pred_length)[rows[hit]]
         if quantiles_by_expert is not None and n_quantiles is not None:
-            stored = _list_to_matrix(table.column("quantiles"), horizon * n_quantiles)
-            quantiles_by_expert[e, hit] = stored[rows[hit]].reshape(-1, horizon, n_quantiles)
+            stored = _list_to_matrix(table.column("quantiles"), pred_length * n_quantiles)
+            quantiles_by_expert[e, hit] = stored[rows[hit]].reshape(-1, pred_length, n_quantiles)
     points = np.moveaxis(points_by_expert, 0, 1)
     quantiles = None if quantiles_by_expert is None else np.moveaxis(quantiles_by_expert, 0, 1)
     return points, quantiles, found

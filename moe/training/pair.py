@@ -177,8 +177,8 @@ def train_pair_gate(
     CPU made them 10-100x slower.
     """
     with cpu_threads(1):
-        n_windows, n_experts, horizon = points.shape
-        gate = build_pair_gate(context.shape[1], horizon, n_experts, config)  # init
+        n_windows, n_experts, pred_length = points.shape
+        gate = build_pair_gate(context.shape[1], pred_length, n_experts, config)  # init
         if inputs is None:
             inputs = gate.raw_inputs(context, history, season_lengths)
         if inputs.shape != (n_windows, gate.n_inputs):

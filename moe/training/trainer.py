@@ -69,15 +69,19 @@ class LiveForecasts:
     ``(N, 1)``; with ``selected`` only the chosen experts run (sparse dispatch)."""
 
     def __init__(
-        self, experts: Sequence[Expert], context: torch.Tensor, horizon: int, scale: torch.Tensor
+        self,
+        experts: Sequence[Expert],
+        context: torch.Tensor,
+        pred_length: int,
+        scale: torch.Tensor,
     ) -> None:
         self.experts = experts
         self.context = context
-        self.horizon = horizon
+        self.pred_length = pred_length
         self.scale = scale
 
     def __call__(self, rows: torch.Tensor, selected: torch.Tensor | None) -> torch.Tensor:
-        points, _ = run_experts(self.experts, self.context[rows], self.horizon, selected)
+        points, _ = run_experts(self.experts, self.context[rows], self.pred_length, selected)
         return scale_forecasts(points, self.scale[rows])  # (b, E, H)
 
 
