@@ -67,7 +67,12 @@ def champion_with_bad_actuals(root: Path, data: Path) -> dict[str, list[float]]:
 
     store = Store.open(root)
     short = write_series(data / "short.jsonl", n_series=12, length=60)
-    retrain(store, RetrainConfig.model_validate({**FAST_RETRAIN, "jsonl_paths": [str(short)]}))
+    retrain(
+        store,
+        RetrainConfig.model_validate(
+            {**FAST_RETRAIN, "jsonl_paths": [str(short)], "forecast_after": False}
+        ),
+    )
     for run_id in ("r1", "r2", "r3"):
         batch_forecast(store, ForecastConfig(run_id=run_id))
     records = [json.loads(line) for line in short.read_text().splitlines()]
