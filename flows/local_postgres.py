@@ -63,8 +63,13 @@ def start(pgdata: Path) -> str:
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server keeps running when this process exits.
-    pgserver.get_server(pgdata, cleanup_mode=None)
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
     info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
+    if info is None or not info.is_running():
+        # get_server returns this process's earlier handle as it was, though `stop` has
+        # stopped its server since: start it again.
+        server.ensure_postgres_running()
+        info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or info.socket_dir is None:
         raise RuntimeError(f"PostgreSQL on {pgdata} started but wrote no socket folder")
     return connection_url(info.socket_dir)

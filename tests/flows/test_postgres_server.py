@@ -78,6 +78,23 @@ def test_server_uses_postgres(postgres_prefect: PostgresPrefect) -> None:
     assert not list(home.rglob("*.db")), "the server wrote a SQLite database"
 
 
+def test_local_postgres_restarts_on_its_folder(tmp_path: Path) -> None:
+    """``start`` on a running folder returns its URL; ``stop`` then ``start`` (as after a
+    reboot) brings the same data back; ``stop`` of a stopped folder reports False."""
+    pgdata = tmp_path / "pg"
+    url = start(pgdata)
+    try:
+        assert start(pgdata) == url
+        _postgres(url, "CREATE TABLE kept (x int)")
+        assert stop(pgdata) is True
+        assert stop(pgdata) is False
+        assert start(pgdata) == url
+        assert _postgres(url, "SELECT count(*) FROM kept") == [(0,)]
+    finally:
+        stop(pgdata)
+    assert stop(pgdata) is False
+
+
 @dataclass
 class Load:
     runs: dict[str, list[UUID]]  # flow name -> its runs, in the order triggered
