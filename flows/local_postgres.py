@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import warnings
@@ -62,14 +63,20 @@ def start(pgdata: Path) -> str:
     pgserver = _pgserver()
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    # cleanup_mode=None: the server keeps running when this process exits.
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
-    info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
-    if info is None or not info.is_running():
-        # get_server returns this process's earlier handle as it was, though `stop` has
-        # stopped its server since: start it again.
-        server.ensure_postgres_running()
+    try:
+        # cleanup_mode=None: the server keeps running when this process exits.
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
         info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running():
+            # get_server returns this process's earlier handle as it was, though `stop` has
+            # stopped its server since: start it again.
+            server.ensure_postgres_running()
+            info = pgserver.utils.PostmasterInfo.read_from_pgdata(pgdata)
+    except (subprocess.SubprocessError, OSError) as error:
+        raise RuntimeError(
+            f"PostgreSQL did not start on {pgdata} (a data folder, or a new or empty one "
+            f"is needed): {error}; its log, if any: {pgdata / 'log'}"
+        ) from error
     if info is None or info.socket_dir is None:
         raise RuntimeError(f"PostgreSQL on {pgdata} started but wrote no socket folder")
     return connection_url(info.socket_dir)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "start":
-            print(f"export {DATABASE_URL_ENV_VAR}='{start(args.pgdata)}'")
+            print(f"export {DATABASE_URL_ENV_VAR}={shlex.quote(start(args.pgdata))}")
         elif not stop(args.pgdata):
             print(f"no PostgreSQL was running on {args.pgdata}", file=sys.stderr)
     except RuntimeError as error:
