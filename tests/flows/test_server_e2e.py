@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,10 +107,12 @@ def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real Prefect server (own PREFECT_HOME, free port); in-process clients point at it."""
-    tmp = tmp_path_factory.mktemp("prefect-e2e")
+@contextmanager
+def running_server(
+    tmp: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[Server, Background]]:
+    """``prefect server start`` (own PREFECT_HOME, free port), healthy; in-process clients
+    point at it. ``extra_env`` reaches the server only (for example its database URL)."""
     url = f"http://127.0.0.1:{_free_port()}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
@@ -121,7 +124,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     }
     port = url.rsplit(":", 1)[1]
     process = Background(
-        _prefect("server", "start", "--host", "127.0.0.1", "--port", port), env, tmp / "server.log"
+        _prefect("server", "start", "--host", "127.0.0.1", "--port", port),
+        {**env, **(extra_env or {})},
+        tmp / "server.log",
     )
     try:
         deadline = time.monotonic() + 180
@@ -136,9 +141,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             assert time.monotonic() < deadline, f"server not healthy in 180 s:\n{process.tail()}"
             time.sleep(1)
         with temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}):
-            yield Server(url=url, env=env, tmp=tmp)
+            yield Server(url=url, env=env, tmp=tmp), process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real Prefect server (SQLite in its own PREFECT_HOME, free port)."""
+    with running_server(tmp_path_factory.mktemp("prefect-e2e")) as (server, _):
+        yield server
 
 
 @dataclass
