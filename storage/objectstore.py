@@ -212,7 +212,7 @@ class ObjectLease:
                     self._put(IfMatch=self._etag)
                 except OSError:
                     # Taken over (or unreachable past the lease): stop publishing.
-                    if time.time() >= self._expires_at or _precondition_failed_now(self):
+                    if time.time() >= self._expires_at or _lease_taken(self):
                         self._lost = True
                         return
 
@@ -245,7 +245,7 @@ class ObjectLease:
         return "none" if current is None else str(current[0].get("owner", "unknown"))
 
 
-def _precondition_failed_now(lease: ObjectLease) -> bool:
+def _lease_taken(lease: ObjectLease) -> bool:
     """After a failed renewal: whether the lock object is no longer ours."""
     try:
         current = lease._current()

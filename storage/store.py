@@ -105,7 +105,7 @@ def resolve_store_root(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(location)
 
 
-class LocalOnly(NotImplementedError):
+class LocalOnly(ValueError):
     """An operation that needs a local store folder was given an ``s3://`` store."""
 
 
@@ -653,7 +653,12 @@ class Store:
 
     def register(self, connection: duckdb.DuckDBPyConnection) -> None:
         """Let ``connection`` read this store's locations: on object storage, DuckDB reads
-        ``s3://`` through this store's fsspec filesystem (its httpfs extension is not used)."""
+        ``s3://`` through this store's fsspec filesystem (its httpfs extension is not used).
+
+        That filesystem caches listings, emptied here: a connection sees the parts published
+        before it was registered, and may miss later ones; open a new connection to see them
+        (``moe sql`` and ``storage.sql.query`` open one per query).
+        """
         if self._root is None:
             self.fs  # noqa: B018 - says how to install s3fs when it is missing
             fs = reader_filesystem()
