@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storage.store import Store
 
@@ -65,21 +64,13 @@ def window_hashes(context: np.ndarray) -> list[str]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in rows]
 
 
-def _partition_dir(store: Store, model: CachedModel):  # -> Path
-    folder = store.table_dir(_TABLE)
-    for key, value in model.partition.items():
-        folder = folder / f"{key}={value}"
-    return folder
-
-
 def _read_partition(store: Store, model: CachedModel, columns: list[str]) -> pa.Table | None:
     """The model's rows, those stored under its ``aliases`` first (a reader keeps the last)."""
     spellings = [replace(model, cache_key=key, aliases=()) for key in model.aliases] + [model]
-    folders = [_partition_dir(store, spelling) for spelling in spellings]
-    files = [f for folder in folders if folder.exists() for f in sorted(folder.glob("*.parquet"))]
+    files = [f for spelling in spellings for f in store.part_locations(_TABLE, spelling.partition)]
     if not files:
         return None
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return pa.concat_tables([store.read_part(f, columns) for f in files])
 
 
 def cached_window_hashes(store: Store, model: CachedModel) -> set[str]:
@@ -96,16 +87,15 @@ _LAST_SEEN: dict[str, tuple[set[str], set[str]]] = {}
 
 def _cached_incrementally(store: Store, model: CachedModel) -> set[str]:
     """``cached_window_hashes``, reading only part files not seen by the previous call."""
-    folder = _partition_dir(store, model)
-    key = str(folder)
+    key = store.table_location(_TABLE, model.partition)
     files_seen, hashes = _LAST_SEEN.get(key, (set(), set()))
     if key not in _LAST_SEEN:
         _LAST_SEEN.clear()
-    current = {f.name for f in folder.glob("*.parquet")} if folder.exists() else set()
+    current = set(store.part_locations(_TABLE, model.partition))
     if not files_seen <= current:  # a part vanished (store rebuilt): start over
         files_seen, hashes = set(), set()
-    for name in sorted(current - files_seen):
-        table = pq.read_table(folder / name, columns=["window_hash"])
+    for location in sorted(current - files_seen):
+        table = store.read_part(location, ["window_hash"])
         hashes.update(table.column("window_hash").to_pylist())
     _LAST_SEEN[key] = (current, hashes)
     return hashes

@@ -19,8 +19,9 @@ Guarantees:
   the failure are stored and counted, and a rerun on the complete file adds the rest. A
   ``started`` row that never became anything else is a killed ingest.
 * Standard input (``-``, ``/dev/stdin``) and named pipes are read once, as they arrive,
-  into a spool file under the store's ``tmp/`` (memory stays bounded), then ingested like a
-  file; an interactive terminal is refused instead of waiting for typing.
+  into a spool file under the store's ``tmp/`` (the system's temporary folder for an
+  ``s3://`` store; memory stays bounded), then ingested like a file; an interactive
+  terminal is refused instead of waiting for typing.
 * Series ids: ``series_id`` when present, else ``<file stem>:<line number>``. A duplicate id
   inside one file is rejected (the first occurrence wins). A different content under an
   id already stored becomes a new version; the ``series`` view shows the latest.
@@ -126,7 +127,7 @@ def _is_stream(path: str | os.PathLike[str]) -> bool:
 def _spool(store: Store, path: str | os.PathLike[str]) -> Path:
     """Copy a stream once, as it arrives, into ``tmp/`` (gzip kept as is); returns the copy."""
     name = "stdin" if str(path) == STDIN else Path(path).name or "stream"
-    spooled = store.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+    spooled = store.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
     try:
         if str(path) == STDIN:
             if sys.stdin is None or sys.stdin.isatty():

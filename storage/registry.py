@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +67,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def models_dir(store: Store) -> Path:
-    """Where registered artifacts live: ``<store>/models``; nothing outside is ever loaded."""
+    """Where a local store's registered artifacts live: ``<store>/models``; nothing outside
+    is ever loaded (an ``s3://`` store keeps them under ``<prefix>/models/``)."""
     return store.root / "models"
 
 
@@ -91,17 +91,12 @@ def register_model(
     """Copy the artifact into the store, record the version; returns the version id."""
     version = _new_version()
     with store.writer():
-        folder = models_dir(store)
-        folder.mkdir(exist_ok=True)
-        destination = folder / f"{version}.pt"
-        staging = store.tmp_dir / f"{os.getpid()}-{version}.pt"
-        shutil.copyfile(artifact, staging)
-        os.replace(staging, destination)
+        destination, digest = store.publish_copy(artifact, "models", f"{version}.pt")
         row = {
             "model_version": [version],
             "created_at": [datetime.now(UTC)],
-            "artifact_path": [str(destination)],
-            "artifact_sha256": [file_sha256(destination)],
+            "artifact_path": [destination],
+            "artifact_sha256": [digest],
             "gate_kind": [gate_kind],
             "expert_keys": [list(expert_keys)],
             "input_length": [input_length],
@@ -227,14 +222,33 @@ def _artifact_file(store: Store, model: ModelVersion) -> Path:
     return resolved
 
 
+def _read_remote_artifact(store: Store, model: ModelVersion) -> bytes:
+    """The bytes of ``<prefix>/models/<version>.pt`` of an ``s3://`` store, refused unless
+    the registered location is that object (or the same name in a store copied elsewhere)."""
+    location = store.locate("models", f"{model.model_version}.pt")
+    if model.artifact_path != location and not model.artifact_path.endswith(
+        f"/models/{model.model_version}.pt"
+    ):
+        raise RegistryError(
+            f"artifact of {model.model_version} is outside the store's models folder "
+            f"{store.locate('models')}: {model.artifact_path}"
+        )
+    try:
+        return bytes(store.fs.cat_file(location))
+    except FileNotFoundError as error:
+        raise RegistryError(f"artifact of {model.model_version} is missing: {location}") from error
+
+
 def read_verified_artifact(store: Store, model: ModelVersion) -> bytes:
     """The artifact's bytes, read once and checked against the registered sha256.
 
     Callers load from these bytes, so the file cannot change between check and use.
     """
-    path = _artifact_file(store, model)
-    with open(path, "rb") as handle:
-        content = handle.read()
+    if store.remote:
+        content = _read_remote_artifact(store, model)
+    else:
+        with open(_artifact_file(store, model), "rb") as handle:
+            content = handle.read()
     actual = hashlib.sha256(content).hexdigest()
     if actual != model.artifact_sha256:
         raise RegistryError(

@@ -29,7 +29,6 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -234,10 +233,13 @@ def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
     The views name today's parts explicitly, so the only files this connection may open are
     those parts (``allowed_paths``); no folder is allowed, so it can create no file.
     """
-    files = {table: store.part_files(table) for table in TABLE_SCHEMAS}
     connection = duckdb.connect(":memory:", config=dict(_SANDBOX_CONFIG))
     try:
-        allowed = [path.as_posix() for paths in files.values() for path in paths]
+        # An s3:// store: DuckDB reads through the store's fsspec filesystem, registered
+        # before external access is turned off; allowed_paths still names every object.
+        store.register(connection)
+        files = {table: store.part_locations(table, for_reader=True) for table in TABLE_SCHEMAS}
+        allowed = [location for locations in files.values() for location in locations]
         connection.execute("SET allowed_directories = []")
         connection.execute("SET allowed_paths = $1", [allowed])
         connection.execute("SET enable_external_access = false")
@@ -249,28 +251,41 @@ def readonly_connection(store: Store) -> duckdb.DuckDBPyConnection:
     return connection
 
 
-def _is_vanished_part(error: duckdb.Error) -> bool:
+def _is_vanished_part(error: Exception) -> bool:
+    """A part listed by the connection was removed or replaced before it was read: on
+    object storage s3fs refuses to read a replaced object (``FileExpired``: its ETag
+    changed), so a reader never mixes bytes of two versions; listing again fixes it."""
     text = str(error)
-    return isinstance(error, duckdb.IOException) and (
+    if isinstance(error, duckdb.IOException) and (
         "No files found" in text or "No such file" in text or "not exist" in text
+    ):
+        return True
+    # s3fs' FileExpired, raised inside DuckDB's call into the filesystem (a duckdb.Error
+    # carrying its text) or directly.
+    return isinstance(error, (duckdb.Error, OSError)) and "FileExpired" in (
+        text + type(error).__name__
     )
 
 
 def query(store: Store, sql: str, parameters: Sequence[object] | None = None) -> pa.Table:
     """Run one read-only statement with bound ``parameters`` (``$1`` or ``?``)."""
-    if not Path(store.tables_dir).is_dir():
-        raise FileNotFoundError(f"no store at {store.root}")
+    if not store.exists():
+        raise FileNotFoundError(f"no store at {store.location}")
     check_read_only(sql)
     for attempt in range(_READ_RETRIES):
-        connection = readonly_connection(store)
+        connection: duckdb.DuckDBPyConnection | None = None
         try:
+            # Inside the retry: creating the views reads the listed parts' footers already.
+            connection = readonly_connection(store)
             return connection.sql(sql, params=list(parameters or [])).to_arrow_table()
         except duckdb.PermissionException as error:
             raise ReadOnlyViolation(f"refused: {error}") from error
-        except duckdb.IOException as error:
-            # A writer replaced a run's folder after the parts were listed: list them again.
+        except (duckdb.Error, OSError) as error:
+            # A writer replaced a run's folder (or, on object storage, a part) after the
+            # parts were listed: list them again.
             if attempt + 1 == _READ_RETRIES or not _is_vanished_part(error):
                 raise
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
     raise AssertionError("unreachable")

@@ -10,6 +10,13 @@ lock (``filelock`` on ``<root>/writer.lock``), re-entrant inside one process so 
 operations (an ingest inside a retrain) do not wait on themselves. Readers never take it.
 The first writer to take the lock removes what dead writers left in ``tmp/`` (entries are
 named after the writing process' pid) and empty partition folders.
+
+A store may also live on object storage, ``s3://bucket/prefix`` (``storage.objectstore``):
+parts are staged in a local temporary file and published by one PUT under their final
+key, the writer lock is a lease object taken with a conditional PUT, and readers' DuckDB
+reads the parts through the same fsspec filesystem, registered on the connection.
+``Store.location`` names either kind; ``Store.root`` (a ``Path``) exists only for a
+local store, and the few operations that need a local folder say so for an ``s3://`` one.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -27,19 +35,31 @@ from pathlib import Path
 
 import duckdb
 import filelock
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.objectstore import (
+    LeaseLost,
+    ObjectLease,
+    is_object_location,
+    normalise_location,
+    object_filesystem,
+    reader_filesystem,
+)
 from storage.schemas import HIVE_KEY, TABLE_SCHEMAS, VIEW_SQL
 
 __all__ = [
     "Store",
     "StoreBusy",
     "StoreNotFound",
+    "LocalOnly",
+    "LeaseLost",
     "DEFAULT_STORE_DIR",
     "STORE_ENV_VAR",
     "LOCK_TIMEOUT_ENV_VAR",
     "resolve_store_root",
+    "resolve_store_location",
 ]
 
 STORE_ENV_VAR = "MOE_STORE"
@@ -57,15 +77,36 @@ _TMP_OWNER = re.compile(r"^(?:partition-|retired-)?(\d+)-")
 # would block each other, and the in-process count makes the lock re-entrant.
 _LOCKS: dict[str, tuple[threading.RLock, filelock.FileLock]] = {}
 _LOCKS_GUARD = threading.Lock()
+# The same for object-storage stores: per location, a thread lock, the lease and a depth.
+_LEASES: dict[str, tuple[threading.RLock, ObjectLease, list[int]]] = {}
 _LAYOUT_DIGEST = hashlib.sha256(
     repr((sorted(VIEW_SQL.items()), [(t, str(s)) for t, s in TABLE_SCHEMAS.items()])).encode()
 ).hexdigest()
 
 
-def resolve_store_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The store's folder: ``root`` if given, else ``$MOE_STORE``, else ``./moe_store``."""
+def resolve_store_location(root: str | os.PathLike[str] | None = None) -> str:
+    """The store: ``root`` if given, else ``$MOE_STORE``, else ``./moe_store``.
+
+    An ``s3://bucket/prefix`` location is returned normalised; a folder as an absolute path.
+    """
     chosen = root if root is not None else os.environ.get(STORE_ENV_VAR) or DEFAULT_STORE_DIR
-    return Path(chosen).expanduser().resolve()
+    if is_object_location(chosen):
+        return normalise_location(str(chosen))
+    return str(Path(chosen).expanduser().resolve())
+
+
+def resolve_store_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The store's folder, for code that needs a local one; ``LocalOnly`` for ``s3://``."""
+    location = resolve_store_location(root)
+    if is_object_location(location):
+        raise LocalOnly(
+            f"the store {location} is on object storage, and this needs a local store folder"
+        )
+    return Path(location)
+
+
+class LocalOnly(ValueError):
+    """An operation that needs a local store folder was given an ``s3://`` store."""
 
 
 class StoreNotFound(FileNotFoundError):
@@ -99,37 +140,93 @@ def _partition_value(value: str) -> str:
 
 
 class Store:
-    """A folder of Parquet tables. Cheap to construct; ``open`` creates the layout."""
+    """A folder (or ``s3://`` prefix) of Parquet tables. Cheap to construct; ``open``
+    creates the layout."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.tables_dir = root / "tables"
-        self.tmp_dir = root / "tmp"
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        if is_object_location(root):
+            self.location = normalise_location(str(root))
+            self._root: Path | None = None
+        else:
+            self._root = Path(root)
+            self.location = str(self._root)
+
+    # -- where things are -----------------------------------------------------------------
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store is on object storage (``s3://``) rather than in a folder."""
+        return self._root is None
+
+    @property
+    def root(self) -> Path:
+        """The store's folder; ``LocalOnly`` for an ``s3://`` store (use ``location``)."""
+        if self._root is None:
+            raise LocalOnly(
+                f"the store {self.location} is on object storage: this operation needs a "
+                "local store folder (run it against a local store, or use the store's "
+                "methods, which work on both)"
+            )
+        return self._root
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The filesystem the store's locations are read through (local or s3fs)."""
+        if self._root is None:
+            return object_filesystem()
+        return fsspec.filesystem("file")
+
+    def locate(self, *parts: str) -> str:
+        """The location of ``parts`` under the store: an absolute path or an ``s3://`` URL."""
+        if self._root is None:
+            return "/".join([self.location, *parts])
+        return self._root.joinpath(*parts).as_posix()
+
+    def scratch_dir(self) -> Path:
+        """A local folder for temporary files of this store's operations (``tmp/`` when
+        local, so crash leftovers are cleaned by the next writer; else the system's)."""
+        if self._root is None:
+            return Path(tempfile.gettempdir())
+        return self.tmp_dir
 
     @classmethod
     def open(cls, root: str | os.PathLike[str] | None = None) -> Store:
-        """Open (creating if needed) the store at ``resolve_store_root(root)``."""
-        store = cls(resolve_store_root(root))
+        """Open (creating if needed) the store at ``resolve_store_location(root)``."""
+        store = cls(resolve_store_location(root))
         store._ensure_layout()
         return store
 
     @classmethod
     def open_existing(cls, root: str | os.PathLike[str] | None = None) -> Store:
-        """Open the store at ``resolve_store_root(root)`` without creating anything.
+        """Open the store at ``resolve_store_location(root)`` without creating anything.
 
         For read-only commands: a mistyped path says so instead of answering from a new,
         empty store.
         """
-        path = resolve_store_root(root)
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"store path {path} is a file, not a store folder")
-        store = cls(path)
-        if not store.tables_dir.is_dir() or not (path / "catalog.version").exists():
+        location = resolve_store_location(root)
+        store = cls(location)
+        if store._root is not None and store._root.exists() and not store._root.is_dir():
+            raise NotADirectoryError(f"store path {location} is a file, not a store folder")
+        if not store.exists():
             raise StoreNotFound(
-                f"no store at {path}: pass --store (or set ${STORE_ENV_VAR}) to an existing "
-                "store, or create one with `moe ingest FILE`"
+                f"no store at {location}: pass --store (or set ${STORE_ENV_VAR}) to an "
+                "existing store, or create one with `moe ingest FILE`"
             )
         return store
+
+    def exists(self) -> bool:
+        """Whether a store's layout is at this location (read-only check)."""
+        if self._root is None:
+            return bool(self.fs.exists(self.locate("catalog.version")))
+        return self.tables_dir.is_dir() and (self._root / "catalog.version").exists()
 
     # -- the writer lock ------------------------------------------------------------------
 
@@ -141,20 +238,37 @@ class Store:
                 _LOCKS[path] = (threading.RLock(), filelock.FileLock(path, thread_local=False))
             return _LOCKS[path]
 
+    def _lease(self) -> tuple[threading.RLock, ObjectLease, list[int]]:
+        with _LOCKS_GUARD:
+            entry = _LEASES.get(self.location)
+            if entry is None or entry[1].fs is not self.fs:  # a new process' filesystem
+                lease = ObjectLease(self.fs, self.locate(_LOCK_FILE))
+                entry = _LEASES[self.location] = (threading.RLock(), lease, [0])
+            return entry
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return float(os.environ.get(LOCK_TIMEOUT_ENV_VAR, _DEFAULT_LOCK_TIMEOUT_S))
+        return timeout
+
     @contextmanager
     def writer(self, timeout: float | None = None) -> Iterator[None]:
         """Hold the store's writer lock: one writing thread in one process at a time.
 
         Re-entrant in the holding thread. Waits up to ``timeout`` seconds (default
         ``$MOE_WRITER_LOCK_TIMEOUT`` or 900), then raises ``StoreBusy`` naming the holder.
+        On object storage the lock is a lease object (``storage.objectstore.ObjectLease``).
         """
-        if timeout is None:
-            timeout = float(os.environ.get(LOCK_TIMEOUT_ENV_VAR, _DEFAULT_LOCK_TIMEOUT_S))
+        timeout = self._timeout(timeout)
+        if self._root is None:
+            with self._remote_writer(timeout):
+                yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         threads, files = self._locks()
         if not threads.acquire(timeout=timeout if timeout >= 0 else -1):
             raise StoreBusy(
-                f"another thread of this process is writing to the store {self.root}; "
+                f"another thread of this process is writing to the store {self.location}; "
                 f"waited {timeout:g} s"
             )
         try:
@@ -179,12 +293,48 @@ class Store:
         finally:
             threads.release()
 
+    @contextmanager
+    def _remote_writer(self, timeout: float) -> Iterator[None]:
+        threads, lease, depth = self._lease()
+        if not threads.acquire(timeout=timeout if timeout >= 0 else -1):
+            raise StoreBusy(
+                f"another thread of this process is writing to the store {self.location}; "
+                f"waited {timeout:g} s"
+            )
+        try:
+            if depth[0] == 0:
+                try:
+                    lease.acquire(timeout)
+                except TimeoutError as error:
+                    raise StoreBusy(
+                        f"another process is writing to the store {self.location} ({error}); "
+                        f"wait for it to finish, or raise ${LOCK_TIMEOUT_ENV_VAR} "
+                        f"(waited {timeout:g} s)"
+                    ) from error
+            depth[0] += 1
+            try:
+                yield
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    lease.release()
+        finally:
+            threads.release()
+
+    def _check_lease(self) -> None:
+        """Before publishing on object storage: this process must still hold the lease."""
+        if self._root is None:
+            self._lease()[1].check()
+
     def clean_stale(self) -> list[Path]:
         """Remove ``tmp/`` entries of dead writers and empty partition folders.
 
-        Called by the writer holding the lock; returns what was removed.
+        Called by the writer holding the lock; returns what was removed. An object-storage
+        store has neither (parts are staged locally, prefixes are not folders).
         """
         removed: list[Path] = []
+        if self._root is None:
+            return removed
         if self.tmp_dir.is_dir():
             for entry in self.tmp_dir.iterdir():
                 match = _TMP_OWNER.match(entry.name)
@@ -209,7 +359,18 @@ class Store:
 
     # -- layout ---------------------------------------------------------------------------
 
+    def _read_text(self, location: str) -> str | None:
+        try:
+            with self.fs.open(location, "r") as handle:
+                return str(handle.read())
+        except FileNotFoundError:
+            return None
+
     def _layout_complete(self) -> bool:
+        if self._root is None:
+            if self._read_text(self.locate("catalog.version")) != _LAYOUT_DIGEST:
+                return False
+            return all(self.fs.exists(self._empty_part(table)) for table in TABLE_SCHEMAS)
         stamp = self.root / "catalog.version"
         if not (self.root / _CATALOG).exists() or not stamp.exists():
             return False
@@ -222,66 +383,140 @@ class Store:
         # Hive tables keep theirs in a placeholder partition so every file has the key.
         return folder / f"{HIVE_KEY[table]}=_empty" if table in HIVE_KEY else folder
 
+    def _empty_part(self, table: str) -> str:
+        """Location of ``table``'s zero-row placeholder part."""
+        parts = ["tables", table] + ([f"{HIVE_KEY[table]}=_empty"] if table in HIVE_KEY else [])
+        return self.locate(*parts, _EMPTY_PART)
+
     def _ensure_layout(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
+        if self._root is not None and self._root.exists() and not self._root.is_dir():
             raise NotADirectoryError(
                 f"store path {self.root} is a file, not a folder: pass --store a folder"
             )
         if self._layout_complete():  # the common case: no write, so no lock
             return
         with self.writer():
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            if self._root is not None:
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
             for table, schema in TABLE_SCHEMAS.items():
-                empty = self._empty_part_dir(table)
-                empty.mkdir(parents=True, exist_ok=True)
-                placeholder = empty / _EMPTY_PART
+                placeholder = self._empty_part(table)
                 # A store made by an older version keeps placeholders of the older schema;
                 # rewritten, they give every view the new columns (NULL in older parts).
-                if not placeholder.exists() or not pq.read_schema(placeholder).equals(schema):
+                if not self.fs.exists(placeholder) or not self._schema_of(placeholder).equals(
+                    schema
+                ):
                     self._write_atomic(schema.empty_table(), placeholder)
+            stamp = self.locate("catalog.version")
+            if self._root is None:
+                # No catalog.duckdb on object storage (see write_catalog): the stamp only.
+                if self._read_text(stamp) != _LAYOUT_DIGEST:
+                    self._publish_bytes(_LAYOUT_DIGEST.encode(), stamp)
+                return
             # Rewrite the catalog when the declared views changed (a store made by an older
             # version of this code gains the new views on the next open).
-            stamp = self.root / "catalog.version"
             if (
                 not (self.root / _CATALOG).exists()
-                or not stamp.exists()
-                or stamp.read_text() != _LAYOUT_DIGEST
+                or not Path(stamp).exists()
+                or Path(stamp).read_text() != _LAYOUT_DIGEST
             ):
                 self.write_catalog()
-                stamp.write_text(_LAYOUT_DIGEST)
+                Path(stamp).write_text(_LAYOUT_DIGEST)
+
+    def _schema_of(self, location: str) -> pa.Schema:
+        if self._root is None:
+            return pq.read_schema(location.removeprefix("s3://"), filesystem=self.fs)
+        return pq.read_schema(location)
 
     def table_dir(self, table: str) -> Path:
-        """Folder of ``table``'s parts; ``table`` must be declared in ``storage.schemas``."""
+        """Folder of ``table``'s parts (local stores); ``table`` must be declared in
+        ``storage.schemas``."""
+        self._check_table(table)
+        return self.tables_dir / table
+
+    def _check_table(self, table: str) -> None:
         if table not in TABLE_SCHEMAS:
             raise KeyError(f"unknown table {table!r}; known: {sorted(TABLE_SCHEMAS)}")
-        return self.tables_dir / table
+
+    def table_location(self, table: str, partition: dict[str, str] | None = None) -> str:
+        """Location of ``table``'s parts (inside ``key=value`` folders if ``partition``)."""
+        self._check_table(table)
+        keys = [f"{key}={_partition_value(value)}" for key, value in (partition or {}).items()]
+        return self.locate("tables", table, *keys)
 
     # -- writing --------------------------------------------------------------------------
 
-    def _write_atomic(self, data: pa.Table, destination: Path, compression: str = "zstd") -> None:
-        staging = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+    def _write_atomic(self, data: pa.Table, destination: str, compression: str = "zstd") -> None:
+        """Write ``data`` as one Parquet file, then publish it whole at ``destination``."""
+        staging = self.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
         try:
             pq.write_table(data, staging, compression=compression)
-            with open(staging, "rb") as handle:
-                os.fsync(handle.fileno())
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, destination)
+            self._publish_file(staging, destination)
         finally:
             staging.unlink(missing_ok=True)
+
+    def _publish_file(self, staging: Path, destination: str) -> None:
+        """Make the complete local file ``staging`` appear at ``destination`` in one step.
+
+        Local: fsync, then ``os.replace`` (the staging file is moved). Object storage: one
+        upload (a PUT, or a multipart upload completed at the end), which S3 makes visible
+        whole or not at all; the staging file is left for the caller to remove.
+        """
+        if self._root is None:
+            self._check_lease()
+            self.fs.put_file(str(staging), destination)
+            return
+        with open(staging, "rb") as handle:
+            os.fsync(handle.fileno())
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, destination)
+
+    def _publish_bytes(self, data: bytes, destination: str) -> None:
+        """A small object (a stamp) written whole: a single PUT on object storage."""
+        if self._root is None:
+            self._check_lease()
+            self.fs.pipe_file(destination, data)
+            return
+        staging = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.bytes"
+        try:
+            staging.write_bytes(data)
+            self._publish_file(staging, destination)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def publish_copy(self, source: str | os.PathLike[str], *parts: str) -> tuple[str, str]:
+        """Copy the local file ``source`` to ``parts`` under the store, published whole.
+
+        Returns the new location and the SHA-256 of exactly the bytes published (hashed
+        from the staged copy, so a source that changes meanwhile cannot disagree).
+        """
+        destination = self.locate(*parts)
+        staging = self.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex}-{parts[-1]}"
+        try:
+            shutil.copyfile(source, staging)
+            with open(staging, "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            self._publish_file(staging, destination)
+        finally:
+            staging.unlink(missing_ok=True)
+        return destination, digest
 
     def part_path(
         self, table: str, part_name: str, partition: dict[str, str] | None = None
     ) -> Path:
-        """Where part ``part_name`` of ``table`` lives (inside ``key=value`` folders if any)."""
+        """Where part ``part_name`` of ``table`` lives in a local store."""
+        self.root  # noqa: B018 - raises LocalOnly for an s3:// store
+        return Path(self.part_location(table, part_name, partition))
+
+    def part_location(
+        self, table: str, part_name: str, partition: dict[str, str] | None = None
+    ) -> str:
+        """Location of part ``part_name`` of ``table`` (inside ``key=value`` folders if any)."""
         if not part_name or "/" in part_name or part_name.startswith((".", "_")):
             raise ValueError(f"invalid part name {part_name!r}")
-        folder = self.table_dir(table)
-        for key, value in (partition or {}).items():
-            folder = folder / f"{key}={_partition_value(value)}"
-        return folder / f"{part_name}.parquet"
+        return f"{self.table_location(table, partition)}/{part_name}.parquet"
 
     def has_part(self, table: str, part_name: str, partition: dict[str, str] | None = None) -> bool:
-        return self.part_path(table, part_name, partition).exists()
+        return bool(self.fs.exists(self.part_location(table, part_name, partition)))
 
     def write_part(
         self,
@@ -292,13 +527,14 @@ class Store:
         compression: str = "zstd",
         *,
         held: bool = False,
-    ) -> Path:
+    ) -> str:
         """Write ``data`` as one whole part; replaces a part of the same name (idempotent).
 
         ``data`` is cast to the table's declared schema, so a wrong column fails here, not
         later in a reader. ``compression="none"`` suits float arrays read back in bulk.
         Takes the writer lock unless ``held``: the caller's operation already holds it from
-        another thread of this process (ingest's background part writer).
+        another thread of this process (ingest's background part writer). Returns the part's
+        location.
         """
         schema = TABLE_SCHEMAS[table]
         try:
@@ -307,7 +543,7 @@ class Store:
             raise ValueError(
                 f"rows for table {table!r} do not match its schema: {error}"
             ) from error
-        destination = self.part_path(table, part_name, partition)
+        destination = self.part_location(table, part_name, partition)
         if held:
             self._write_atomic(data, destination, compression)
         else:
@@ -324,54 +560,117 @@ class Store:
         Yields ``write(part_name, data)``. Parts go to a staging folder under ``tmp/``; only
         when the block finishes is the folder renamed into the table, so a run killed midway
         leaves the previous rows (or none) and a rerun leaves exactly one set.
+
+        On object storage there is no folder rename: the staged parts are uploaded one by
+        one (each whole), then the previous parts of the partition that the new set does not
+        replace are deleted. A run killed midway still publishes nothing; a reader during
+        the swap sees every part whole but may see the partition partly old, partly new.
         """
         schema = TABLE_SCHEMAS[table]
-        for value in partition.values():
-            _partition_value(value)  # refuse reserved names before any work
-        staging = self.tmp_dir / f"partition-{os.getpid()}-{uuid.uuid4().hex}"
+        final = self.table_location(table, partition)  # refuses reserved names before work
+        staging = self.scratch_dir() / f"partition-{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
 
         def write(part_name: str, data: pa.Table) -> None:
-            target = self.part_path(table, part_name)  # validates the name
-            pq.write_table(data.select(schema.names).cast(schema), staging / target.name)
+            target = self.part_location(table, part_name)  # validates the name
+            name = target.rsplit("/", 1)[-1]
+            pq.write_table(data.select(schema.names).cast(schema), staging / name)
 
         try:
             yield write
-            final = self.table_dir(table)
-            for key, value in partition.items():
-                final = final / f"{key}={_partition_value(value)}"
+            if self._root is None:
+                with self.writer():
+                    self._swap_remote_partition(staging, final)
+                return
             retired = self.tmp_dir / f"retired-{os.getpid()}-{uuid.uuid4().hex}"
             with self.writer():  # the swap is the write; staging needed no lock
-                if final.exists():
+                if Path(final).exists():
                     os.replace(final, retired)
-                final.parent.mkdir(parents=True, exist_ok=True)
+                Path(final).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging, final)
             shutil.rmtree(retired, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _swap_remote_partition(self, staging: Path, final: str) -> None:
+        new = sorted(entry.name for entry in staging.iterdir())
+        old = [location.rsplit("/", 1)[-1] for location in self._list_parts(final)]
+        for name in new:
+            self._publish_file(staging / name, f"{final}/{name}")
+        stale = [f"{final}/{name}" for name in old if name not in set(new)]
+        if stale:
+            self._check_lease()
+            self.fs.rm(stale)
+
     # -- reading --------------------------------------------------------------------------
 
-    def part_files(self, table: str) -> list[Path]:
-        """Every Parquet part of ``table`` now (the files its view reads), sorted."""
-        folder = self.table_dir(table)
-        pattern = "*/*.parquet" if table in HIVE_KEY else "*.parquet"
-        return sorted(folder.glob(pattern))
+    def _list_parts(
+        self, folder: str, pattern: str = "*.parquet", *, for_reader: bool = False
+    ) -> list[str]:
+        """Parts matching ``pattern`` under ``folder``, as locations, sorted.
 
-    def _scan_sql(self, table: str, files: list[Path] | None = None) -> str:
+        ``for_reader``: list through the readers' filesystem (object storage), whose cache
+        then answers DuckDB's look-ups of these parts; writers always list uncached.
+        """
+        if self._root is None:
+            fs = reader_filesystem() if for_reader else self.fs
+            found = fs.glob(f"{folder}/{pattern}")
+            return sorted("s3://" + str(path) for path in found)
+        return sorted(path.as_posix() for path in Path(folder).glob(pattern))
+
+    def part_locations(
+        self, table: str, partition: dict[str, str] | None = None, *, for_reader: bool = False
+    ) -> list[str]:
+        """Every Parquet part of ``table`` now (or of one partition), sorted.
+
+        ``for_reader``: for a connection this store has just ``register``ed (see there).
+        """
+        pattern = "*/*.parquet" if table in HIVE_KEY and partition is None else "*.parquet"
+        location = self.table_location(table, partition)
+        return self._list_parts(location, pattern, for_reader=for_reader)
+
+    def part_files(self, table: str) -> list[Path]:
+        """Every Parquet part of a local store's ``table`` now (the files its view reads)."""
+        self.root  # noqa: B018 - raises LocalOnly for an s3:// store
+        return [Path(location) for location in self.part_locations(table)]
+
+    def read_part(self, location: str, columns: list[str] | None = None) -> pa.Table:
+        """One part as an Arrow table (``columns`` only, if given)."""
+        if self._root is None:
+            path = location.removeprefix("s3://")
+            return pq.read_table(path, columns=columns, filesystem=self.fs)
+        return pq.read_table(location, columns=columns)
+
+    def _scan_sql(self, table: str, files: list[str] | None = None) -> str:
         """``read_parquet`` over the table's folder (globbed at query time) or over ``files``."""
         hive = ", hive_partitioning=true" if table in HIVE_KEY else ""
         if files is not None:
-            quoted = ", ".join("'" + f.as_posix().replace("'", "''") + "'" for f in files)
+            quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             return f"read_parquet([{quoted}], union_by_name=true{hive})"
-        folder = self.table_dir(table).as_posix().replace("'", "''")
+        folder = self.table_location(table).replace("'", "''")
         pattern = "**/*.parquet" if table in HIVE_KEY else "*.parquet"
         return f"read_parquet('{folder}/{pattern}', union_by_name=true{hive})"
+
+    def register(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Let ``connection`` read this store's locations: on object storage, DuckDB reads
+        ``s3://`` through this store's fsspec filesystem (its httpfs extension is not used).
+
+        That filesystem caches listings, emptied here: a connection sees the parts published
+        before it was registered, and may miss later ones; open a new connection to see them
+        (``moe sql`` and ``storage.sql.query`` open one per query).
+        """
+        if self._root is None:
+            self.fs  # noqa: B018 - says how to install s3fs when it is missing
+            fs = reader_filesystem()
+            # Listings are cached for speed; a new connection starts from fresh ones, so it
+            # sees every part published before it opened.
+            fs.invalidate_cache()
+            connection.register_filesystem(fs)
 
     def _create_views(
         self,
         connection: duckdb.DuckDBPyConnection,
-        files: dict[str, list[Path]] | None = None,
+        files: dict[str, list[str]] | None = None,
     ) -> None:
         scans = {
             table: self._scan_sql(table, None if files is None else files[table])
@@ -385,14 +684,27 @@ class Store:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB with every view; holds no lock on any file."""
         connection = duckdb.connect(":memory:")
-        self._create_views(connection)
+        try:
+            self.register(connection)
+            self._create_views(connection)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     def write_catalog(self) -> Path:
         """(Re)write ``catalog.duckdb``: the same views, for the DuckDB CLI and notebooks.
 
-        Views hold absolute paths: rerun ``moe store catalog`` after moving the store.
+        Views hold absolute paths: rerun ``moe store catalog`` after moving the store. Local
+        stores only: a catalog for an ``s3://`` store would need DuckDB's httpfs extension in
+        every reader, which this project does not ship; use ``moe sql`` or ``Store.connect``.
         """
+        if self._root is None:
+            raise LocalOnly(
+                f"the store {self.location} is on object storage: catalog.duckdb is written "
+                "for local stores only (its views would need DuckDB's httpfs extension); "
+                "query it with `moe sql` or storage.store.Store.connect() instead"
+            )
         path = self.root / _CATALOG
         staging = self.tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.duckdb"
         with self.writer():
