@@ -212,13 +212,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.config import RetrainConfig
 
     store = Store.open(args.store)
-    print(f"store: {store.root}")
+    print(f"store: {store.location}")
     chosen = {"experts": args.experts.split(",")} if args.experts else {}
     config = RetrainConfig(jsonl_paths=[str(sample_path())], **chosen)
-    outcome = retrain(config=config, store=str(store.root))  # forecasts when promoted
+    outcome = retrain(config=config, store=store.location)  # forecasts when promoted
     print(f"retrain: {outcome}")
     if not outcome["promoted"]:  # keep the champion, but still refresh its forecasts
-        print(f"batch forecast: {batch_forecast(store=str(store.root))}")
+        print(f"batch forecast: {batch_forecast(store=store.location)}")
     print(f"\n{_DEMO_QUERY.strip()}\n")
     print(format_table(query(store, _DEMO_QUERY), max_rows=40))
     print(
@@ -257,7 +257,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows.jobs import retrain
 
-    print(retrain(config=config, store=str(store.root)))
+    print(retrain(config=config, store=store.location))
     return 0
 
 
@@ -272,7 +272,7 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows.jobs import batch_forecast
 
-    print(batch_forecast(config=config, store=str(store.root)))
+    print(batch_forecast(config=config, store=store.location))
     return 0
 
 
@@ -283,7 +283,7 @@ def _check_forecast(store: Store, config: ForecastConfig) -> None:
 
     if config.model_version is None and champion(store) is None:
         raise UserError(
-            f"the store {store.root} has no champion model yet: run `moe retrain` first "
+            f"the store {store.location} has no champion model yet: run `moe retrain` first "
             "(or pass --model-version VERSION)"
         )
     model = choose_model(store, config.model_version)
@@ -307,7 +307,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows.jobs import evaluate
 
-    print(evaluate(store=str(store.root)))
+    print(evaluate(store=store.location))
     return 0
 
 
@@ -346,7 +346,8 @@ def _cmd_api(args: argparse.Namespace) -> int:
     token_note = (
         f"bearer token from {TOKEN_ENV_VAR}" if os.environ.get(TOKEN_ENV_VAR) else "no token"
     )
-    print(f"moe api: store {store.root}, http://{args.host}:{args.port} ({token_note})", flush=True)
+    address = f"http://{args.host}:{args.port}"
+    print(f"moe api: store {store.location}, {address} ({token_note})", flush=True)
     serve(store, args.host, args.port, args.device)
     return 0
 

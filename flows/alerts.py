@@ -24,6 +24,8 @@ from uuid import UUID
 
 from prefect.events import emit_event
 
+from storage.objectstore import is_object_location
+
 __all__ = [
     "ALERT_PREFIX",
     "ALERT_KINDS",
@@ -37,8 +39,10 @@ ALERT_KINDS = ("realised-error", "error-growth", "retrain-failed", "not-promoted
 
 
 def resource_for(store_root: str | Path) -> dict[str, str]:
-    """The Prefect resource an alert is about: the store."""
-    root = str(Path(store_root).resolve())
+    """The Prefect resource an alert is about: the store (a folder, or an ``s3://`` URL)."""
+    root = str(store_root)
+    if not is_object_location(root):
+        root = str(Path(root).resolve())
     return {"prefect.resource.id": f"moe.store.{root}", "prefect.resource.name": root}
 
 

@@ -125,8 +125,9 @@ def publish_forecast(store: Store, run: ForecastRun) -> None:
     )
     png = _plot_png(store, run.run_id)
     if png is not None:
-        plots = store.root / "plots"
-        plots.mkdir(exist_ok=True)
+        # beside a local store; an s3:// store keeps the plot in the artifact only
+        plots = store.scratch_dir() / "plots" if store.remote else store.root / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
         path = plots / f"{run.run_id}.png"
         path.write_bytes(png)
         encoded = base64.b64encode(png).decode()

@@ -10,7 +10,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from flows import alerts, artifacts, tasks
 from pipeline import retrain as pipeline_retrain
 from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
-from storage.store import resolve_store_root
+from storage.store import resolve_store_location
 
 __all__ = ["ingest", "retrain", "batch_forecast", "evaluate"]
 
@@ -29,7 +29,7 @@ def ingest(paths: list[str], store: str | None = None) -> dict[str, int]:
 
 def _retrain_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """``on_failure`` hook: the failure becomes a ``moe.alert.retrain-failed`` event."""
-    store = resolve_store_root(flow_run.parameters.get("store"))
+    store = resolve_store_location(flow_run.parameters.get("store"))
     alerts.emit_alert(
         "retrain-failed",
         store,
@@ -49,7 +49,7 @@ def retrain(config: RetrainConfig = RetrainConfig(), store: str | None = None) -
     if not result.promoted:
         alerts.emit_alert(
             "not-promoted",
-            opened.root,
+            opened.location,
             f"model {result.model_version} was not promoted: {result.reason}",
             model_version=result.model_version,
         )
@@ -82,5 +82,5 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(), store: str | None = None
     for kind, message in (("realised-error", result.alert), ("error-growth", result.growth_alert)):
         if message:
             get_run_logger().warning(message)
-            alerts.emit_alert(kind, opened.root, message, runs=[r.run_id for r in result.runs])
+            alerts.emit_alert(kind, opened.location, message, runs=[r.run_id for r in result.runs])
     return [run.run_id for run in result.runs]

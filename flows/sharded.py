@@ -52,6 +52,6 @@ def precompute_sharded(
     for season, rows in season_groups(windows.season_length):  # experts differ per period
         blocks = shard_contexts(windows.context[rows], shards)
         futures += precompute_shard.map(
-            unmapped(str(opened.root)), unmapped(config), blocks, unmapped(season)
+            unmapped(opened.location), unmapped(config), blocks, unmapped(season)
         )
     return [stats for future in futures for stats in future.result()]

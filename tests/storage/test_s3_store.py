@@ -385,3 +385,42 @@ def test_part_replaced_after_listing_is_never_read_mixed(location: str) -> None:
         connection.close()
     rows = query(store, "SELECT model_version FROM model_events")
     assert rows["model_version"].to_pylist() == ["a-longer-new-version"]
+
+
+def test_retrain_forecast_evaluate_jobs_on_s3(location: str, tmp_path: Path) -> None:
+    """Guards the jobs on object storage: the retrain outline (windows, expert cache, gate,
+    backtest, registry, forecast after promotion), a batch forecast and evaluate all run
+    against an s3:// store and leave their rows there, nothing under a local folder."""
+    from moe.experts.fake import fake_trio
+    from pipeline.config import EvaluateConfig, ForecastConfig, RetrainConfig
+    from pipeline.evaluate import evaluate_forecasts
+    from pipeline.forecast import batch_forecast
+    from pipeline.retrain import retrain
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "series.jsonl"
+    with open(path, "w") as handle:
+        for i in range(12):
+            values = (10 + np.sin(np.arange(48) / 2) + rng.random(48)).round(3).tolist()
+            handle.write(json.dumps({"series_id": f"s{i:02d}", "sequence": values}) + "\n")
+    store = Store.open(location)
+    config = RetrainConfig.model_validate(
+        {
+            "jsonl_paths": [str(path)],
+            "experts": ["seasonal_naive", "autoets", "autotheta"],
+            "input_length": 24,
+            "pred_length": 6,
+            "season_length": 1,
+            "max_windows_per_series": 3,
+            "train": {"epochs": 2, "batch_size": 32},
+        }
+    )
+    result = retrain(store, config, experts=fake_trio())
+    assert result.promoted and result.forecast is not None
+    assert result.artifact_path.startswith(location)
+    run = batch_forecast(store, ForecastConfig(run_id="nightly"), experts=fake_trio())
+    assert (run.n_series, run.n_rows) == (12, 12 * 6)
+    counts = query(store, "SELECT run_id, count(*) AS n FROM forecasts GROUP BY run_id")
+    assert dict(zip(*counts.to_pydict().values(), strict=True))["nightly"] == 12 * 6
+    evaluate_forecasts(store, EvaluateConfig())  # no actuals yet: scores nothing, no error
+    assert any("/tables/forecasts/" in key for key in _objects(location))
