@@ -11,7 +11,10 @@ Inputs (nothing here runs an expert, so inference stays sparse: only the chosen 
 
 A small MLP (``F' -> hidden -> P``) scores the ``P = E (E - 1) / 2`` expert pairs; with
 ``learned_weights`` it also gives each pair's mixing weight (a sigmoid), otherwise the pair
-is mixed equally. Trained FFORMA-style (``moe.training.pair``): a softmax over the pairs,
+is mixed equally. With ``members = K > 1`` the gate is a bagged ensemble of ``K`` such MLPs
+(different initialisations, each trained on its own loss); it picks the pair with the
+highest mean softmax probability and mixes it with the members' mean weight. Trained
+FFORMA-style (``moe.training.pair``): a softmax over the pairs,
 minimising the expected MASE of the chosen pair's mixture.
 
 At inference the gate returns expert logits ``(B, E)`` that make the router's unchanged
@@ -114,6 +117,7 @@ class FeaturePairGate(nn.Module):
         hidden: int = 32,
         use_history: bool = False,
         learned_weights: bool = False,
+        members: int = 1,
     ) -> None:
         super().__init__()
         if n_experts < 2:
@@ -126,11 +130,21 @@ class FeaturePairGate(nn.Module):
         self.use_history = bool(use_history)
         self.learned_weights = bool(learned_weights)
         self.pairs: list[tuple[int, int]] = list(itertools.combinations(range(n_experts), 2))
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        self.members = int(members)
         self.n_inputs = len(FEATURE_NAMES) + (n_experts + 2 if use_history else 0)
-        outputs = len(self.pairs) * (2 if learned_weights else 1)
+        self.n_outputs = len(self.pairs) * (2 if learned_weights else 1)  # per member
+        width, outputs = self.hidden * self.members, self.n_outputs * self.members
         self.net = nn.Sequential(
-            nn.Linear(self.n_inputs, self.hidden), nn.GELU(), nn.Linear(self.hidden, outputs)
+            nn.Linear(self.n_inputs, width), nn.GELU(), nn.Linear(width, outputs)
         )
+        if self.members > 1:
+            # An ensemble of ``members`` independent MLPs in one module: every member has
+            # its own ``hidden`` units (the first layer) and its own outputs, and the
+            # block-diagonal mask keeps member k's outputs on member k's units only.
+            mask = torch.block_diag(*[torch.ones(self.n_outputs, self.hidden)] * self.members)
+            self.register_buffer("member_mask", mask)
         self.register_buffer("input_mean", torch.zeros(self.n_inputs))
         self.register_buffer("input_std", torch.ones(self.n_inputs))
         self.register_buffer("pair_index", torch.tensor(self.pairs, dtype=torch.int64))
@@ -155,13 +169,31 @@ class FeaturePairGate(nn.Module):
             self.input_mean.copy_(inputs.mean(dim=0))
             self.input_std.copy_(inputs.std(dim=0).nan_to_num(1.0).clamp_min(1e-3))
 
-    def pair_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pair scores ``(B, P)`` and first-expert weights ``(B, P)`` from raw inputs."""
-        out = self.net((inputs.to(self.input_mean) - self.input_mean) / self.input_std)
+    def member_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's pair scores ``(B, K, P)`` and first-expert weights ``(B, K, P)``."""
+        standard = (inputs.to(self.input_mean) - self.input_mean) / self.input_std
+        if self.members == 1:
+            out = self.net(standard)
+        else:
+            last: nn.Linear = self.net[-1]  # type: ignore[assignment]
+            hidden = self.net[1](self.net[0](standard))
+            out = nn.functional.linear(hidden, last.weight * self.member_mask, last.bias)
+        out = out.reshape(out.shape[0], self.members, self.n_outputs)
         n_pairs = len(self.pairs)
         if self.learned_weights:
-            return out[:, :n_pairs], torch.sigmoid(out[:, n_pairs:])
+            return out[..., :n_pairs], torch.sigmoid(out[..., n_pairs:])
         return out, torch.full_like(out, 0.5)
+
+    def pair_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair scores ``(B, P)`` and first-expert weights ``(B, P)`` from raw inputs.
+
+        With several members: the log of the members' mean softmax over pairs, and their
+        mean weights (one member: its scores and weights as they are)."""
+        scores, weights = self.member_outputs(inputs)
+        if self.members == 1:
+            return scores[:, 0], weights[:, 0]
+        mean_probability = torch.softmax(scores, dim=2).mean(dim=1)
+        return torch.log(mean_probability.clamp_min(1e-30)), weights.mean(dim=1)
 
     # -- the Gate protocol -----------------------------------------------------------------
     def forward(
@@ -195,6 +227,7 @@ class FeaturePairGate(nn.Module):
             "hidden": self.hidden,
             "use_history": self.use_history,
             "learned_weights": self.learned_weights,
+            "members": self.members,
             "features": ",".join(FEATURE_NAMES),
         }
 
@@ -215,13 +248,20 @@ class FeaturePairGate(nn.Module):
         last: nn.Linear = self.net[-1]  # type: ignore[assignment]
         twin_last: nn.Linear = twin.net[-1]  # type: ignore[assignment]
         with torch.no_grad():
-            index = torch.tensor(rows)
-            twin_last.weight[:n_pairs] = last.weight[index]
-            twin_last.bias[:n_pairs] = last.bias[index]
-            if self.learned_weights:
-                sign = torch.tensor([-1.0 if flip else 1.0 for flip in flips])
-                twin_last.weight[n_pairs:] = sign[:, None] * last.weight[n_pairs + index]
-                twin_last.bias[n_pairs:] = sign * last.bias[n_pairs + index]
+            for member in range(self.members):  # each member's block of outputs
+                at = member * self.n_outputs
+                index = torch.tensor(rows) + at
+                twin_last.weight[at : at + n_pairs] = last.weight[index]
+                twin_last.bias[at : at + n_pairs] = last.bias[index]
+                if self.learned_weights:
+                    sign = torch.tensor([-1.0 if flip else 1.0 for flip in flips])
+                    weights_at = at + n_pairs
+                    twin_last.weight[weights_at : weights_at + n_pairs] = (
+                        sign[:, None] * last.weight[n_pairs + index]
+                    )
+                    twin_last.bias[weights_at : weights_at + n_pairs] = (
+                        sign * last.bias[n_pairs + index]
+                    )
             if self.use_history:  # history columns follow the features: E relative errors
                 start = len(FEATURE_NAMES)
                 columns = torch.arange(self.n_inputs)
@@ -244,4 +284,5 @@ class FeaturePairGate(nn.Module):
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
-            last.bias[self.pairs.index((first, second))] = 1.0
+            for member in range(self.members):
+                last.bias[member * self.n_outputs + self.pairs.index((first, second))] = 1.0

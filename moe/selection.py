@@ -47,6 +47,7 @@ from moe.training import TrainConfig, TrainResult, train_gate
 
 __all__ = [
     "DEFAULT_KINDS",
+    "PAIR_MEMBERS",
     "COMPLEXITY",
     "CandidateScore",
     "GateFit",
@@ -54,6 +55,8 @@ __all__ = [
     "fit_gate",
     "gate_logits",
     "one_standard_error",
+    "cross_fitted_family",
+    "RULES",
 ]
 
 #: Measured cost of ``moe.features`` per window on one core here (1.6 ms), rounded up.
@@ -61,6 +64,8 @@ FEATURE_SECONDS_PER_WINDOW = 2e-3
 #: Candidate kinds ``fit_gate`` tries by default, simplest first. The contextual gate is
 #: left out by default: it needs every expert at inference (dense) and lost on Tourism.
 DEFAULT_KINDS: tuple[str, ...] = ("pair", "linear", "feature_pair")
+#: MLPs in each feature-pair candidate's bagged ensemble (``FeaturePairGate.members``).
+PAIR_MEMBERS = 1
 #: Rank used by the one-SE rule (lower = simpler = preferred when within one SE).
 COMPLEXITY = {"pair": 0, "linear": 1, "feature_pair": 2, "feature_pair+history": 3, "contextual": 4}
 
@@ -91,6 +96,7 @@ class GateFit:
     candidates: list[CandidateScore]
     skipped: list[str] = field(default_factory=list)
     history: torch.Tensor | None = None  # (N, E) past per-expert MASE the gate trained with
+    refit: bool = False  # ``result`` is the chosen candidate retrained on every window
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the artifact's ``metrics["selection"]``."""
@@ -111,6 +117,7 @@ class GateFit:
                 for c in self.candidates
             ],
             "skipped_for_time": list(self.skipped),
+            "refit_on_all_windows": self.refit,
         }
 
     def table(self) -> str:
@@ -145,10 +152,66 @@ def one_standard_error(
     return chosen, best
 
 
+def cross_fitted_family(
+    candidates: Sequence[CandidateScore], seed: int = 0
+) -> tuple[CandidateScore, CandidateScore]:
+    """(chosen, lowest-mean), choosing the *family* on errors it did not choose with.
+
+    The validation windows are split in two seeded halves. Each family's candidate with the
+    lowest mean on one half is scored on the other half, and the other way round, so every
+    validation window carries an honest error per family ``(V,)``: the error of that
+    family's pick made without it. A family with many candidates (the linear grid: 28
+    starts x settings, most of them constant pairs picked on validation) no longer wins
+    the comparison by the optimism of its own pick. The one-SE rule then runs over these
+    per-family errors; the chosen family's candidate is its lowest mean on all windows.
+    """
+    best = min(candidates, key=lambda c: c.mean)
+    n_windows = best.errors.numel()
+    if n_windows < 4:
+        return one_standard_error(candidates)
+    generator = torch.Generator().manual_seed(seed)
+    half = torch.zeros(n_windows, dtype=torch.bool)
+    half[torch.randperm(n_windows, generator=generator)[: n_windows // 2]] = True
+    families: dict[str, list[CandidateScore]] = {}
+    for candidate in candidates:
+        families.setdefault(candidate.family, []).append(candidate)
+    honest: list[CandidateScore] = []
+    for members in families.values():
+        errors = torch.empty(n_windows)
+        for picked_on in (half, ~half):
+            pick = min(members, key=lambda c: float(c.errors[picked_on].mean()))
+            errors[~picked_on] = pick.errors[~picked_on]
+        lowest = min(members, key=lambda c: c.mean)
+        honest.append(
+            CandidateScore(
+                lowest.name, lowest.family, lowest.config, errors, lowest.seconds, lowest.result
+            )
+        )
+    family_choice, _ = one_standard_error(honest)
+    chosen = next(c for c in candidates if c.name == family_choice.name)
+    return chosen, best
+
+
+#: Selection rules ``fit_gate`` accepts: name -> (candidates, seed) -> (chosen, lowest).
+RULES = {
+    "one_se": lambda candidates, seed: one_standard_error(candidates),
+    "cross_fitted_family": cross_fitted_family,
+}
+
+
 def candidate_configs(
-    kinds: Sequence[str], season_length: int, seed: int, use_history: bool, n_experts: int
+    kinds: Sequence[str],
+    season_length: int,
+    seed: int,
+    use_history: bool,
+    n_experts: int,
+    pair_members: int = 1,
+    linear_starts: str = "every_pair",
 ) -> list[tuple[str, str, TrainConfig]]:
-    """The grid: ``(name, family, config)`` per candidate, simplest first."""
+    """The grid: ``(name, family, config)`` per candidate, simplest first.
+
+    ``linear_starts``: "every_pair" starts the linear gate at every expert pair and at the
+    pair best on the training windows; "best" only at the latter."""
     base = TrainConfig(
         loss_scale="seasonal_naive", season_length=season_length, seed=seed, balance_weight=0.0
     )
@@ -160,7 +223,10 @@ def candidate_configs(
         # Every pair start (None: the pair best on the training windows): top-2 selection has
         # no gradient, so the start decides which pair the gate can leave (docs/ACCURACY.md).
         starts: list[tuple[int, int] | None] = [None]
-        starts += list(itertools.combinations(range(n_experts), 2))
+        if linear_starts == "every_pair":
+            starts += list(itertools.combinations(range(n_experts), 2))
+        elif linear_starts != "best":
+            raise ValueError(f"linear_starts must be 'every_pair' or 'best', got {linear_starts!r}")
         for start in starts:
             for lr in (1e-2, 1e-3):
                 for delta in (2.0, 0.1):
@@ -193,10 +259,12 @@ def candidate_configs(
                             "pair_weights": weights,
                             "weight_decay": decay,
                             "use_history": history,
+                            "pair_members": pair_members,
                         }
                     )
                     family = "feature_pair+history" if history else "feature_pair"
                     name = f"{family} w={weights} wd={decay:g}"
+                    name += f" x{pair_members}" if pair_members > 1 else ""
                     out.append((name, family, config))
     if "contextual" in kinds:
         for lr in (1e-3, 1e-2):
@@ -256,6 +324,10 @@ def fit_gate(
     use_history: bool = False,
     time_budget_s: float = 300.0,
     seed: int = 0,
+    rule: str = "one_se",
+    pair_members: int = PAIR_MEMBERS,
+    refit: bool = False,
+    linear_starts: str = "every_pair",
     log: Any = None,
 ) -> GateFit:
     """Run the validated selection (module docstring) on the training windows given.
@@ -266,6 +338,8 @@ def fit_gate(
     line of progress (e.g. ``print``), or None.
     """
     started = time.perf_counter()
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(RULES)}")
     context = context.float()
     target = target.float()
     points = points.float()
@@ -289,7 +363,7 @@ def fit_gate(
     candidates: list[CandidateScore] = []
     skipped: list[str] = []
     for name, family, config in candidate_configs(
-        kinds, typical_season, seed, use_history, points.shape[1]
+        kinds, typical_season, seed, use_history, points.shape[1], pair_members, linear_starts
     ):
         if candidates and time.perf_counter() - started > time_budget_s:
             skipped.append(name)
@@ -331,5 +405,33 @@ def fit_gate(
         candidates.append(candidate)
         if log is not None:
             log(f"  candidate {name:<44} val MASE {candidate.mean:.4f} ({candidate.seconds:.1f}s)")
-    chosen, best = one_standard_error(candidates)
-    return GateFit(chosen.result, chosen, best, candidates, skipped, history)
+    chosen, best = RULES[rule](candidates, seed)
+    result = chosen.result
+    if refit:
+        result = _refit(chosen, context, target, points, scale, inputs, history)
+    return GateFit(result, chosen, best, candidates, skipped, history, refit)
+
+
+def _refit(
+    chosen: CandidateScore,
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    scale: torch.Tensor,
+    inputs: dict[bool, torch.Tensor],
+    history: torch.Tensor | None,
+) -> TrainResult:
+    """The chosen candidate retrained on every window, validation windows included, for the
+    epochs it was chosen at (its pair start re-picked on all windows where it had none)."""
+    epochs = chosen.result.chosen_epoch
+    config = chosen.config.model_copy(
+        update={
+            "epochs": chosen.config.epochs if epochs is None else epochs,
+            "keep_best_epoch": False,
+        }
+    )
+    extra: dict[str, Any] = {"mase_scale": scale}
+    if config.gate == "feature_pair":
+        extra.update(inputs=inputs[config.use_history], history=history)
+    everything = torch.zeros(context.shape[0], dtype=torch.bool)  # no validation rows
+    return train_gate(context, target, points, config, validation_mask=everything, **extra)

@@ -75,6 +75,12 @@ class TrainConfig(BaseModel):
         default=1, ge=1, description="Season of the 'seasonal_naive' loss scale (12 = monthly)."
     )
     pair_hidden: int = Field(default=32, ge=1, description="Feature-pair gate: MLP width.")
+    pair_members: int = Field(
+        default=1,
+        ge=1,
+        description="Feature-pair gate: MLPs in the bagged ensemble (different seeds, mean "
+        "softmax over pairs at inference).",
+    )
     pair_weights: Literal["equal", "learned"] = Field(
         default="equal", description="Feature-pair gate: mix the pair equally or learn w."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from moe.artifact import load_artifact, save_artifact
@@ -144,10 +145,11 @@ def test_feature_gate_artifact_round_trip_and_sparse_inference(tmp_path: Path) -
     assert torch.allclose(weights.sum(dim=1), torch.ones(8)) and (weights > 0).all()
 
 
-def test_permuted_gate_routes_to_the_same_experts() -> None:
+@pytest.mark.parametrize("members", [1, 3])
+def test_permuted_gate_routes_to_the_same_experts(members: int) -> None:
     """Guards FeaturePairGate.permuted: reordering experts reorders logits, routing is unchanged."""
     torch.manual_seed(0)
-    gate = FeaturePairGate(L, H, E, use_history=True, learned_weights=True).eval()
+    gate = FeaturePairGate(L, H, E, use_history=True, learned_weights=True, members=members).eval()
     problem = _routing_problem(n_series=10)
     context = problem["context"]
     history = torch.rand(context.shape[0], E)  # type: ignore[union-attr]
@@ -180,3 +182,46 @@ def test_feature_candidates_are_skipped_when_their_features_would_overrun_the_bu
     fit = _fit(_routing_problem(n_series=120), kinds=("pair", "feature_pair"), time_budget_s=0.6)
     assert [c.family for c in fit.candidates] == ["pair"]
     assert fit.skipped and all(name.startswith("feature_pair") for name in fit.skipped)
+
+
+def test_ensemble_members_are_independent_and_averaged() -> None:
+    """Guards the seed ensemble: member k sees only its own units; the gate averages softmaxes."""
+    torch.manual_seed(0)
+    gate = FeaturePairGate(L, H, E, learned_weights=True, members=3).eval()
+    inputs = torch.randn(5, gate.n_inputs)
+    scores, weights = gate.member_outputs(inputs)  # (5, 3, P)
+    last = gate.net[-1]
+    with torch.no_grad():  # a change to member 0's output weights leaves members 1, 2 alone
+        last.weight[: gate.n_outputs] += 1.0  # type: ignore[index, operator]
+        moved, _ = gate.member_outputs(inputs)
+        assert torch.equal(moved[:, 1:], scores[:, 1:]) and not torch.equal(moved, scores)
+        last.weight[: gate.n_outputs] -= 1.0  # type: ignore[index, operator]
+        pair_scores, pair_weights = gate.pair_outputs(inputs)
+    expected = torch.log(torch.softmax(scores, dim=2).mean(dim=1))
+    assert torch.allclose(pair_scores, expected, atol=1e-5)
+    assert torch.allclose(pair_weights, weights.mean(dim=1))
+
+
+def test_ensemble_gate_artifact_round_trip(tmp_path: Path) -> None:
+    """Guards the artifact path of a seed ensemble: members survive save/load, same routing."""
+    problem = _routing_problem(n_series=40)
+    config = TrainConfig(
+        gate="feature_pair", epochs=10, batch_size=32, lr=1e-2, season_length=12,
+        pair_weights="learned", pair_members=3,
+    )  # fmt: skip
+    context, target, points = problem["context"], problem["target"], problem["points"]
+    result = train_gate(
+        context,  # type: ignore[arg-type]
+        target,  # type: ignore[arg-type]
+        points,  # type: ignore[arg-type]
+        config,
+        validation_mask=problem["validation"],  # type: ignore[arg-type]
+    )
+    experts = [RecordingExpert(f"e{i}", 1.0 + 0.1 * i) for i in range(E)]
+    artifact = build_artifact(result, experts, context, target, points)  # type: ignore[arg-type]
+    path = save_artifact(artifact, tmp_path / "model.pt")
+    assert torch.load(path, weights_only=True)["gate"]["members"] == 3
+    router = load_router(load_artifact(path), experts=experts)
+    batch = context[:8]  # type: ignore[index]
+    expected = result.gate(batch).topk(2, dim=1).indices
+    assert torch.equal(router.route(batch).routing.indices, expected)
