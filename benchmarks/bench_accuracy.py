@@ -343,9 +343,7 @@ def fit_on(sets: list[Prepared], args: argparse.Namespace) -> GateFit:
         use_history=args.history,
         time_budget_s=args.budget,
         seed=args.seed,
-        rule=args.rule,
         pair_members=PAIR_MEMBERS if args.pair_members is None else args.pair_members,
-        refit=args.refit,
         linear_starts=args.linear_starts,
         log=None if args.quiet else print,
     )
@@ -369,12 +367,12 @@ def score_dataset(p: Prepared, fit: GateFit, args: argparse.Namespace) -> Scores
         points, target, mase_scales(context, data.period), windows.series_index, windows.origin
     )
     mixtures: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    rows = [(f"gate_{family}", c, c.result) for family, c in _family_best(fit).items()]
-    rows.append(("production_fit", fit.chosen, fit.result))  # fit.result: refit or as chosen
+    rows = [(f"gate_{family}", c) for family, c in _family_best(fit).items()]
+    rows.append(("production_fit", fit.chosen))
     test_context = _pad(context[test_rows], gate_length, True, float("nan"))
-    for label, candidate, result in rows:
+    for label, candidate in rows:
         artifact = build_artifact(
-            result,
+            candidate.result,
             p.experts,
             test_context[:1],  # shapes only: the fingerprint is not the point here
             target[test_rows][:1],
@@ -430,7 +428,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--gates",
         default=",".join(DEFAULT_KINDS),
         help="candidate families for moe.selection.fit_gate: pair, linear, feature_pair, "
-        "contextual",
+        "feature_pair+forecasts, contextual",
     )
     parser.add_argument(
         "--history",
@@ -438,13 +436,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="add feature-pair candidates that route on each expert's past MASE on the series",
     )
     parser.add_argument(
-        "--rule", default="one_se", help="fit_gate selection rule: one_se, cross_fitted_family"
-    )
-    parser.add_argument(
         "--pair-members", type=int, default=None, help="feature-pair ensemble size (fit_gate's)"
-    )
-    parser.add_argument(
-        "--refit", action="store_true", help="fit_gate: retrain the chosen gate on every window"
     )
     parser.add_argument(
         "--linear-starts", default="every_pair", help="fit_gate: linear starts, every_pair|best"

@@ -35,7 +35,13 @@ from torch import nn
 
 from moe.features import FEATURE_NAMES, series_features
 
-__all__ = ["FeaturePairGate", "PAIR_LOGIT", "past_expert_mase", "history_inputs"]
+__all__ = [
+    "FeaturePairGate",
+    "PAIR_LOGIT",
+    "past_expert_mase",
+    "history_inputs",
+    "forecast_inputs",
+]
 
 #: Lead of the chosen pair's logits over the other experts': softmax leaves the others
 #: ~1e-13, so ``select_top2`` picks exactly the pair and renormalises to its weights.
@@ -96,6 +102,26 @@ def past_expert_mase(
     return result
 
 
+def forecast_inputs(forecasts: torch.Tensor) -> torch.Tensor:
+    """The experts' point forecasts ``(B, E, H)`` summarised -> gate inputs ``(B, E + 1)``.
+
+    Each expert's mean absolute distance from the median forecast, as log-ratios to their
+    row mean (which expert is the outlier), and the log of the row's mean distance relative
+    to the median's mean level (how much the experts disagree). Both are ratios, so any
+    per-row scaling of the forecasts gives the same inputs.
+    """
+    points = forecasts.float()
+    median = points.median(dim=1, keepdim=True).values  # (B, 1, H)
+    distance = (points - median).abs().mean(dim=2)  # (B, E)
+    level = median.abs().mean(dim=(1, 2))[:, None]  # (B, 1)
+    mean_distance = distance.mean(dim=1, keepdim=True)  # (B, 1)
+    tiny = 1e-6 * (level + 1e-6)
+    logs = torch.log(distance + tiny)
+    relative = logs - logs.mean(dim=1, keepdim=True)
+    spread = torch.log((mean_distance + tiny) / (level + 1e-6))
+    return torch.cat([relative, spread], dim=1).nan_to_num(0.0)
+
+
 class FeaturePairGate(nn.Module):
     """Scores expert pairs from series features (and optionally past per-expert errors)."""
 
@@ -106,6 +132,7 @@ class FeaturePairGate(nn.Module):
     input_mean: torch.Tensor  # (F',) buffers: standardisation fitted on training rows
     input_std: torch.Tensor
     pair_index: torch.Tensor  # (P, 2) int64: the experts of each pair
+    member_mask: torch.Tensor  # (K * P', K * hidden) block-diagonal, only when K > 1
 
     def __init__(
         self,
@@ -118,6 +145,7 @@ class FeaturePairGate(nn.Module):
         use_history: bool = False,
         learned_weights: bool = False,
         members: int = 1,
+        use_forecasts: bool = False,
     ) -> None:
         super().__init__()
         if n_experts < 2:
@@ -133,7 +161,14 @@ class FeaturePairGate(nn.Module):
         if members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
         self.members = int(members)
-        self.n_inputs = len(FEATURE_NAMES) + (n_experts + 2 if use_history else 0)
+        self.use_forecasts = bool(use_forecasts)
+        # Routing on the experts' forecasts makes the gate dense: every expert runs first.
+        self.needs_forecasts = self.use_forecasts
+        self.n_inputs = (
+            len(FEATURE_NAMES)
+            + (n_experts + 2 if use_history else 0)
+            + (n_experts + 1 if use_forecasts else 0)
+        )
         self.n_outputs = len(self.pairs) * (2 if learned_weights else 1)  # per member
         width, outputs = self.hidden * self.members, self.n_outputs * self.members
         self.net = nn.Sequential(
@@ -155,13 +190,21 @@ class FeaturePairGate(nn.Module):
         context: torch.Tensor,
         history: torch.Tensor | None = None,
         season_length: torch.Tensor | np.ndarray | int | None = None,
+        forecasts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unstandardised inputs ``(B, F')`` from the raw ``context`` ``(B, L)`` (NaN ok)."""
+        """Unstandardised inputs ``(B, F')`` from the raw ``context`` ``(B, L)`` (NaN ok),
+        ``history`` ``(B, E)`` and the experts' point ``forecasts`` ``(B, E, H)`` (any
+        per-row scale: only ratios enter) where the gate uses them."""
         season = self.season_length if season_length is None else season_length
         features = series_features(context.float(), season).cpu()  # (B, F)
-        if not self.use_history:
-            return features
-        return torch.cat([features, history_inputs(history, len(features), self.n_experts)], 1)
+        parts = [features]
+        if self.use_history:
+            parts.append(history_inputs(history, len(features), self.n_experts))
+        if self.use_forecasts:
+            if forecasts is None:
+                raise ValueError("this feature-pair gate routes on the experts' forecasts")
+            parts.append(forecast_inputs(forecasts.cpu()))
+        return torch.cat(parts, 1) if len(parts) > 1 else features
 
     def fit_standardisation(self, inputs: torch.Tensor) -> None:
         """Set the input mean/std buffers from training rows ``(N, F')``."""
@@ -202,8 +245,10 @@ class FeaturePairGate(nn.Module):
         forecasts: torch.Tensor | None = None,
         history: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw ``context`` ``(B, L)`` (+ ``history`` ``(B, E)``) -> expert logits ``(B, E)``."""
-        scores, weights = self.pair_outputs(self.raw_inputs(context, history))
+        """Raw ``context`` ``(B, L)`` (+ ``history`` ``(B, E)``, ``forecasts`` ``(B, E, H)``)
+        -> expert logits ``(B, E)``."""
+        inputs = self.raw_inputs(context, history, None, forecasts)
+        scores, weights = self.pair_outputs(inputs)
         return self.logits_for(scores, weights)
 
     def logits_for(self, scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -228,6 +273,7 @@ class FeaturePairGate(nn.Module):
             "use_history": self.use_history,
             "learned_weights": self.learned_weights,
             "members": self.members,
+            "use_forecasts": self.use_forecasts,
             "features": ",".join(FEATURE_NAMES),
         }
 
@@ -271,6 +317,14 @@ class FeaturePairGate(nn.Module):
                 first_layer.weight.copy_(own_first.weight[:, columns])
                 twin.input_mean.copy_(self.input_mean[columns])
                 twin.input_std.copy_(self.input_std[columns])
+            if self.use_forecasts:  # the last E + 1 columns: E relative distances, spread
+                start = self.n_inputs - self.n_experts - 1
+                columns = torch.arange(self.n_inputs)
+                columns[start : start + self.n_experts] = start + torch.tensor(order)
+                first_layer = twin.net[0]  # type: ignore[assignment]
+                first_layer.weight.copy_(first_layer.weight[:, columns].clone())
+                twin.input_mean.copy_(twin.input_mean[columns].clone())
+                twin.input_std.copy_(twin.input_std[columns].clone())
         return twin
 
     def start_at_pair(self, pair: tuple[int, int]) -> None:

@@ -13,6 +13,7 @@ units and is scored on the validation windows, per window, in MASE units:
 2. ``linear``: the seed's linear gate started at that pair, best epoch kept;
 3. ``feature_pair``: the feature-pair gate (``moe.feature_gate``), equal or learned
    weights, with or without each expert's past MASE on the same series (``history``);
+   opt-in ``feature_pair+forecasts`` also routes on the experts' forecasts (dense);
 4. ``contextual``: attention over all experts' forecasts (dense at inference; most complex).
 
 The candidate with the lowest mean validation error is the reference; the **simplest**
@@ -55,8 +56,6 @@ __all__ = [
     "fit_gate",
     "gate_logits",
     "one_standard_error",
-    "cross_fitted_family",
-    "RULES",
 ]
 
 #: Measured cost of ``moe.features`` per window on one core here (1.6 ms), rounded up.
@@ -67,7 +66,14 @@ DEFAULT_KINDS: tuple[str, ...] = ("pair", "linear", "feature_pair")
 #: MLPs in each feature-pair candidate's bagged ensemble (``FeaturePairGate.members``).
 PAIR_MEMBERS = 1
 #: Rank used by the one-SE rule (lower = simpler = preferred when within one SE).
-COMPLEXITY = {"pair": 0, "linear": 1, "feature_pair": 2, "feature_pair+history": 3, "contextual": 4}
+COMPLEXITY = {
+    "pair": 0,
+    "linear": 1,
+    "feature_pair": 2,
+    "feature_pair+history": 3,
+    "feature_pair+forecasts": 4,  # dense at inference: every expert runs before routing
+    "contextual": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,6 @@ class GateFit:
     candidates: list[CandidateScore]
     skipped: list[str] = field(default_factory=list)
     history: torch.Tensor | None = None  # (N, E) past per-expert MASE the gate trained with
-    refit: bool = False  # ``result`` is the chosen candidate retrained on every window
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the artifact's ``metrics["selection"]``."""
@@ -117,7 +122,6 @@ class GateFit:
                 for c in self.candidates
             ],
             "skipped_for_time": list(self.skipped),
-            "refit_on_all_windows": self.refit,
         }
 
     def table(self) -> str:
@@ -150,53 +154,6 @@ def one_standard_error(
     ]
     chosen = min(within, key=lambda c: (COMPLEXITY[c.family], c.mean))
     return chosen, best
-
-
-def cross_fitted_family(
-    candidates: Sequence[CandidateScore], seed: int = 0
-) -> tuple[CandidateScore, CandidateScore]:
-    """(chosen, lowest-mean), choosing the *family* on errors it did not choose with.
-
-    The validation windows are split in two seeded halves. Each family's candidate with the
-    lowest mean on one half is scored on the other half, and the other way round, so every
-    validation window carries an honest error per family ``(V,)``: the error of that
-    family's pick made without it. A family with many candidates (the linear grid: 28
-    starts x settings, most of them constant pairs picked on validation) no longer wins
-    the comparison by the optimism of its own pick. The one-SE rule then runs over these
-    per-family errors; the chosen family's candidate is its lowest mean on all windows.
-    """
-    best = min(candidates, key=lambda c: c.mean)
-    n_windows = best.errors.numel()
-    if n_windows < 4:
-        return one_standard_error(candidates)
-    generator = torch.Generator().manual_seed(seed)
-    half = torch.zeros(n_windows, dtype=torch.bool)
-    half[torch.randperm(n_windows, generator=generator)[: n_windows // 2]] = True
-    families: dict[str, list[CandidateScore]] = {}
-    for candidate in candidates:
-        families.setdefault(candidate.family, []).append(candidate)
-    honest: list[CandidateScore] = []
-    for members in families.values():
-        errors = torch.empty(n_windows)
-        for picked_on in (half, ~half):
-            pick = min(members, key=lambda c: float(c.errors[picked_on].mean()))
-            errors[~picked_on] = pick.errors[~picked_on]
-        lowest = min(members, key=lambda c: c.mean)
-        honest.append(
-            CandidateScore(
-                lowest.name, lowest.family, lowest.config, errors, lowest.seconds, lowest.result
-            )
-        )
-    family_choice, _ = one_standard_error(honest)
-    chosen = next(c for c in candidates if c.name == family_choice.name)
-    return chosen, best
-
-
-#: Selection rules ``fit_gate`` accepts: name -> (candidates, seed) -> (chosen, lowest).
-RULES = {
-    "one_se": lambda candidates, seed: one_standard_error(candidates),
-    "cross_fitted_family": cross_fitted_family,
-}
 
 
 def candidate_configs(
@@ -245,27 +202,33 @@ def candidate_configs(
                     where = "best" if start is None else f"{start[0]}+{start[1]}"
                     name = f"linear start={where} lr={lr:g} delta={delta:g}"
                     out.append((name, "linear", config))
+    variants: list[tuple[bool, bool]] = []  # (use_history, use_forecasts)
     if "feature_pair" in kinds:
-        for history in (False, True) if use_history else (False,):
-            for weights in ("equal", "learned"):
-                for decay in (1e-3, 1e-1):
-                    config = base.model_copy(
-                        update={
-                            "gate": "feature_pair",
-                            "lr": 3e-3,
-                            "epochs": 60,
-                            "batch_size": 128,
-                            "keep_best_epoch": True,
-                            "pair_weights": weights,
-                            "weight_decay": decay,
-                            "use_history": history,
-                            "pair_members": pair_members,
-                        }
-                    )
-                    family = "feature_pair+history" if history else "feature_pair"
-                    name = f"{family} w={weights} wd={decay:g}"
-                    name += f" x{pair_members}" if pair_members > 1 else ""
-                    out.append((name, family, config))
+        variants += [(False, False)] + ([(True, False)] if use_history else [])
+    if "feature_pair+forecasts" in kinds:
+        variants.append((False, True))
+    for history, forecasts in variants:
+        for weights in ("equal", "learned"):
+            for decay in (1e-3, 1e-1):
+                config = base.model_copy(
+                    update={
+                        "gate": "feature_pair",
+                        "lr": 3e-3,
+                        "epochs": 60,
+                        "batch_size": 128,
+                        "keep_best_epoch": True,
+                        "pair_weights": weights,
+                        "weight_decay": decay,
+                        "use_history": history,
+                        "use_forecasts": forecasts,
+                        "pair_members": pair_members,
+                    }
+                )
+                family = "feature_pair" + ("+history" if history else "")
+                family += "+forecasts" if forecasts else ""
+                name = f"{family} w={weights} wd={decay:g}"
+                name += f" x{pair_members}" if pair_members > 1 else ""
+                out.append((name, family, config))
     if "contextual" in kinds:
         for lr in (1e-3, 1e-2):
             config = base.model_copy(
@@ -295,7 +258,7 @@ def gate_logits(
     with torch.no_grad():
         if isinstance(gate, FeaturePairGate):
             if inputs is None:
-                inputs = gate.raw_inputs(context, history)
+                inputs = gate.raw_inputs(context, history, None, points)
             return gate.logits_for(*gate.pair_outputs(inputs))
         scale = window_scale(context.float(), result.config.scaling)
         scaled = scale_context(context.float(), scale)
@@ -324,9 +287,7 @@ def fit_gate(
     use_history: bool = False,
     time_budget_s: float = 300.0,
     seed: int = 0,
-    rule: str = "one_se",
     pair_members: int = PAIR_MEMBERS,
-    refit: bool = False,
     linear_starts: str = "every_pair",
     log: Any = None,
 ) -> GateFit:
@@ -338,8 +299,6 @@ def fit_gate(
     line of progress (e.g. ``print``), or None.
     """
     started = time.perf_counter()
-    if rule not in RULES:
-        raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(RULES)}")
     context = context.float()
     target = target.float()
     points = points.float()
@@ -359,7 +318,7 @@ def fit_gate(
             raise ValueError("use_history needs series_index and origin (N,)")
         history = past_expert_mase(points, target, scale, series_index, origin)
     val_rows = mask.nonzero().squeeze(1)
-    inputs: dict[bool, torch.Tensor] = {}
+    inputs: dict[tuple[bool, bool], torch.Tensor] = {}  # (use_history, use_forecasts) ->
     candidates: list[CandidateScore] = []
     skipped: list[str] = []
     for name, family, config in candidate_configs(
@@ -370,8 +329,9 @@ def fit_gate(
             continue
         begun = time.perf_counter()
         extra: dict[str, Any] = {"mase_scale": scale}
+        key = (config.use_history, config.use_forecasts)
         if config.gate == "feature_pair":
-            if config.use_history not in inputs:
+            if key not in inputs:
                 # Features cost ~2 ms per window (NumPy per row): skip the family rather
                 # than blow the budget on a very large store.
                 needed = FEATURE_SECONDS_PER_WINDOW * context.shape[0]
@@ -384,18 +344,19 @@ def fit_gate(
                     points.shape[1],
                     season_length=typical_season,
                     use_history=config.use_history,
+                    use_forecasts=config.use_forecasts,
                 )
-                inputs[config.use_history] = probe.raw_inputs(
-                    context, history if config.use_history else None, seasons
+                inputs[key] = probe.raw_inputs(
+                    context, history if config.use_history else None, seasons, points
                 )
-            extra.update(inputs=inputs[config.use_history], history=history)
+            extra.update(inputs=inputs[key], history=history)
         result = train_gate(context, target, points, config, validation_mask=mask, **extra)
         logits = gate_logits(
             result,
             context[val_rows],
             points[val_rows],
             None if history is None else history[val_rows],
-            inputs[config.use_history][val_rows] if config.gate == "feature_pair" else None,
+            inputs[key][val_rows] if config.gate == "feature_pair" else None,
         )
         mixed = mix(select_top2(logits), points[val_rows]).point
         errors = _window_mase(mixed, target[val_rows], scale[val_rows])
@@ -405,33 +366,5 @@ def fit_gate(
         candidates.append(candidate)
         if log is not None:
             log(f"  candidate {name:<44} val MASE {candidate.mean:.4f} ({candidate.seconds:.1f}s)")
-    chosen, best = RULES[rule](candidates, seed)
-    result = chosen.result
-    if refit:
-        result = _refit(chosen, context, target, points, scale, inputs, history)
-    return GateFit(result, chosen, best, candidates, skipped, history, refit)
-
-
-def _refit(
-    chosen: CandidateScore,
-    context: torch.Tensor,
-    target: torch.Tensor,
-    points: torch.Tensor,
-    scale: torch.Tensor,
-    inputs: dict[bool, torch.Tensor],
-    history: torch.Tensor | None,
-) -> TrainResult:
-    """The chosen candidate retrained on every window, validation windows included, for the
-    epochs it was chosen at (its pair start re-picked on all windows where it had none)."""
-    epochs = chosen.result.chosen_epoch
-    config = chosen.config.model_copy(
-        update={
-            "epochs": chosen.config.epochs if epochs is None else epochs,
-            "keep_best_epoch": False,
-        }
-    )
-    extra: dict[str, Any] = {"mase_scale": scale}
-    if config.gate == "feature_pair":
-        extra.update(inputs=inputs[config.use_history], history=history)
-    everything = torch.zeros(context.shape[0], dtype=torch.bool)  # no validation rows
-    return train_gate(context, target, points, config, validation_mask=everything, **extra)
+    chosen, best = one_standard_error(candidates)
+    return GateFit(chosen.result, chosen, best, candidates, skipped, history)

@@ -89,6 +89,11 @@ class TrainConfig(BaseModel):
         description="Feature-pair gate: also route on each expert's past MASE on the same "
         "series (strictly older windows; moe.feature_gate.past_expert_mase).",
     )
+    use_forecasts: bool = Field(
+        default=False,
+        description="Feature-pair gate: also route on the experts' point forecasts "
+        "(distance from the median, spread); dense at inference: every expert runs.",
+    )
     weight_decay: float = Field(
         default=0.0, ge=0, description="Feature-pair gate: AdamW weight decay."
     )

@@ -64,6 +64,7 @@ def build_pair_gate(
             use_history=config.use_history,
             learned_weights=config.pair_weights == "learned",
             members=config.pair_members,
+            use_forecasts=config.use_forecasts,
         )
 
 
@@ -188,7 +189,7 @@ def train_pair_gate(
         n_windows, n_experts, pred_length = points.shape
         gate = build_pair_gate(context.shape[1], pred_length, n_experts, config)  # init
         if inputs is None:
-            inputs = gate.raw_inputs(context, history, season_lengths)
+            inputs = gate.raw_inputs(context, history, season_lengths, points)
         if inputs.shape != (n_windows, gate.n_inputs):
             raise ValueError(
                 f"inputs must have shape ({n_windows}, {gate.n_inputs}), got {tuple(inputs.shape)}"
