@@ -32,6 +32,11 @@ Examples::
     python benchmarks/bench_accuracy.py \\
         --experts seasonal_naive,autoets,autotheta,fracast,moirai,timemoe,timesfm
 
+``--development`` drops the official holdout and holds out the last h points of each
+training part instead (with ``--train-windows 2`` every window is already cached): it
+compares variants of the selection procedure without reading the official holdout
+(docs/ACCURACY.md, "Variants of the production fit").
+
 Foundation experts whose weights (or libraries) are not present are skipped with a line
 ``skipped <name>: <reason>``; the rest of the benchmark runs. ``--precompute-only`` fills the
 cache and stops (run it in several processes with different ``--experts`` to use more
