@@ -1,6 +1,7 @@
 """The feature-pair gate: picks one pair of experts per window from cheap series features.
 
-Inputs (nothing here runs an expert, so inference stays sparse: only the chosen pair runs):
+Inputs (by default nothing here runs an expert, so inference stays sparse: only the chosen
+pair runs):
 
 * series features of the raw context (``moe.features``, ``F`` of them);
 * optionally each expert's **past error on the same series** ``history`` ``(B, E)``: its
@@ -11,11 +12,15 @@ Inputs (nothing here runs an expert, so inference stays sparse: only the chosen 
 
 A small MLP (``F' -> hidden -> P``) scores the ``P = E (E - 1) / 2`` expert pairs; with
 ``learned_weights`` it also gives each pair's mixing weight (a sigmoid), otherwise the pair
-is mixed equally. With ``members = K > 1`` the gate is a bagged ensemble of ``K`` such MLPs
-(different initialisations, each trained on its own loss); it picks the pair with the
-highest mean softmax probability and mixes it with the members' mean weight. Trained
-FFORMA-style (``moe.training.pair``): a softmax over the pairs,
-minimising the expected MASE of the chosen pair's mixture.
+is mixed equally. With ``members = K > 1`` the gate is a seed ensemble of ``K`` such MLPs
+(different initialisations, same data, each trained on its own loss); it picks the pair
+with the highest mean softmax probability and mixes it with the members' mean weight.
+Trained FFORMA-style (``moe.training.pair``): a softmax over the pairs, minimising the
+expected MASE of the chosen pair's mixture.
+
+Opt-in ``use_forecasts`` adds the experts' point forecasts summarised
+(``forecast_inputs``); such a gate is dense (``needs_forecasts``: every expert runs before
+routing). Measured, not in the default grid (docs/ACCURACY.md).
 
 At inference the gate returns expert logits ``(B, E)`` that make the router's unchanged
 ``select_top2`` pick the best-scoring pair with its weights: ``log(w) + PAIR_LOGIT`` and

@@ -63,7 +63,7 @@ FEATURE_SECONDS_PER_WINDOW = 2e-3
 #: Candidate kinds ``fit_gate`` tries by default, simplest first. The contextual gate is
 #: left out by default: it needs every expert at inference (dense) and lost on Tourism.
 DEFAULT_KINDS: tuple[str, ...] = ("pair", "linear", "feature_pair")
-#: MLPs in each feature-pair candidate's bagged ensemble (``FeaturePairGate.members``).
+#: MLPs in each feature-pair candidate's seed ensemble (``FeaturePairGate.members``).
 PAIR_MEMBERS = 1
 #: Rank used by the one-SE rule (lower = simpler = preferred when within one SE).
 COMPLEXITY = {

@@ -78,7 +78,7 @@ class TrainConfig(BaseModel):
     pair_members: int = Field(
         default=1,
         ge=1,
-        description="Feature-pair gate: MLPs in the bagged ensemble (different seeds, mean "
+        description="Feature-pair gate: MLPs in the seed ensemble (different inits, mean "
         "softmax over pairs at inference).",
     )
     pair_weights: Literal["equal", "learned"] = Field(
