@@ -25,7 +25,15 @@ import numpy as np
 
 from moe.data import newest_windows, rolling_windows
 
-__all__ = ["DATASETS", "DatasetSpec", "BenchSeries", "BenchWindows", "load_series", "make_windows"]
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "BenchSeries",
+    "BenchWindows",
+    "load_series",
+    "make_windows",
+    "development_split",
+]
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,33 @@ def load_series(name: str, max_series: int | None = None) -> BenchSeries:
         horizon=horizon,
         period=periods.pop(),
         total=total,
+    )
+
+
+def development_split(data: BenchSeries) -> BenchSeries:
+    """The same series with the official holdout dropped and the last ``h`` points of each
+    training part held out instead (a development test set inside ``x``).
+
+    Used to compare variants of the selection procedure without reading the official
+    holdout: the development test windows are exactly the old validation windows (same
+    contexts, so the expert cache hits), and the training windows move one stride back.
+    A series needs more than ``h`` training points.
+    """
+    horizon = data.horizon
+    short = [data.ids[i] for i, values in enumerate(data.train) if len(values) <= horizon]
+    if short:
+        raise ValueError(
+            f"{data.name}: development split needs more than h={horizon} training points; "
+            f"series {short[:5]} have fewer"
+        )
+    return BenchSeries(
+        name=data.name,
+        ids=list(data.ids),
+        train=[values[:-horizon] for values in data.train],
+        test=np.stack([values[-horizon:] for values in data.train]),
+        horizon=horizon,
+        period=data.period,
+        total=data.total,
     )
 
 

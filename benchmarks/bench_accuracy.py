@@ -32,6 +32,11 @@ Examples::
     python benchmarks/bench_accuracy.py \\
         --experts seasonal_naive,autoets,autotheta,fracast,moirai,timemoe,timesfm
 
+``--development`` drops the official holdout and holds out the last h points of each
+training part instead (with ``--train-windows 2`` every window is already cached): it
+compares variants of the selection procedure without reading the official holdout
+(docs/ACCURACY.md, "Variants of the production fit").
+
 Foundation experts whose weights (or libraries) are not present are skipped with a line
 ``skipped <name>: <reason>``; the rest of the benchmark runs. ``--precompute-only`` fills the
 cache and stops (run it in several processes with different ``--experts`` to use more
@@ -57,6 +62,7 @@ from benchmarks._accuracy_data import (  # noqa: E402
     DATASETS,
     BenchSeries,
     BenchWindows,
+    development_split,
     load_series,
     make_windows,
 )
@@ -66,7 +72,13 @@ from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
 from moe.feature_gate import past_expert_mase  # noqa: E402
 from moe.model_file import build_artifact, load_router  # noqa: E402
 from moe.scaling import mase_scales  # noqa: E402
-from moe.selection import DEFAULT_KINDS, CandidateScore, GateFit, fit_gate  # noqa: E402
+from moe.selection import (  # noqa: E402
+    DEFAULT_KINDS,
+    PAIR_MEMBERS,
+    CandidateScore,
+    GateFit,
+    fit_gate,
+)  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
 from storage.store import Store  # noqa: E402
@@ -147,6 +159,8 @@ def prepare_dataset(
     """Windows of one data set, its expert cache filled and read (None: nothing to compare)."""
     started = time.perf_counter()
     data: BenchSeries = load_series(name, args.max_series.get(name, args.max_series.get("")))
+    if args.development:
+        data = development_split(data)
     input_length = args.input_length or DATASETS[name].input_length
     windows: BenchWindows = make_windows(
         data, input_length, args.train_windows, args.stride, args.min_context
@@ -334,6 +348,8 @@ def fit_on(sets: list[Prepared], args: argparse.Namespace) -> GateFit:
         use_history=args.history,
         time_budget_s=args.budget,
         seed=args.seed,
+        pair_members=PAIR_MEMBERS if args.pair_members is None else args.pair_members,
+        linear_starts=args.linear_starts,
         log=None if args.quiet else print,
     )
     names = "+".join(p.name for p in sets)
@@ -390,7 +406,8 @@ def score_dataset(p: Prepared, fit: GateFit, args: argparse.Namespace) -> Scores
         season_length=data.period,
     )
     _print_table(
-        f"{DATASETS[p.name].description}, {n_test} series, official holdout "
+        f"{DATASETS[p.name].description}, {n_test} series, "
+        f"{'development holdout (last h of x)' if args.development else 'official holdout'} "
         f"({time.perf_counter() - p.started:.0f}s)",
         scores,
         keys,
@@ -416,12 +433,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--gates",
         default=",".join(DEFAULT_KINDS),
         help="candidate families for moe.selection.fit_gate: pair, linear, feature_pair, "
-        "contextual",
+        "feature_pair+forecasts, contextual",
     )
     parser.add_argument(
         "--history",
         action="store_true",
         help="add feature-pair candidates that route on each expert's past MASE on the series",
+    )
+    parser.add_argument(
+        "--pair-members", type=int, default=None, help="feature-pair ensemble size (fit_gate's)"
+    )
+    parser.add_argument(
+        "--linear-starts", default="every_pair", help="fit_gate: linear starts, every_pair|best"
     )
     parser.add_argument("--budget", type=float, default=600.0, help="selection seconds")
     parser.add_argument(
@@ -451,6 +474,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--expert-batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--development",
+        action="store_true",
+        help="hold out the last h points of each training part instead of the official "
+        "holdout (compare selection variants without reading the test; pair with "
+        "--train-windows one less than usual so the cache hits)",
+    )
     parser.add_argument("--precompute-only", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)

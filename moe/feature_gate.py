@@ -1,6 +1,7 @@
 """The feature-pair gate: picks one pair of experts per window from cheap series features.
 
-Inputs (nothing here runs an expert, so inference stays sparse: only the chosen pair runs):
+Inputs (by default nothing here runs an expert, so inference stays sparse: only the chosen
+pair runs):
 
 * series features of the raw context (``moe.features``, ``F`` of them);
 * optionally each expert's **past error on the same series** ``history`` ``(B, E)``: its
@@ -11,8 +12,15 @@ Inputs (nothing here runs an expert, so inference stays sparse: only the chosen 
 
 A small MLP (``F' -> hidden -> P``) scores the ``P = E (E - 1) / 2`` expert pairs; with
 ``learned_weights`` it also gives each pair's mixing weight (a sigmoid), otherwise the pair
-is mixed equally. Trained FFORMA-style (``moe.training.pair``): a softmax over the pairs,
-minimising the expected MASE of the chosen pair's mixture.
+is mixed equally. With ``members = K > 1`` the gate is a seed ensemble of ``K`` such MLPs
+(different initialisations, same data, each trained on its own loss); it picks the pair
+with the highest mean softmax probability and mixes it with the members' mean weight.
+Trained FFORMA-style (``moe.training.pair``): a softmax over the pairs, minimising the
+expected MASE of the chosen pair's mixture.
+
+Opt-in ``use_forecasts`` adds the experts' point forecasts summarised
+(``forecast_inputs``); such a gate is dense (``needs_forecasts``: every expert runs before
+routing). Measured, not in the default grid (docs/ACCURACY.md).
 
 At inference the gate returns expert logits ``(B, E)`` that make the router's unchanged
 ``select_top2`` pick the best-scoring pair with its weights: ``log(w) + PAIR_LOGIT`` and
@@ -32,7 +40,13 @@ from torch import nn
 
 from moe.features import FEATURE_NAMES, series_features
 
-__all__ = ["FeaturePairGate", "PAIR_LOGIT", "past_expert_mase", "history_inputs"]
+__all__ = [
+    "FeaturePairGate",
+    "PAIR_LOGIT",
+    "past_expert_mase",
+    "history_inputs",
+    "forecast_inputs",
+]
 
 #: Lead of the chosen pair's logits over the other experts': softmax leaves the others
 #: ~1e-13, so ``select_top2`` picks exactly the pair and renormalises to its weights.
@@ -93,6 +107,26 @@ def past_expert_mase(
     return result
 
 
+def forecast_inputs(forecasts: torch.Tensor) -> torch.Tensor:
+    """The experts' point forecasts ``(B, E, H)`` summarised -> gate inputs ``(B, E + 1)``.
+
+    Each expert's mean absolute distance from the median forecast, as log-ratios to their
+    row mean (which expert is the outlier), and the log of the row's mean distance relative
+    to the median's mean level (how much the experts disagree). Both are ratios, so any
+    per-row scaling of the forecasts gives the same inputs.
+    """
+    points = forecasts.float()
+    median = points.median(dim=1, keepdim=True).values  # (B, 1, H)
+    distance = (points - median).abs().mean(dim=2)  # (B, E)
+    level = median.abs().mean(dim=(1, 2))[:, None]  # (B, 1)
+    mean_distance = distance.mean(dim=1, keepdim=True)  # (B, 1)
+    tiny = 1e-6 * (level + 1e-6)
+    logs = torch.log(distance + tiny)
+    relative = logs - logs.mean(dim=1, keepdim=True)
+    spread = torch.log((mean_distance + tiny) / (level + 1e-6))
+    return torch.cat([relative, spread], dim=1).nan_to_num(0.0)
+
+
 class FeaturePairGate(nn.Module):
     """Scores expert pairs from series features (and optionally past per-expert errors)."""
 
@@ -103,6 +137,7 @@ class FeaturePairGate(nn.Module):
     input_mean: torch.Tensor  # (F',) buffers: standardisation fitted on training rows
     input_std: torch.Tensor
     pair_index: torch.Tensor  # (P, 2) int64: the experts of each pair
+    member_mask: torch.Tensor  # (K * P', K * hidden) block-diagonal, only when K > 1
 
     def __init__(
         self,
@@ -114,6 +149,8 @@ class FeaturePairGate(nn.Module):
         hidden: int = 32,
         use_history: bool = False,
         learned_weights: bool = False,
+        members: int = 1,
+        use_forecasts: bool = False,
     ) -> None:
         super().__init__()
         if n_experts < 2:
@@ -126,11 +163,28 @@ class FeaturePairGate(nn.Module):
         self.use_history = bool(use_history)
         self.learned_weights = bool(learned_weights)
         self.pairs: list[tuple[int, int]] = list(itertools.combinations(range(n_experts), 2))
-        self.n_inputs = len(FEATURE_NAMES) + (n_experts + 2 if use_history else 0)
-        outputs = len(self.pairs) * (2 if learned_weights else 1)
-        self.net = nn.Sequential(
-            nn.Linear(self.n_inputs, self.hidden), nn.GELU(), nn.Linear(self.hidden, outputs)
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        self.members = int(members)
+        self.use_forecasts = bool(use_forecasts)
+        # Routing on the experts' forecasts makes the gate dense: every expert runs first.
+        self.needs_forecasts = self.use_forecasts
+        self.n_inputs = (
+            len(FEATURE_NAMES)
+            + (n_experts + 2 if use_history else 0)
+            + (n_experts + 1 if use_forecasts else 0)
         )
+        self.n_outputs = len(self.pairs) * (2 if learned_weights else 1)  # per member
+        width, outputs = self.hidden * self.members, self.n_outputs * self.members
+        self.net = nn.Sequential(
+            nn.Linear(self.n_inputs, width), nn.GELU(), nn.Linear(width, outputs)
+        )
+        if self.members > 1:
+            # An ensemble of ``members`` independent MLPs in one module: every member has
+            # its own ``hidden`` units (the first layer) and its own outputs, and the
+            # block-diagonal mask keeps member k's outputs on member k's units only.
+            mask = torch.block_diag(*[torch.ones(self.n_outputs, self.hidden)] * self.members)
+            self.register_buffer("member_mask", mask)
         self.register_buffer("input_mean", torch.zeros(self.n_inputs))
         self.register_buffer("input_std", torch.ones(self.n_inputs))
         self.register_buffer("pair_index", torch.tensor(self.pairs, dtype=torch.int64))
@@ -141,13 +195,21 @@ class FeaturePairGate(nn.Module):
         context: torch.Tensor,
         history: torch.Tensor | None = None,
         season_length: torch.Tensor | np.ndarray | int | None = None,
+        forecasts: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unstandardised inputs ``(B, F')`` from the raw ``context`` ``(B, L)`` (NaN ok)."""
+        """Unstandardised inputs ``(B, F')`` from the raw ``context`` ``(B, L)`` (NaN ok),
+        ``history`` ``(B, E)`` and the experts' point ``forecasts`` ``(B, E, H)`` (any
+        per-row scale: only ratios enter) where the gate uses them."""
         season = self.season_length if season_length is None else season_length
         features = series_features(context.float(), season).cpu()  # (B, F)
-        if not self.use_history:
-            return features
-        return torch.cat([features, history_inputs(history, len(features), self.n_experts)], 1)
+        parts = [features]
+        if self.use_history:
+            parts.append(history_inputs(history, len(features), self.n_experts))
+        if self.use_forecasts:
+            if forecasts is None:
+                raise ValueError("this feature-pair gate routes on the experts' forecasts")
+            parts.append(forecast_inputs(forecasts.cpu()))
+        return torch.cat(parts, 1) if len(parts) > 1 else features
 
     def fit_standardisation(self, inputs: torch.Tensor) -> None:
         """Set the input mean/std buffers from training rows ``(N, F')``."""
@@ -155,13 +217,31 @@ class FeaturePairGate(nn.Module):
             self.input_mean.copy_(inputs.mean(dim=0))
             self.input_std.copy_(inputs.std(dim=0).nan_to_num(1.0).clamp_min(1e-3))
 
-    def pair_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pair scores ``(B, P)`` and first-expert weights ``(B, P)`` from raw inputs."""
-        out = self.net((inputs.to(self.input_mean) - self.input_mean) / self.input_std)
+    def member_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each member's pair scores ``(B, K, P)`` and first-expert weights ``(B, K, P)``."""
+        standard = (inputs.to(self.input_mean) - self.input_mean) / self.input_std
+        if self.members == 1:
+            out = self.net(standard)
+        else:
+            last: nn.Linear = self.net[-1]  # type: ignore[assignment]
+            hidden = self.net[1](self.net[0](standard))
+            out = nn.functional.linear(hidden, last.weight * self.member_mask, last.bias)
+        out = out.reshape(out.shape[0], self.members, self.n_outputs)
         n_pairs = len(self.pairs)
         if self.learned_weights:
-            return out[:, :n_pairs], torch.sigmoid(out[:, n_pairs:])
+            return out[..., :n_pairs], torch.sigmoid(out[..., n_pairs:])
         return out, torch.full_like(out, 0.5)
+
+    def pair_outputs(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair scores ``(B, P)`` and first-expert weights ``(B, P)`` from raw inputs.
+
+        With several members: the log of the members' mean softmax over pairs, and their
+        mean weights (one member: its scores and weights as they are)."""
+        scores, weights = self.member_outputs(inputs)
+        if self.members == 1:
+            return scores[:, 0], weights[:, 0]
+        mean_probability = torch.softmax(scores, dim=2).mean(dim=1)
+        return torch.log(mean_probability.clamp_min(1e-30)), weights.mean(dim=1)
 
     # -- the Gate protocol -----------------------------------------------------------------
     def forward(
@@ -170,8 +250,10 @@ class FeaturePairGate(nn.Module):
         forecasts: torch.Tensor | None = None,
         history: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw ``context`` ``(B, L)`` (+ ``history`` ``(B, E)``) -> expert logits ``(B, E)``."""
-        scores, weights = self.pair_outputs(self.raw_inputs(context, history))
+        """Raw ``context`` ``(B, L)`` (+ ``history`` ``(B, E)``, ``forecasts`` ``(B, E, H)``)
+        -> expert logits ``(B, E)``."""
+        inputs = self.raw_inputs(context, history, None, forecasts)
+        scores, weights = self.pair_outputs(inputs)
         return self.logits_for(scores, weights)
 
     def logits_for(self, scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -195,6 +277,8 @@ class FeaturePairGate(nn.Module):
             "hidden": self.hidden,
             "use_history": self.use_history,
             "learned_weights": self.learned_weights,
+            "members": self.members,
+            "use_forecasts": self.use_forecasts,
             "features": ",".join(FEATURE_NAMES),
         }
 
@@ -215,13 +299,20 @@ class FeaturePairGate(nn.Module):
         last: nn.Linear = self.net[-1]  # type: ignore[assignment]
         twin_last: nn.Linear = twin.net[-1]  # type: ignore[assignment]
         with torch.no_grad():
-            index = torch.tensor(rows)
-            twin_last.weight[:n_pairs] = last.weight[index]
-            twin_last.bias[:n_pairs] = last.bias[index]
-            if self.learned_weights:
-                sign = torch.tensor([-1.0 if flip else 1.0 for flip in flips])
-                twin_last.weight[n_pairs:] = sign[:, None] * last.weight[n_pairs + index]
-                twin_last.bias[n_pairs:] = sign * last.bias[n_pairs + index]
+            for member in range(self.members):  # each member's block of outputs
+                at = member * self.n_outputs
+                index = torch.tensor(rows) + at
+                twin_last.weight[at : at + n_pairs] = last.weight[index]
+                twin_last.bias[at : at + n_pairs] = last.bias[index]
+                if self.learned_weights:
+                    sign = torch.tensor([-1.0 if flip else 1.0 for flip in flips])
+                    weights_at = at + n_pairs
+                    twin_last.weight[weights_at : weights_at + n_pairs] = (
+                        sign[:, None] * last.weight[n_pairs + index]
+                    )
+                    twin_last.bias[weights_at : weights_at + n_pairs] = (
+                        sign * last.bias[n_pairs + index]
+                    )
             if self.use_history:  # history columns follow the features: E relative errors
                 start = len(FEATURE_NAMES)
                 columns = torch.arange(self.n_inputs)
@@ -231,6 +322,14 @@ class FeaturePairGate(nn.Module):
                 first_layer.weight.copy_(own_first.weight[:, columns])
                 twin.input_mean.copy_(self.input_mean[columns])
                 twin.input_std.copy_(self.input_std[columns])
+            if self.use_forecasts:  # the last E + 1 columns: E relative distances, spread
+                start = self.n_inputs - self.n_experts - 1
+                columns = torch.arange(self.n_inputs)
+                columns[start : start + self.n_experts] = start + torch.tensor(order)
+                first_layer = twin.net[0]  # type: ignore[assignment]
+                first_layer.weight.copy_(first_layer.weight[:, columns].clone())
+                twin.input_mean.copy_(twin.input_mean[columns].clone())
+                twin.input_std.copy_(twin.input_std[columns].clone())
         return twin
 
     def start_at_pair(self, pair: tuple[int, int]) -> None:
@@ -244,4 +343,5 @@ class FeaturePairGate(nn.Module):
         with torch.no_grad():
             last.weight.zero_()
             last.bias.zero_()
-            last.bias[self.pairs.index((first, second))] = 1.0
+            for member in range(self.members):
+                last.bias[member * self.n_outputs + self.pairs.index((first, second))] = 1.0

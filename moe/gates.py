@@ -257,6 +257,8 @@ def build_gate_from_spec(
             hidden=int(spec.get("hidden", 32)),
             use_history=bool(spec.get("use_history", False)),
             learned_weights=bool(spec.get("learned_weights", False)),
+            members=int(spec.get("members", 1)),
+            use_forecasts=bool(spec.get("use_forecasts", False)),
         )
     return build_gate(
         spec["kind"],

@@ -13,6 +13,7 @@ units and is scored on the validation windows, per window, in MASE units:
 2. ``linear``: the seed's linear gate started at that pair, best epoch kept;
 3. ``feature_pair``: the feature-pair gate (``moe.feature_gate``), equal or learned
    weights, with or without each expert's past MASE on the same series (``history``);
+   opt-in ``feature_pair+forecasts`` also routes on the experts' forecasts (dense);
 4. ``contextual``: attention over all experts' forecasts (dense at inference; most complex).
 
 The candidate with the lowest mean validation error is the reference; the **simplest**
@@ -47,6 +48,7 @@ from moe.training import TrainConfig, TrainResult, train_gate
 
 __all__ = [
     "DEFAULT_KINDS",
+    "PAIR_MEMBERS",
     "COMPLEXITY",
     "CandidateScore",
     "GateFit",
@@ -61,8 +63,17 @@ FEATURE_SECONDS_PER_WINDOW = 2e-3
 #: Candidate kinds ``fit_gate`` tries by default, simplest first. The contextual gate is
 #: left out by default: it needs every expert at inference (dense) and lost on Tourism.
 DEFAULT_KINDS: tuple[str, ...] = ("pair", "linear", "feature_pair")
+#: MLPs in each feature-pair candidate's seed ensemble (``FeaturePairGate.members``).
+PAIR_MEMBERS = 1
 #: Rank used by the one-SE rule (lower = simpler = preferred when within one SE).
-COMPLEXITY = {"pair": 0, "linear": 1, "feature_pair": 2, "feature_pair+history": 3, "contextual": 4}
+COMPLEXITY = {
+    "pair": 0,
+    "linear": 1,
+    "feature_pair": 2,
+    "feature_pair+history": 3,
+    "feature_pair+forecasts": 4,  # dense at inference: every expert runs before routing
+    "contextual": 5,
+}
 
 
 @dataclass(frozen=True)
@@ -146,9 +157,18 @@ def one_standard_error(
 
 
 def candidate_configs(
-    kinds: Sequence[str], season_length: int, seed: int, use_history: bool, n_experts: int
+    kinds: Sequence[str],
+    season_length: int,
+    seed: int,
+    use_history: bool,
+    n_experts: int,
+    pair_members: int = 1,
+    linear_starts: str = "every_pair",
 ) -> list[tuple[str, str, TrainConfig]]:
-    """The grid: ``(name, family, config)`` per candidate, simplest first."""
+    """The grid: ``(name, family, config)`` per candidate, simplest first.
+
+    ``linear_starts``: "every_pair" starts the linear gate at every expert pair and at the
+    pair best on the training windows; "best" only at the latter."""
     base = TrainConfig(
         loss_scale="seasonal_naive", season_length=season_length, seed=seed, balance_weight=0.0
     )
@@ -160,7 +180,10 @@ def candidate_configs(
         # Every pair start (None: the pair best on the training windows): top-2 selection has
         # no gradient, so the start decides which pair the gate can leave (docs/ACCURACY.md).
         starts: list[tuple[int, int] | None] = [None]
-        starts += list(itertools.combinations(range(n_experts), 2))
+        if linear_starts == "every_pair":
+            starts += list(itertools.combinations(range(n_experts), 2))
+        elif linear_starts != "best":
+            raise ValueError(f"linear_starts must be 'every_pair' or 'best', got {linear_starts!r}")
         for start in starts:
             for lr in (1e-2, 1e-3):
                 for delta in (2.0, 0.1):
@@ -179,25 +202,33 @@ def candidate_configs(
                     where = "best" if start is None else f"{start[0]}+{start[1]}"
                     name = f"linear start={where} lr={lr:g} delta={delta:g}"
                     out.append((name, "linear", config))
+    variants: list[tuple[bool, bool]] = []  # (use_history, use_forecasts)
     if "feature_pair" in kinds:
-        for history in (False, True) if use_history else (False,):
-            for weights in ("equal", "learned"):
-                for decay in (1e-3, 1e-1):
-                    config = base.model_copy(
-                        update={
-                            "gate": "feature_pair",
-                            "lr": 3e-3,
-                            "epochs": 60,
-                            "batch_size": 128,
-                            "keep_best_epoch": True,
-                            "pair_weights": weights,
-                            "weight_decay": decay,
-                            "use_history": history,
-                        }
-                    )
-                    family = "feature_pair+history" if history else "feature_pair"
-                    name = f"{family} w={weights} wd={decay:g}"
-                    out.append((name, family, config))
+        variants += [(False, False)] + ([(True, False)] if use_history else [])
+    if "feature_pair+forecasts" in kinds:
+        variants.append((False, True))
+    for history, forecasts in variants:
+        for weights in ("equal", "learned"):
+            for decay in (1e-3, 1e-1):
+                config = base.model_copy(
+                    update={
+                        "gate": "feature_pair",
+                        "lr": 3e-3,
+                        "epochs": 60,
+                        "batch_size": 128,
+                        "keep_best_epoch": True,
+                        "pair_weights": weights,
+                        "weight_decay": decay,
+                        "use_history": history,
+                        "use_forecasts": forecasts,
+                        "pair_members": pair_members,
+                    }
+                )
+                family = "feature_pair" + ("+history" if history else "")
+                family += "+forecasts" if forecasts else ""
+                name = f"{family} w={weights} wd={decay:g}"
+                name += f" x{pair_members}" if pair_members > 1 else ""
+                out.append((name, family, config))
     if "contextual" in kinds:
         for lr in (1e-3, 1e-2):
             config = base.model_copy(
@@ -227,7 +258,7 @@ def gate_logits(
     with torch.no_grad():
         if isinstance(gate, FeaturePairGate):
             if inputs is None:
-                inputs = gate.raw_inputs(context, history)
+                inputs = gate.raw_inputs(context, history, None, points)
             return gate.logits_for(*gate.pair_outputs(inputs))
         scale = window_scale(context.float(), result.config.scaling)
         scaled = scale_context(context.float(), scale)
@@ -256,6 +287,8 @@ def fit_gate(
     use_history: bool = False,
     time_budget_s: float = 300.0,
     seed: int = 0,
+    pair_members: int = PAIR_MEMBERS,
+    linear_starts: str = "every_pair",
     log: Any = None,
 ) -> GateFit:
     """Run the validated selection (module docstring) on the training windows given.
@@ -285,19 +318,20 @@ def fit_gate(
             raise ValueError("use_history needs series_index and origin (N,)")
         history = past_expert_mase(points, target, scale, series_index, origin)
     val_rows = mask.nonzero().squeeze(1)
-    inputs: dict[bool, torch.Tensor] = {}
+    inputs: dict[tuple[bool, bool], torch.Tensor] = {}  # (use_history, use_forecasts) ->
     candidates: list[CandidateScore] = []
     skipped: list[str] = []
     for name, family, config in candidate_configs(
-        kinds, typical_season, seed, use_history, points.shape[1]
+        kinds, typical_season, seed, use_history, points.shape[1], pair_members, linear_starts
     ):
         if candidates and time.perf_counter() - started > time_budget_s:
             skipped.append(name)
             continue
         begun = time.perf_counter()
         extra: dict[str, Any] = {"mase_scale": scale}
+        key = (config.use_history, config.use_forecasts)
         if config.gate == "feature_pair":
-            if config.use_history not in inputs:
+            if key not in inputs:
                 # Features cost ~2 ms per window (NumPy per row): skip the family rather
                 # than blow the budget on a very large store.
                 needed = FEATURE_SECONDS_PER_WINDOW * context.shape[0]
@@ -310,18 +344,19 @@ def fit_gate(
                     points.shape[1],
                     season_length=typical_season,
                     use_history=config.use_history,
+                    use_forecasts=config.use_forecasts,
                 )
-                inputs[config.use_history] = probe.raw_inputs(
-                    context, history if config.use_history else None, seasons
+                inputs[key] = probe.raw_inputs(
+                    context, history if config.use_history else None, seasons, points
                 )
-            extra.update(inputs=inputs[config.use_history], history=history)
+            extra.update(inputs=inputs[key], history=history)
         result = train_gate(context, target, points, config, validation_mask=mask, **extra)
         logits = gate_logits(
             result,
             context[val_rows],
             points[val_rows],
             None if history is None else history[val_rows],
-            inputs[config.use_history][val_rows] if config.gate == "feature_pair" else None,
+            inputs[key][val_rows] if config.gate == "feature_pair" else None,
         )
         mixed = mix(select_top2(logits), points[val_rows]).point
         errors = _window_mase(mixed, target[val_rows], scale[val_rows])

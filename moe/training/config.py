@@ -75,6 +75,12 @@ class TrainConfig(BaseModel):
         default=1, ge=1, description="Season of the 'seasonal_naive' loss scale (12 = monthly)."
     )
     pair_hidden: int = Field(default=32, ge=1, description="Feature-pair gate: MLP width.")
+    pair_members: int = Field(
+        default=1,
+        ge=1,
+        description="Feature-pair gate: MLPs in the seed ensemble (different inits, mean "
+        "softmax over pairs at inference).",
+    )
     pair_weights: Literal["equal", "learned"] = Field(
         default="equal", description="Feature-pair gate: mix the pair equally or learn w."
     )
@@ -82,6 +88,11 @@ class TrainConfig(BaseModel):
         default=False,
         description="Feature-pair gate: also route on each expert's past MASE on the same "
         "series (strictly older windows; moe.feature_gate.past_expert_mase).",
+    )
+    use_forecasts: bool = Field(
+        default=False,
+        description="Feature-pair gate: also route on the experts' point forecasts "
+        "(distance from the median, spread); dense at inference: every expert runs.",
     )
     weight_decay: float = Field(
         default=0.0, ge=0, description="Feature-pair gate: AdamW weight decay."

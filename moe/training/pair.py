@@ -63,6 +63,8 @@ def build_pair_gate(
             hidden=config.pair_hidden,
             use_history=config.use_history,
             learned_weights=config.pair_weights == "learned",
+            members=config.pair_members,
+            use_forecasts=config.use_forecasts,
         )
 
 
@@ -103,18 +105,25 @@ class PairTrainer:
         """Epoch step: one pass over ``order`` (shuffled training rows) in batches."""
         self.gate.train()
         for rows in order.split(self.config.batch_size):
-            scores, weights = self.gate.pair_outputs(self.inputs[rows])
+            # (b, K, P): each ensemble member is trained on its own FFORMA loss.
+            scores, weights = self.gate.member_outputs(self.inputs[rows])
             if self.gate.learned_weights:
-                errors = pair_errors(
-                    self.points[rows],
-                    self.target[rows],
-                    self.mase_scale[rows],
-                    self.gate.pair_index,
-                    weights,
+                errors = torch.stack(
+                    [
+                        pair_errors(
+                            self.points[rows],
+                            self.target[rows],
+                            self.mase_scale[rows],
+                            self.gate.pair_index,
+                            weights[:, member],
+                        )
+                        for member in range(self.gate.members)
+                    ],
+                    dim=1,
                 )
             else:
-                errors = self.equal[rows]
-            loss = (torch.softmax(scores, dim=1) * errors).sum(dim=1).mean()
+                errors = self.equal[rows][:, None, :]
+            loss = (torch.softmax(scores, dim=2) * errors).sum(dim=2).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -180,7 +189,7 @@ def train_pair_gate(
         n_windows, n_experts, pred_length = points.shape
         gate = build_pair_gate(context.shape[1], pred_length, n_experts, config)  # init
         if inputs is None:
-            inputs = gate.raw_inputs(context, history, season_lengths)
+            inputs = gate.raw_inputs(context, history, season_lengths, points)
         if inputs.shape != (n_windows, gate.n_inputs):
             raise ValueError(
                 f"inputs must have shape ({n_windows}, {gate.n_inputs}), got {tuple(inputs.shape)}"

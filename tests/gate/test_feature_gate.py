@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from moe.artifact import load_artifact, save_artifact
-from moe.feature_gate import FeaturePairGate, past_expert_mase
+from moe.feature_gate import FeaturePairGate, forecast_inputs, past_expert_mase
 from moe.model_file import build_artifact, load_router
-from moe.selection import fit_gate
+from moe.selection import candidate_configs, fit_gate
 from moe.training import TrainConfig, train_gate
 from tests.gate.helpers import RecordingExpert
 
@@ -144,19 +145,42 @@ def test_feature_gate_artifact_round_trip_and_sparse_inference(tmp_path: Path) -
     assert torch.allclose(weights.sum(dim=1), torch.ones(8)) and (weights > 0).all()
 
 
-def test_permuted_gate_routes_to_the_same_experts() -> None:
+@pytest.mark.parametrize(("members", "use_forecasts"), [(1, False), (3, False), (1, True)])
+def test_permuted_gate_routes_to_the_same_experts(members: int, use_forecasts: bool) -> None:
     """Guards FeaturePairGate.permuted: reordering experts reorders logits, routing is unchanged."""
     torch.manual_seed(0)
-    gate = FeaturePairGate(L, H, E, use_history=True, learned_weights=True).eval()
+    gate = FeaturePairGate(
+        L, H, E, use_history=True, learned_weights=True, members=members,
+        use_forecasts=use_forecasts,
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # non-trivial standardisation, so a wrong column order shows
+        gate.input_mean.normal_()
+        gate.input_std.uniform_(0.5, 2.0)
     problem = _routing_problem(n_series=10)
     context = problem["context"]
     history = torch.rand(context.shape[0], E)  # type: ignore[union-attr]
+    forecasts = problem["points"] if use_forecasts else None
     order = [2, 0, 3, 1]
     twin = gate.permuted(order)
     with torch.no_grad():
-        original = gate(context, None, history)  # type: ignore[arg-type]
-        permuted = twin(context, None, history[:, order])  # type: ignore[arg-type]
+        original = gate(context, forecasts, history)  # type: ignore[arg-type]
+        moved = None if forecasts is None else forecasts[:, order]  # type: ignore[index]
+        permuted = twin(context, moved, history[:, order])  # type: ignore[arg-type]
     assert torch.allclose(original[:, order], permuted, atol=1e-4)
+
+
+def test_forecast_inputs_are_scale_free_and_follow_the_experts() -> None:
+    """Guards forecast_inputs: any per-row scale gives the same inputs; the outlier stands out."""
+    torch.manual_seed(0)
+    forecasts = 10 + torch.randn(6, E, H)
+    forecasts[:, 3] += 5.0  # expert 3 far from the median
+    inputs = forecast_inputs(forecasts)
+    scaled = forecast_inputs(forecasts * torch.rand(6, 1, 1).add(0.1)[:, :, :] * 100)
+    assert inputs.shape == (6, E + 1)
+    assert torch.allclose(inputs, scaled, atol=1e-4)
+    assert (inputs[:, :E].argmax(dim=1) == 3).all()
+    with pytest.raises(ValueError, match="forecasts"):
+        FeaturePairGate(L, H, E, use_forecasts=True).raw_inputs(forecasts[:, 0])
 
 
 def test_past_expert_mase_uses_only_strictly_older_windows() -> None:
@@ -180,3 +204,56 @@ def test_feature_candidates_are_skipped_when_their_features_would_overrun_the_bu
     fit = _fit(_routing_problem(n_series=120), kinds=("pair", "feature_pair"), time_budget_s=0.6)
     assert [c.family for c in fit.candidates] == ["pair"]
     assert fit.skipped and all(name.startswith("feature_pair") for name in fit.skipped)
+
+
+def test_ensemble_members_are_independent_and_averaged() -> None:
+    """Guards the seed ensemble: member k sees only its own units; the gate averages softmaxes."""
+    torch.manual_seed(0)
+    gate = FeaturePairGate(L, H, E, learned_weights=True, members=3).eval()
+    inputs = torch.randn(5, gate.n_inputs)
+    scores, weights = gate.member_outputs(inputs)  # (5, 3, P)
+    last = gate.net[-1]
+    with torch.no_grad():  # a change to member 0's output weights leaves members 1, 2 alone
+        last.weight[: gate.n_outputs] += 1.0  # type: ignore[index, operator]
+        moved, _ = gate.member_outputs(inputs)
+        assert torch.equal(moved[:, 1:], scores[:, 1:]) and not torch.equal(moved, scores)
+        last.weight[: gate.n_outputs] -= 1.0  # type: ignore[index, operator]
+        pair_scores, pair_weights = gate.pair_outputs(inputs)
+    expected = torch.log(torch.softmax(scores, dim=2).mean(dim=1))
+    assert torch.allclose(pair_scores, expected, atol=1e-5)
+    assert torch.allclose(pair_weights, weights.mean(dim=1))
+
+
+def test_ensemble_gate_artifact_round_trip(tmp_path: Path) -> None:
+    """Guards the artifact path of a seed ensemble: members survive save/load, same routing."""
+    problem = _routing_problem(n_series=40)
+    config = TrainConfig(
+        gate="feature_pair", epochs=10, batch_size=32, lr=1e-2, season_length=12,
+        pair_weights="learned", pair_members=3,
+    )  # fmt: skip
+    context, target, points = problem["context"], problem["target"], problem["points"]
+    result = train_gate(
+        context,  # type: ignore[arg-type]
+        target,  # type: ignore[arg-type]
+        points,  # type: ignore[arg-type]
+        config,
+        validation_mask=problem["validation"],  # type: ignore[arg-type]
+    )
+    experts = [RecordingExpert(f"e{i}", 1.0 + 0.1 * i) for i in range(E)]
+    artifact = build_artifact(result, experts, context, target, points)  # type: ignore[arg-type]
+    path = save_artifact(artifact, tmp_path / "model.pt")
+    assert torch.load(path, weights_only=True)["gate"]["members"] == 3
+    router = load_router(load_artifact(path), experts=experts)
+    batch = context[:8]  # type: ignore[index]
+    expected = result.gate(batch).topk(2, dim=1).indices
+    assert torch.equal(router.route(batch).routing.indices, expected)
+
+
+def test_linear_candidates_start_at_every_pair_unless_asked() -> None:
+    """Guards the grid: linear starts at every pair by default, only the training pair on ask."""
+    every = candidate_configs(("linear",), 12, 0, False, E)
+    assert len(every) == 4 * (1 + E * (E - 1) // 2)
+    best = candidate_configs(("linear",), 12, 0, False, E, linear_starts="best")
+    assert len(best) == 4 and all(c.start_pair is None for _, _, c in best)
+    with pytest.raises(ValueError, match="linear_starts"):
+        candidate_configs(("linear",), 12, 0, False, E, linear_starts="some")
