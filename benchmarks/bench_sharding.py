@@ -115,6 +115,17 @@ def _warm(dask: dict, root: Path, jsonl: Path) -> tuple[float, float]:
     return start, time.perf_counter() - started
 
 
+def _warm_here(root: Path, jsonl: Path) -> float:
+    """The in-process twin of ``_warm``: the same first shard, run here."""
+    from pipeline.training_data import fill_cache_shard
+
+    config = _config(jsonl, None)
+    context = np.random.default_rng(1).uniform(1, 2, (4, config.input_length)).astype(np.float32)
+    started = time.perf_counter()
+    fill_cache_shard(str(root), config, context, 12)
+    return time.perf_counter() - started
+
+
 def _shard_overhead(root: Path, jsonl: Path) -> float:
     """Seconds per extra shard on one worker when every window is already cached."""
     from pipeline.training_data import build_experts_for, fill_cache, prepare_windows
@@ -162,7 +173,7 @@ def main() -> None:
         rows = []
         for name, dask in modes:
             root = folder / name.replace(" ", "-")
-            start = warm = float("nan")
+            start, warm = float("nan"), _warm_here(root, jsonl)
             if dask is not None:
                 start, warm = _warm(dask, root, jsonl)
             fill, windows = _fill(root, jsonl, dask)
