@@ -1,6 +1,6 @@
 """Sharded steps on Dask: in-process vs a LocalCluster of 1 and 2 worker processes.
 
-Usage: ``python benchmarks/bench_sharding.py [--series 2000] [--length 72] [--shards 4]``
+Usage: ``python benchmarks/bench_sharding.py [--series 2000] [--windows 3] [--shards 4]``
 
 Real offline experts (``seasonal_naive`` + ``autoets``: AutoETS is the CPU-heavy one), on
 synthetic monthly series. For each mode it times, on a fresh store, the retrain's cache
@@ -48,6 +48,9 @@ def _write_series(path: Path, n_series: int, length: int) -> None:
             handle.write(orjson.dumps(record) + b"\n")
 
 
+WINDOWS_PER_SERIES = 3  # set from --windows
+
+
 def _config(jsonl: Path, dask: dict | None):  # -> RetrainConfig
     from pipeline.config import RetrainConfig
 
@@ -58,7 +61,7 @@ def _config(jsonl: Path, dask: dict | None):  # -> RetrainConfig
             "input_length": 36,
             "pred_length": 12,
             "season_length": 12,
-            "max_windows_per_series": 3,
+            "max_windows_per_series": WINDOWS_PER_SERIES,
             "forecast_after": False,
             "dask": dask,
         }
@@ -151,7 +154,10 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=2000)
     parser.add_argument("--length", type=int, default=72)
     parser.add_argument("--shards", type=int, default=4, help="shards per step on Dask")
+    parser.add_argument("--windows", type=int, default=3, help="windows per series (>= 3)")
     args = parser.parse_args()
+    global WINDOWS_PER_SERIES
+    WINDOWS_PER_SERIES = args.windows
 
     from pipeline.retrain import retrain
     from pipeline.sharding import close_local_clusters
@@ -189,8 +195,8 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     print(
-        f"\n{args.series} series x {args.length} points, experts {EXPERTS}, "
-        f"{args.shards} shards per step on Dask\n"
+        f"\n{args.series} series x {args.length} points ({args.windows} windows each), "
+        f"experts {EXPERTS}, {args.shards} shards per step on Dask\n"
     )
     print(
         "| mode | cluster start (s) | worker warm-up (s) | cache fill (s) | window-experts/s "
