@@ -245,8 +245,9 @@ def _parse_retrain_config(args: argparse.Namespace) -> RetrainConfig:
         config = RetrainConfig.model_validate(
             {**config.model_dump(), "season_length": args.season_length}
         )
-    if args.dask is not None:
-        config = RetrainConfig.model_validate({**config.model_dump(), "dask": _dask(args)})
+    dask = _dask(args)  # --dask overrides the config's; without it the config's stands
+    if dask is not None:
+        config = RetrainConfig.model_validate({**config.model_dump(), "dask": dask})
     for path in config.jsonl_paths:
         if path != "-" and not Path(path).exists():
             raise UserError(f"{path}: no such file (given in --jsonl or the config's jsonl_paths)")
