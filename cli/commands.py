@@ -40,7 +40,7 @@ from storage.sql import ReadOnlyViolation, query
 from storage.store import StoreBusy, StoreNotFound
 
 if TYPE_CHECKING:  # the configs import torch; the CLI imports them only when a job needs them
-    from pipeline.config import ForecastConfig, RetrainConfig
+    from pipeline.config import DaskConfig, ForecastConfig, RetrainConfig
 
 __all__ = ["main", "format_table", "sample_path"]
 
@@ -245,6 +245,9 @@ def _parse_retrain_config(args: argparse.Namespace) -> RetrainConfig:
         config = RetrainConfig.model_validate(
             {**config.model_dump(), "season_length": args.season_length}
         )
+    dask = _dask(args)  # --dask overrides the config's; without it the config's stands
+    if dask is not None:
+        config = RetrainConfig.model_validate({**config.model_dump(), "dask": dask})
     for path in config.jsonl_paths:
         if path != "-" and not Path(path).exists():
             raise UserError(f"{path}: no such file (given in --jsonl or the config's jsonl_paths)")
@@ -265,7 +268,10 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     from pipeline.config import ForecastConfig
 
     config = ForecastConfig(
-        series_ids=args.series or None, model_version=args.model_version, run_id=args.run_id
+        series_ids=args.series or None,
+        model_version=args.model_version,
+        run_id=args.run_id,
+        dask=_dask(args),
     )
     store = Store.open_existing(args.store)
     _check_forecast(store, config)  # a user error here prints one line, before Prefect starts
@@ -274,6 +280,42 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
     print(batch_forecast(config=config, store=store.location))
     return 0
+
+
+def _dask(args: argparse.Namespace) -> DaskConfig | None:
+    """``--dask`` and its companions as the jobs' ``dask`` setting (None: in-process)."""
+    from pipeline.config import DaskConfig
+
+    if args.dask is None:
+        if args.dask_workers is not None or args.shards is not None:
+            raise UserError("--dask-workers and --shards need --dask (local or an address)")
+        return None
+    settings: dict[str, object] = {"address": args.dask, "shards": args.shards}
+    if args.dask_workers is not None:
+        settings["workers"] = args.dask_workers
+    return DaskConfig.model_validate(settings)
+
+
+def _add_dask_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--dask",
+        default=None,
+        metavar="local|ADDRESS",
+        help=f"shard {what} over Dask: 'local' starts a LocalCluster here, else a scheduler "
+        "address like tcp://host:8786 (default: in this process)",
+    )
+    parser.add_argument(
+        "--dask-workers",
+        type=_positive_int,
+        default=None,
+        help="worker processes of the local cluster (default 2)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=None,
+        help="Dask tasks per step (default: two per worker thread)",
+    )
 
 
 def _check_forecast(store: Store, config: ForecastConfig) -> None:
@@ -335,7 +377,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _prefect_env()
     from flows.serve import serve_all
 
-    serve_all(timezone=args.timezone, store=args.store)
+    serve_all(timezone=args.timezone, store=args.store, dask=_dask(args))
     return 0
 
 
@@ -412,12 +454,14 @@ def _parser() -> argparse.ArgumentParser:
         help="force this seasonal period for every series (default: per series, from its "
         "freq, else detected from its values)",
     )
+    _add_dask_options(retrain, "the expert cache and the forecast after a promotion")
     retrain.set_defaults(run=_cmd_retrain)
 
     forecast = commands.add_parser("forecast", help="run the batch-forecast flow once")
     forecast.add_argument("--series", nargs="*", default=[], help="series ids (default: all)")
     forecast.add_argument("--model-version", default=None)
     forecast.add_argument("--run-id", default=None, help="rerun an id to replace its rows")
+    _add_dask_options(forecast, "the series")
     forecast.set_defaults(run=_cmd_forecast)
 
     evaluate = commands.add_parser("evaluate", help="score past forecasts against actuals")
@@ -433,6 +477,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--timezone", default=None, help="schedule timezone (default $MOE_TIMEZONE or UTC)"
     )
+    _add_dask_options(serve, "the retrain's expert cache and the batch forecast by default")
     serve.set_defaults(run=_cmd_serve)
 
     api = commands.add_parser("api", help="serve forecasts, the registry and monitoring over HTTP")

@@ -13,6 +13,7 @@ from prefect import serve
 from prefect.client.schemas.schedules import CronSchedule
 
 from flows.jobs import batch_forecast, evaluate, retrain
+from pipeline.config import DaskConfig
 
 __all__ = ["deployments", "serve_all", "TIMEZONE_ENV_VAR"]
 
@@ -22,16 +23,25 @@ DAILY_FORECAST_CRON = "0 5 * * *"  # every day 05:00
 DAILY_EVALUATE_CRON = "0 4 * * *"  # every day 04:00, before the forecast
 
 
-def deployments(timezone: str | None = None, store: str | None = None) -> list:
-    """The deployments ``serve`` registers (same names and schedules as prefect.yaml)."""
+def deployments(
+    timezone: str | None = None, store: str | None = None, dask: DaskConfig | None = None
+) -> list:
+    """The deployments ``serve`` registers (same names and schedules as prefect.yaml).
+
+    ``dask``: the default ``config.dask`` of the retrain and batch-forecast runs (their
+    expert cache and forecast shard over that cluster); a custom run's form can change it.
+    """
     zone = timezone or os.environ.get(TIMEZONE_ENV_VAR, "UTC")
-    parameters = {} if store is None else {"store": store}
+    parameters: dict[str, object] = {} if store is None else {"store": store}
+    sharded = dict(parameters)
+    if dask is not None:
+        sharded["config"] = {"dask": dask.model_dump()}
     return [
         retrain.to_deployment(
             name="weekly-retrain",
             schedules=[CronSchedule(cron=WEEKLY_RETRAIN_CRON, timezone=zone)],
             concurrency_limit=1,  # two retrains never overlap
-            parameters=parameters,
+            parameters=sharded,
             tags=["moe"],
             description="Weekly retrain: ingest, expert cache, gate, backtest, promotion.",
         ),
@@ -39,7 +49,7 @@ def deployments(timezone: str | None = None, store: str | None = None) -> list:
             name="daily-batch-forecast",
             schedules=[CronSchedule(cron=DAILY_FORECAST_CRON, timezone=zone)],
             concurrency_limit=1,
-            parameters=parameters,
+            parameters=sharded,
             tags=["moe"],
             description="Champion model over all stored series into the forecasts table.",
         ),
@@ -53,5 +63,7 @@ def deployments(timezone: str | None = None, store: str | None = None) -> list:
     ]
 
 
-def serve_all(timezone: str | None = None, store: str | None = None) -> None:
-    serve(*deployments(timezone, store))
+def serve_all(
+    timezone: str | None = None, store: str | None = None, dask: DaskConfig | None = None
+) -> None:
+    serve(*deployments(timezone, store, dask))

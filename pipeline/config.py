@@ -18,6 +18,7 @@ __all__ = [
     "ExpertName",
     "OFFLINE_EXPERTS",
     "FOUNDATION_EXPERTS",
+    "DaskConfig",
     "RetrainConfig",
     "ForecastConfig",
     "EvaluateConfig",
@@ -60,6 +61,43 @@ def _windows_rule(schema: JsonDict) -> None:
         }
     )
     schema["allOf"] = rules
+
+
+class DaskConfig(BaseModel):
+    """Where sharded work runs: a Dask cluster for the expert cache and the batch forecast."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str = Field(
+        default="local",
+        min_length=1,
+        description="'local': start a Dask LocalCluster on this machine for the step (a few "
+        "seconds with threads, ~10-30 s with processes) and stop it after; else a running "
+        "scheduler's address, e.g. 'tcp://scheduler:8786' (its workers need this package and "
+        "the store's folder).",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=256, description="LocalCluster only: worker processes (or threads)."
+    )
+    processes: bool = Field(
+        default=True,
+        description="LocalCluster only: workers as processes (true: parallel experts, each "
+        "worker imports the package once) or as threads of this process (false: starts at "
+        "once, parallel only where the experts release the GIL).",
+    )
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Shards per step (None: two per worker thread of the cluster). Each shard "
+        "is one Dask task: more shards balance uneven work, fewer save the per-shard cost.",
+    )
+
+
+_DASK_DESCRIPTION = (
+    "Shard this job's expensive step by series over a Dask cluster (pip install "
+    "moe-forecast[dask]); null (default): run it in this process."
+)
 
 
 class RetrainConfig(BaseModel):
@@ -137,6 +175,11 @@ class RetrainConfig(BaseModel):
         default=True,
         description="When the new model is promoted, refresh forecasts for every stored series.",
     )
+    dask: DaskConfig | None = Field(
+        default=None,
+        description=_DASK_DESCRIPTION + " Shards the expert cache (distinct windows) and the "
+        "forecast after a promotion.",
+    )
 
     @field_validator("experts")
     @classmethod
@@ -174,6 +217,7 @@ class ForecastConfig(BaseModel):
         description="Rerunning with the same id replaces that run's rows; None = new id.",
     )
     device: str = Field(default="cpu", description="'cpu' or 'cuda[:n]'.")
+    dask: DaskConfig | None = Field(default=None, description=_DASK_DESCRIPTION)
 
 
 class EvaluateConfig(BaseModel):

@@ -43,6 +43,10 @@ __all__ = [
     "ForecastRun",
     "choose_model",
     "batch_forecast",
+    "new_run_id",
+    "series_to_forecast",
+    "count_usage",
+    "forecast_shard",
     "last_contexts",
     "forecast_rows",
     "route_by_season",
@@ -236,6 +240,62 @@ def load_model(
     )
 
 
+def new_run_id() -> str:
+    """A fresh forecast run id: UTC time and a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def series_to_forecast(store: Store, config: ForecastConfig) -> list[str]:
+    """``config.series_ids`` (deduplicated, each checked to be stored), else every stored
+    series, sorted."""
+    if config.series_ids is None:
+        ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)
+        return list(ids.to_pylist())
+    series_ids = list(dict.fromkeys(config.series_ids))
+    known = query(
+        store, "SELECT series_id FROM series WHERE list_contains($1, series_id)", [series_ids]
+    ).column(0)
+    unknown = sorted(set(series_ids) - set(known.to_pylist()))
+    if unknown:
+        raise ValueError(f"{len(unknown)} requested series are not in the store: {unknown[:10]}")
+    return series_ids
+
+
+def count_usage(rows: pa.Table, usage: dict[str, int]) -> None:
+    """Add to ``usage`` how often each expert is among a series' two in ``rows``."""
+    firsts = rows.filter(pc.equal(rows.column("step"), 1))
+    for column in ("expert_1", "expert_2"):
+        for name in firsts.column(column).to_pylist():
+            usage[name] = usage.get(name, 0) + 1
+
+
+@lru_cache(maxsize=2)
+def _shard_model(store_root: str, model_version: str, device: str) -> LoadedModel:
+    """The model a shard worker forecasts with, loaded once per worker process."""
+    store = Store.open_existing(store_root)
+    return load_model(store, get_model(store, model_version), device)
+
+
+def forecast_shard(
+    store_root: str,
+    model_version: str,
+    series_ids: list[str],
+    run_id: str,
+    chunk_size: int,
+    device: str = "cpu",
+) -> list[pa.Table]:
+    """One shard of a sharded batch forecast (``pipeline.sharding``), run on a worker: the
+    rows of ``series_ids``, one table per ``chunk_size`` series; the caller writes them."""
+    store = Store.open_existing(store_root)
+    loaded = _shard_model(store.location, model_version, device)
+    tables = []
+    for begin in range(0, len(series_ids), chunk_size):
+        chunk = load_series(store, series_ids[begin : begin + chunk_size])
+        if len(chunk):
+            tables.append(loaded.rows(chunk, run_id, device))
+    return tables
+
+
 def batch_forecast(
     store: Store,
     config: ForecastConfig,
@@ -245,24 +305,18 @@ def batch_forecast(
     """Forecast the selected series with the chosen model; returns counts and usage.
 
     ``experts``: already loaded experts to use instead of building the model's (matched by
-    name; a worker that keeps them loaded, or tests with fakes).
+    name; a worker that keeps them loaded, or tests with fakes). With ``config.dask`` set the
+    series are sharded over Dask (``pipeline.sharding``) and each worker builds the model's
+    own experts (``experts`` is not used).
     """
+    if config.dask is not None:
+        from pipeline.sharding import forecast_sharded  # Dask only when it is configured
+
+        return forecast_sharded(store, config, on_chunk)
     model = choose_model(store, config.model_version)
     loaded = load_model(store, model, config.device, experts)
-    run_id = config.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
-    if config.series_ids is None:
-        ids = query(store, "SELECT series_id FROM series ORDER BY series_id").column(0)
-        series_ids: list[str] = ids.to_pylist()
-    else:
-        series_ids = list(dict.fromkeys(config.series_ids))
-        known = query(
-            store, "SELECT series_id FROM series WHERE list_contains($1, series_id)", [series_ids]
-        ).column(0)
-        unknown = sorted(set(series_ids) - set(known.to_pylist()))
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} requested series are not in the store: {unknown[:10]}"
-            )
+    run_id = config.run_id or new_run_id()
+    series_ids = series_to_forecast(store, config)
     usage = dict.fromkeys(loaded.router.expert_keys, 0)
     n_rows = 0
     n_series = 0
@@ -275,10 +329,7 @@ def batch_forecast(
             write(f"chunk-{chunk_index:06d}", rows)
             n_rows += rows.num_rows
             n_series += len(chunk)
-            firsts = rows.filter(pc.equal(rows.column("step"), 1))
-            for column in ("expert_1", "expert_2"):
-                for name in firsts.column(column).to_pylist():
-                    usage[name] += 1
+            count_usage(rows, usage)
             if on_chunk is not None:
                 on_chunk(n_series, len(series_ids))
     return ForecastRun(run_id, model.model_version, n_series, n_rows, usage)

@@ -381,7 +381,7 @@ def retrain(
     if result.promoted and config.forecast_after:
         # the experts just used are already loaded: the forecast reuses them
         result.forecast = run(batch_forecast)(
-            store, ForecastConfig(device=config.device), experts=experts
+            store, ForecastConfig(device=config.device, dask=config.dask), experts=experts
         )
     return result
 

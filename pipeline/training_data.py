@@ -8,7 +8,9 @@ on the training windows), and every expert's forecasts through the store's cache
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -142,6 +144,12 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
 def fill_cache(
     store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
 ) -> list[PrecomputeStats]:
+    """Every expert's forecasts of every window into the store's cache (computed once per
+    distinct window); sharded over Dask when ``config.dask`` is set."""
+    if config.dask is not None:
+        from pipeline.sharding import fill_cache_sharded  # Dask only when it is configured
+
+        return fill_cache_sharded(store, experts, windows, config)
     return precompute_cache(
         store,
         experts,
@@ -153,13 +161,26 @@ def fill_cache(
     )
 
 
+@lru_cache(maxsize=2)
+def _shard_experts(config_json: str) -> tuple[Expert, ...]:
+    """The config's pretrained experts, built once per worker process (weights load once)."""
+    return tuple(build_experts_for(RetrainConfig.model_validate_json(config_json)))
+
+
 def fill_cache_shard(
-    store_root: str, config: RetrainConfig, context: np.ndarray, season_length: int | None = None
+    store_root: str,
+    config: RetrainConfig,
+    context: np.ndarray,
+    season_length: int | None = None,
+    cache_keys: Sequence[str] | None = None,
 ) -> list[PrecomputeStats]:
     """One shard of a distributed precompute: load the experts here (on the worker) and
     fill the cache for ``context`` ``(n, L)``, every row of period ``season_length`` (None:
-    the experts as configured)."""
-    experts = build_experts_for(config)
+    the experts as configured). ``cache_keys``: only the experts with these keys (the
+    caller's; None: all of the config's pretrained experts)."""
+    experts = list(_shard_experts(config.model_copy(update={"dask": None}).model_dump_json()))
+    if cache_keys is not None:
+        experts = [expert for expert in experts if expert.cache_key in cache_keys]
     if season_length is not None:
         experts = experts_for_season(experts, season_length)
     return precompute_cache(
