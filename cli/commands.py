@@ -179,6 +179,22 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 def _cmd_store(args: argparse.Namespace) -> int:
     store = Store.open_existing(args.store)
+    if args.action == "retain":
+        from datetime import timedelta
+
+        from storage.retention import expire_forecast_runs
+
+        report = expire_forecast_runs(
+            store, timedelta(days=args.days), keep_runs=args.keep_runs, dry_run=args.dry_run
+        )
+        verb = "would drop" if args.dry_run else "dropped"
+        print(
+            f"forecast runs created before {report.cutoff:%Y-%m-%d %H:%M} UTC: {verb} "
+            f"{len(report.dropped)} {report.dropped}; kept {len(report.kept_latest)} that "
+            f"still hold a series' latest forecast and {len(report.kept_newest)} of the "
+            f"newest {args.keep_runs}"
+        )
+        return 0
     path = store.write_catalog()
     print(f"wrote {path}; open it with: duckdb -readonly {path}")
     return 0
@@ -418,6 +434,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -506,8 +542,17 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--max-rows", type=_positive_int, default=50)
     sql.set_defaults(run=_cmd_sql)
 
-    store = commands.add_parser("store", help="store maintenance")
-    store.add_argument("action", choices=["catalog"])
+    store = commands.add_parser(
+        "store", help="store maintenance: catalog (for the DuckDB CLI), retain (old runs)"
+    )
+    store.add_argument("action", choices=["catalog", "retain"])
+    store.add_argument(
+        "--days", type=_non_negative_float, default=90.0, help="retain: keep runs this recent"
+    )
+    store.add_argument(
+        "--keep-runs", type=_non_negative_int, default=1, help="retain: newest runs always kept"
+    )
+    store.add_argument("--dry-run", action="store_true", help="retain: only say what goes")
     store.set_defaults(run=_cmd_store)
 
     for mode in ("train", "predict"):

@@ -57,7 +57,7 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 _SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog"})
 _LOCAL_CATALOGS = frozenset({"", "memory"})
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_READ_RETRIES = 3  # a part renamed away between listing and reading: list again
+_READ_RETRIES = 8  # a part renamed away or dropped between listing and reading: list again
 
 # Settings fixed when the connection is created (before ``lock_configuration``).
 _SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -267,6 +267,22 @@ def _is_vanished_part(error: Exception) -> bool:
     )
 
 
+_DENIED_FILE = re.compile(r'Cannot access file "([^"]+)"')
+
+
+def _is_vanished_listed_part(store: Store, error: Exception) -> bool:
+    """The sandbox refused a path only because a listed part vanished: DuckDB, finding a
+    listed ``.parquet`` file gone (a run dropped or replaced by a writer), retries it as a
+    folder (``<part>/**/*.parquet``), which the allow-list refuses. Listing again fixes it;
+    any other refused path is a real violation."""
+    found = _DENIED_FILE.search(str(error))
+    if found is None:
+        return False
+    path = found.group(1).split("/**/", 1)[0]
+    tables = store.locate("tables") + "/"
+    return path.endswith(".parquet") and path.startswith(tables) and not store.fs.exists(path)
+
+
 def query(store: Store, sql: str, parameters: Sequence[object] | None = None) -> pa.Table:
     """Run one read-only statement with bound ``parameters`` (``$1`` or ``?``)."""
     if not store.exists():
@@ -279,6 +295,8 @@ def query(store: Store, sql: str, parameters: Sequence[object] | None = None) ->
             connection = readonly_connection(store)
             return connection.sql(sql, params=list(parameters or [])).to_arrow_table()
         except duckdb.PermissionException as error:
+            if attempt + 1 < _READ_RETRIES and _is_vanished_listed_part(store, error):
+                continue  # a writer dropped or replaced a part after it was listed
             raise ReadOnlyViolation(f"refused: {error}") from error
         except (duckdb.Error, OSError) as error:
             # A writer replaced a run's folder (or, on object storage, a part) after the

@@ -592,6 +592,27 @@ class Store:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def drop_partition(self, table: str, partition: dict[str, str]) -> bool:
+        """Remove one hive partition of ``table`` (e.g. an expired forecast run); whether it
+        existed. Readers see the partition whole or not at all, as in ``rewrite_partition``:
+        locally the folder is renamed away in one step under the writer lock, then deleted;
+        on object storage its parts are deleted one by one (``storage.sql.query`` re-lists
+        and retries when a listed part vanished)."""
+        final = self.table_location(table, partition)  # refuses reserved names
+        with self.writer():
+            if self._root is None:
+                fs = self.fs
+                parts = self._list_parts(final, "*.parquet")
+                for part in parts:
+                    fs.rm(part.removeprefix("s3://"))
+                return bool(parts)
+            if not Path(final).exists():
+                return False
+            retired = self.tmp_dir / f"retired-{os.getpid()}-{uuid.uuid4().hex}"
+            os.replace(final, retired)
+        shutil.rmtree(retired, ignore_errors=True)
+        return True
+
     def _swap_remote_partition(self, staging: Path, final: str) -> None:
         new = sorted(entry.name for entry in staging.iterdir())
         old = [location.rsplit("/", 1)[-1] for location in self._list_parts(final)]

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -396,6 +397,7 @@ def test_retrain_forecast_evaluate_jobs_on_s3(location: str, tmp_path: Path) -> 
     from pipeline.evaluate import evaluate_forecasts
     from pipeline.forecast import batch_forecast
     from pipeline.retrain import retrain
+    from storage.retention import expire_forecast_runs
 
     rng = np.random.default_rng(1)
     path = tmp_path / "series.jsonl"
@@ -424,3 +426,9 @@ def test_retrain_forecast_evaluate_jobs_on_s3(location: str, tmp_path: Path) -> 
     assert dict(zip(*counts.to_pydict().values(), strict=True))["nightly"] == 12 * 6
     evaluate_forecasts(store, EvaluateConfig())  # no actuals yet: scores nothing, no error
     assert any("/tables/forecasts/" in key for key in _objects(location))
+    # retention on S3: the retrain's own forecast run is superseded by "nightly" and goes
+    report = expire_forecast_runs(store, timedelta(0), keep_runs=1)
+    assert report.dropped == [result.forecast.run_id]
+    runs = query(store, "SELECT DISTINCT run_id FROM forecasts").column(0).to_pylist()
+    assert runs == ["nightly"]
+    assert not any(f"run_id={result.forecast.run_id}" in key for key in _objects(location))
