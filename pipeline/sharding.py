@@ -39,8 +39,8 @@ from pipeline.forecast import (
     new_run_id,
     series_to_forecast,
 )
-from pipeline.precompute import PrecomputeStats, precompute_cache, shard_contexts
-from pipeline.training_data import fill_cache_shard
+from pipeline.precompute import PrecomputeStats, shard_contexts
+from pipeline.training_data import cache_windows, fill_cache_shard
 from storage.store import Store
 
 try:
@@ -157,16 +157,7 @@ def fill_cache_sharded(
                 computed[stats.expert] = computed.get(stats.expert, 0) + stats.computed
     # Here: what no worker could build (trained experts, experts handed in by the caller);
     # for the rest this only confirms that every window is cached.
-    rest = precompute_cache(
-        store,
-        experts,
-        windows.context,
-        config.pred_length,
-        batch_size=config.expert_batch_size,
-        device=config.device,
-        season_lengths=windows.season_length,
-        progress=False,
-    )
+    rest = cache_windows(store, experts, windows, config, progress=False)
     seconds = time.perf_counter() - started
     merged = []
     for stats in rest:

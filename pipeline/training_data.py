@@ -150,6 +150,18 @@ def fill_cache(
         from pipeline.sharding import fill_cache_sharded  # Dask only when it is configured
 
         return fill_cache_sharded(store, experts, windows, config)
+    return cache_windows(store, experts, windows, config)
+
+
+def cache_windows(
+    store: Store,
+    experts: list[Expert],
+    windows: Windows,
+    config: RetrainConfig,
+    progress: bool = True,
+) -> list[PrecomputeStats]:
+    """``experts`` on ``windows`` in this process, each window with its own season, with
+    the config's batch size and device (what is cached already is read, not recomputed)."""
     return precompute_cache(
         store,
         experts,
@@ -158,6 +170,7 @@ def fill_cache(
         batch_size=config.expert_batch_size,
         device=config.device,
         season_lengths=windows.season_length,
+        progress=progress,
     )
 
 
