@@ -66,6 +66,7 @@ from benchmarks._accuracy_data import (  # noqa: E402
     load_series,
     make_windows,
 )
+from moe.data import dense_windows  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
 from moe.experts.global_mlp import GlobalMLPConfig, train_global_mlp  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
@@ -80,6 +81,7 @@ from moe.selection import (  # noqa: E402
     fit_gate,
 )  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402
+from pipeline.global_expert import MIN_CONTEXT as GLOBAL_MIN_CONTEXT  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
 from storage.store import Store  # noqa: E402
 
@@ -211,30 +213,27 @@ def _pad(values: torch.Tensor, length: int, left: bool, fill: float) -> torch.Te
 def _mlp_windows(
     sets: list[Prepared], length: int, horizon: int, stride: int, min_context: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sliding windows inside every series' training part ``x`` (never its holdout):
-    context ``(M, length)`` NaN-padded on the left, target ``(M, horizon)``, global series
-    index ``(M,)``. Newest first, one every ``stride`` points, each with ``min_context``
-    observed context points."""
-    contexts: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
-    owners: list[int] = []
-    offset = 0
-    for p in sets:
-        for index, values in enumerate(p.data.train):
-            values = np.asarray(values, np.float64)
-            for end in range(len(values) - horizon, min_context - 1, -stride):
-                window = np.full(length, np.nan)
-                piece = values[max(0, end - length) : end]
-                window[length - len(piece) :] = piece
-                contexts.append(window)
-                targets.append(values[end : end + horizon])
-                owners.append(offset + index)
-        offset += len(p.data.ids)
-    return np.stack(contexts), np.stack(targets), np.asarray(owners)
+    """Windows inside every series' training part ``x`` (never its holdout), as the retrain
+    cuts them (``moe.data.dense_windows``: newest targets NaN-padded past the end of ``x``):
+    context ``(M, length)``, target ``(M, horizon)``, global series index ``(M,)``; every
+    ``stride``-th origin, each with ``min_context`` observed context points."""
+    histories = [np.asarray(values, np.float64) for p in sets for values in p.data.train]
+    windows = dense_windows(histories, length, horizon, min_context=min_context)
+    keep = np.arange(len(windows.origin)) % stride == 0 if stride > 1 else slice(None)
+    return (
+        windows.context[keep].astype(np.float64),
+        windows.target[keep].astype(np.float64),
+        windows.series_index[keep],
+    )
 
 
 def add_global_mlp(
-    sets: list[Prepared], seed: int, stride: int, min_context: int, folds: int = 2
+    sets: list[Prepared],
+    seed: int,
+    stride: int,
+    min_context: int,
+    folds: int = 2,
+    config: GlobalMLPConfig | None = None,
 ) -> None:
     """Train the global MLP expert on windows inside the training parts of every set (pooled)
     and append its forecasts to each set's cached ones, as the last expert. Holdout
@@ -260,13 +259,18 @@ def add_global_mlp(
         [p.windows.series_index + o for p, o in zip(sets, offsets[:-1], strict=True)]
     )
     fold_of = np.random.default_rng(seed).integers(0, folds, size=int(offsets[-1]))
+    periods = np.concatenate([np.full(len(p.data.ids), p.data.period) for p in sets])
+    period = periods[owner]  # (M,) each training window's season, for its MASE-unit loss
     forecast = np.full((context.shape[0], horizon), np.nan, np.float32)
     # No wall-time cap: GlobalMLPConfig's default max_seconds stops early on a busy machine,
     # which made the weights (and the scores) depend on the load (35 vs 60 epochs seen).
-    config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
+    if config is None:
+        config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
     for k in range(folds):
         keep = fold_of[owner] != k
-        fitted, report = train_global_mlp(train_context[keep], train_target[keep], config)
+        fitted, report = train_global_mlp(
+            train_context[keep], train_target[keep], config, period[keep]
+        )
         rows = ~is_test & (fold_of[series] == k)
         forecast[rows] = fitted.forecast(torch.from_numpy(context[rows]), horizon).point.numpy()
         print(
@@ -274,7 +278,7 @@ def add_global_mlp(
             f"{report['seconds']:.0f}s",
             flush=True,
         )
-    full, report = train_global_mlp(train_context, train_target, config)
+    full, report = train_global_mlp(train_context, train_target, config, period)
     forecast[is_test] = full.forecast(torch.from_numpy(context[is_test]), horizon).point.numpy()
     print(
         f"  global_mlp (test windows): {report['windows']} windows, {report['epochs']} epochs, "
@@ -458,7 +462,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="add the trained global MLP expert, pooled over the --datasets training windows",
     )
     parser.add_argument(
-        "--mlp-stride", type=int, default=3, help="global MLP: a training window every N points"
+        "--mlp-stride", type=int, default=1, help="global MLP: a training window every N points"
     )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
     parser.add_argument(
@@ -514,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         sets = [prepare_dataset(name, args.experts, store, args) for name in args.datasets]
         ready = [p for p in sets if p is not None]
         if ready and args.global_mlp:
-            add_global_mlp(ready, args.seed, args.mlp_stride, args.min_context)
+            add_global_mlp(ready, args.seed, args.mlp_stride, GLOBAL_MIN_CONTEXT)
         for prepared in ready:
             validation = prepared.windows.is_validation
             error_correlations(prepared, validation, f"{prepared.name} validation windows")

@@ -118,6 +118,28 @@ def rolling_windows(
     )
 
 
+def dense_windows(
+    sequences: Sequence[np.ndarray | Sequence[float]],
+    input_length: int,
+    pred_length: int,
+    *,
+    min_context: int = 1,
+) -> Windows:
+    """Every window of every series, one per step, for training a global model.
+
+    ``rolling_windows`` with stride 1 and no holdout, except that the newest
+    ``pred_length - 1`` origins are kept too: their targets run past the series' end and
+    are NaN-padded on the right (at least one observed point each), so the most recent
+    dynamics are learned from as well. ``origin`` indexes the unpadded series.
+    """
+    padding = np.full(max(pred_length - 1, 0), np.nan, np.float32)
+    padded = [np.concatenate([np.asarray(raw, np.float32), padding]) for raw in sequences]
+    windows = rolling_windows(
+        padded, input_length, pred_length, stride=1, holdout=0, min_context=min_context
+    )
+    return observed_windows(windows)
+
+
 def _left_padded(values: np.ndarray, length: int) -> np.ndarray:
     """``values`` ``(n,)`` with ``n <= length``, NaN-padded on the left to ``(length,)``."""
     if len(values) == length:

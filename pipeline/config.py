@@ -19,6 +19,7 @@ __all__ = [
     "OFFLINE_EXPERTS",
     "FOUNDATION_EXPERTS",
     "DaskConfig",
+    "GlobalExpertConfig",
     "RetrainConfig",
     "ForecastConfig",
     "EvaluateConfig",
@@ -100,6 +101,33 @@ _DASK_DESCRIPTION = (
 )
 
 
+class GlobalExpertConfig(BaseModel):
+    """How the retrain trains the global expert ('global_mlp'), when it is in the pool."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    width: int = Field(default=512, ge=1, le=8192, description="Units per hidden layer.")
+    depth: int = Field(default=3, ge=1, le=16, description="Hidden layers.")
+    epochs: int = Field(default=10, ge=1, le=10_000, description="Passes over its windows.")
+    min_steps: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="At least this many optimiser steps (small stores get more epochs).",
+    )
+    folds: int = Field(
+        default=2,
+        ge=2,
+        le=10,
+        description="Series folds for the cross-fitted forecasts the gate learns from: each "
+        "fold's training windows are forecast by a network trained without its series, so the "
+        "gate sees the expert's out-of-sample error (as at forecast time).",
+    )
+    max_seconds: float = Field(
+        default=600.0, gt=0, description="Stop a fit after the epoch that passes this time."
+    )
+
+
 class RetrainConfig(BaseModel):
     """Weekly retrain: ingest, windows, expert cache, gate training, backtest, registry."""
 
@@ -162,6 +190,11 @@ class RetrainConfig(BaseModel):
         "selection (moe.selection.fit_gate: best pair, linear, feature-pair candidates on "
         "each series' newest training window, one-SE rule), the same fit the accuracy "
         "benchmark reports; only 'seed' is read from here.",
+    )
+    global_expert: GlobalExpertConfig = Field(
+        default_factory=GlobalExpertConfig,
+        description="Training of the global expert 'global_mlp' (only read when it is in "
+        "'experts'): on every series' points before its backtest windows, one window per step.",
     )
     interval_calibration: Literal["per_level", "paired"] = Field(
         default="paired",

@@ -368,10 +368,14 @@ def retrain(
     fakes here).
     """
     series, windows = ingest_and_window(store, config, run)
+    out_of_fold: dict[str, np.ndarray] = {}
     if experts is None:
-        experts = run(add_trained_experts)(store, run(build_experts_for)(config), windows, config)
+        trained = run(add_trained_experts)(
+            store, run(build_experts_for)(config), series, windows, config
+        )
+        experts, out_of_fold = trained.experts, trained.out_of_fold
     stats = run(fill_cache)(store, experts, windows, config)
-    data = run(load_training_data)(store, experts, series, windows, config.pred_length)
+    data = run(load_training_data)(store, experts, series, windows, config.pred_length, out_of_fold)
     artifact, scores = run(train_and_backtest)(experts, data, config)
     run_id = uuid.uuid4().hex[:12]
     result: RetrainResult = run(register_and_decide)(

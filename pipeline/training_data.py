@@ -17,10 +17,16 @@ import torch
 
 from moe.data import Windows, observed_windows
 from moe.experts.base import Expert, ExpertConfig
-from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
+from moe.experts.global_mlp import save_global_mlp
 from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
 from moe.precompute import experts_for_season
 from pipeline.config import RetrainConfig
+from pipeline.global_expert import (
+    cross_fit,
+    fit_global_expert,
+    global_training_windows,
+    with_cross_fitted,
+)
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.seasons import series_season_lengths
 from pipeline.windows import windows_from_store
@@ -32,7 +38,7 @@ _log = logging.getLogger(__name__)
 __all__ = [
     "TrainingData",
     "build_experts_for",
-    "global_expert_windows",
+    "TrainedExperts",
     "add_trained_experts",
     "prepare_windows",
     "fill_cache",
@@ -78,30 +84,30 @@ def build_experts_for(config: RetrainConfig) -> list[Expert]:
     return [build_expert(name, expert_config) for name in names]
 
 
-def global_expert_windows(windows: Windows) -> np.ndarray:
-    """``(N,)`` bool: training windows whose target ends before their series' first backtest
-    target point (with a stride below ``pred_length`` newer training targets overlap it)."""
-    first = np.full(int(windows.series_index.max(initial=-1)) + 1, np.iinfo(np.int64).max)
-    np.minimum.at(
-        first, windows.series_index[windows.is_holdout], windows.origin[windows.is_holdout]
-    )
-    pred_length = windows.target.shape[1]
-    return ~windows.is_holdout & (windows.origin + pred_length <= first[windows.series_index])
+@dataclass
+class TrainedExperts:
+    """The retrain's experts in ``config.experts`` order, and for each trained one its
+    cross-fitted forecasts ``(N, H)`` of the non-backtest windows (what the gate learns
+    from; ``pipeline.global_expert``)."""
+
+    experts: list[Expert]
+    out_of_fold: dict[str, np.ndarray]
 
 
 def add_trained_experts(
-    store: Store, experts: list[Expert], windows: Windows, config: RetrainConfig
-) -> list[Expert]:
-    """Train the config's trained experts on the training windows only, save each under
-    ``<store>/experts/`` and load it back through the registry (the path a forecast job
-    takes); returns every expert in ``config.experts`` order."""
+    store: Store,
+    experts: list[Expert],
+    series: StoredSeries,
+    windows: Windows,
+    config: RetrainConfig,
+) -> TrainedExperts:
+    """Train the config's trained experts on every series' history before its backtest
+    windows, save each under ``<store>/experts/`` and load it back through the registry
+    (the path a forecast job takes); cross-fit their forecasts of the gate's windows."""
     if not any(name in TRAINED_EXPERTS for name in config.experts):
-        return experts
-    rows = global_expert_windows(windows)
-    expert, report = train_global_mlp(
-        windows.context[rows], windows.target[rows], GlobalMLPConfig(seed=config.train.seed)
-    )
-    _log.info("global_mlp trained: %s", report)
+        return TrainedExperts(experts, {})
+    training = global_training_windows(series, windows, config.input_length, config.pred_length)
+    expert = fit_global_expert(training, config)
     path = save_global_mlp(expert, store.root / "experts" / f"global_mlp-{expert.fingerprint}.pt")
     loaded = build_expert(
         "global_mlp",
@@ -109,8 +115,9 @@ def add_trained_experts(
             checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
         ),
     )
+    out_of_fold = {"global_mlp": cross_fit(training, windows, len(series), config)}
     by_name = {e.name: e for e in [*experts, loaded]}
-    return [by_name[name] for name in config.experts]
+    return TrainedExperts([by_name[name] for name in config.experts], out_of_fold)
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:
@@ -208,10 +215,19 @@ def fill_cache_shard(
 
 
 def load_training_data(
-    store: Store, experts: list[Expert], series: StoredSeries, windows: Windows, pred_length: int
+    store: Store,
+    experts: list[Expert],
+    series: StoredSeries,
+    windows: Windows,
+    pred_length: int,
+    out_of_fold: dict[str, np.ndarray] | None = None,
 ) -> TrainingData:
+    """The cached ``(N, E, H)`` forecasts of ``windows``; a trained expert's column holds
+    its cross-fitted forecasts on the non-backtest windows where ``out_of_fold`` has them."""
     points, quantiles = load_cached(
         store, experts, windows.context, pred_length, season_lengths=windows.season_length
     )
     assert quantiles is not None
+    if out_of_fold:
+        points = with_cross_fitted(points, experts, out_of_fold)
     return TrainingData(series=series, windows=windows, points=points, quantiles=quantiles)

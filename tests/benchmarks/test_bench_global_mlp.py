@@ -10,6 +10,9 @@ import torch
 from benchmarks._accuracy_data import BenchSeries, make_windows
 from benchmarks.bench_accuracy import Prepared, add_global_mlp
 from moe.experts.fake import FakeForecaster
+from moe.experts.global_mlp import GlobalMLPConfig
+
+_SMALL = GlobalMLPConfig(width=32, depth=2, epochs=5, min_steps=20)  # seconds, not minutes
 
 
 def _prepared(test_offset: float) -> Prepared:
@@ -45,8 +48,8 @@ def test_global_mlp_never_sees_holdout_targets() -> None:
     """Guards leakage: changing every holdout target leaves every MLP forecast unchanged."""
     a, b = _prepared(0.0), _prepared(1000.0)
     assert not np.allclose(a.windows.target[a.windows.is_test], b.windows.target[b.windows.is_test])
-    add_global_mlp([a], seed=0, stride=2, min_context=12)
-    add_global_mlp([b], seed=0, stride=2, min_context=12)
+    add_global_mlp([a], seed=0, stride=2, min_context=12, config=_SMALL)
+    add_global_mlp([b], seed=0, stride=2, min_context=12, config=_SMALL)
     assert a.points.shape == (len(a.windows.is_test), 2, 6)
     assert [e.name for e in a.experts] == ["fake", "global_mlp"]
     torch.testing.assert_close(a.points, b.points)
@@ -61,12 +64,12 @@ def test_training_windows_are_cross_fitted() -> None:
     changed = dataclasses.replace(
         a, data=dataclasses.replace(a.data, train=[row.copy() for row in a.data.train])
     )
-    add_global_mlp([a], seed=0, stride=2, min_context=12)
+    add_global_mlp([a], seed=0, stride=2, min_context=12, config=_SMALL)
     # Perturb series 0's training part only (its windows' contexts stay as they are): the
     # forecasts of series 0's training windows must not move, since their network never
     # trained on series 0; the test-window network trains on everything, so it may move.
     changed.data.train[0][:] += np.linspace(0.0, 80.0, 60) ** 1.5  # not shift-invariant
-    add_global_mlp([changed], seed=0, stride=2, min_context=12)
+    add_global_mlp([changed], seed=0, stride=2, min_context=12, config=_SMALL)
     own = torch.from_numpy((a.windows.series_index == 0) & ~a.windows.is_test)
     assert own.any()
     torch.testing.assert_close(a.points[own, 1], changed.points[own, 1])

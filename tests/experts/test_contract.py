@@ -20,8 +20,9 @@ def _tiny_global_mlp(directory: Path) -> Expert:
     from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
 
     steps = np.arange(20)[None, :] + np.arange(64)[:, None]  # (64, 20)
+    _SMALL = GlobalMLPConfig(epochs=3, width=32, depth=2, min_steps=1)  # noqa: N806
     values = 10 + 3 * np.sin(2 * np.pi * steps / 6)
-    expert, _ = train_global_mlp(values[:, :16], values[:, 16:], GlobalMLPConfig(epochs=3))
+    expert, _ = train_global_mlp(values[:, :16], values[:, 16:], _SMALL)
     path = save_global_mlp(expert, directory / "global_mlp.pt")
     return build_expert("global_mlp", ExpertConfig(checkpoint=str(path)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +11,16 @@ import pytest
 import torch
 
 from moe.artifact import load_artifact
-from moe.data import Windows
+from moe.data import rolling_windows
 from moe.experts.base import ExpertConfig, ExpertLoadError
 from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
 from moe.experts.registry import build_expert
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
+from pipeline.global_expert import cross_fit, global_training_windows
 from pipeline.retrain import retrain
-from pipeline.training_data import global_expert_windows
 from storage import Store
+from storage.series import StoredSeries
 
 
 def _sine_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +38,8 @@ def _sine_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_training_learns_beyond_the_naive_forecast() -> None:
     """Guards the training loop: on held-out sine windows the MLP beats the last value."""
     context, target = _sine_windows(2000, 0)
-    expert, report = train_global_mlp(context, target, GlobalMLPConfig(epochs=30))
+    config = GlobalMLPConfig(epochs=30, width=64, depth=2, batch_size=128, min_steps=1)
+    expert, report = train_global_mlp(context, target, config)
     assert report["epochs"] == 30 and report["windows"] == 2000
     fresh_context, fresh_target = _sine_windows(300, 1)
     point = expert.forecast(torch.from_numpy(fresh_context).float(), 6).point.numpy()
@@ -49,10 +52,10 @@ def test_cache_key_follows_the_weights(tmp_path: Path) -> None:
     """Guards versioning: same data and seed give the same key; other weights another key;
     a checkpoint round trip keeps the key and the forecasts."""
     context, target = _sine_windows(200, 0)
-    config = GlobalMLPConfig(epochs=2)
+    config = GlobalMLPConfig(epochs=2, width=32, depth=2, min_steps=1)
     first, _ = train_global_mlp(context, target, config)
     again, _ = train_global_mlp(context, target, config)
-    other, _ = train_global_mlp(context, target, GlobalMLPConfig(epochs=2, seed=1))
+    other, _ = train_global_mlp(context, target, replace(config, seed=1))
     assert first.cache_key == again.cache_key != other.cache_key
     assert "weights=" in first.cache_key
     path = save_global_mlp(first, tmp_path / "g.pt")
@@ -69,9 +72,16 @@ def test_bad_or_missing_checkpoints_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ExpertLoadError, match="does not exist"):
         build_expert("global_mlp", ExpertConfig(checkpoint=str(tmp_path / "nope.pt")))
     torch.save({"name": "other"}, tmp_path / "other.pt")
-    with pytest.raises(ExpertLoadError, match="not a version"):
+    with pytest.raises(ExpertLoadError, match="not a global_mlp checkpoint"):
         build_expert("global_mlp", ExpertConfig(checkpoint=str(tmp_path / "other.pt")))
-    expert, _ = train_global_mlp(*_sine_windows(50, 0), GlobalMLPConfig(epochs=1))
+    small = GlobalMLPConfig(epochs=1, width=16, depth=1, min_steps=1)
+    expert, _ = train_global_mlp(*_sine_windows(50, 0), small)
+    old = save_global_mlp(expert, tmp_path / "old.pt")
+    raw = torch.load(old, weights_only=True)
+    raw["version"] = 1  # a checkpoint of the previous network
+    torch.save(raw, old)
+    with pytest.raises(ExpertLoadError, match="version-1 checkpoint.*run a retrain"):
+        build_expert("global_mlp", ExpertConfig(checkpoint=str(old)))
     path = save_global_mlp(expert, tmp_path / "g.pt")
     raw = torch.load(path, weights_only=True)
     raw["state"]["0.bias"] += 1.0
@@ -80,17 +90,63 @@ def test_bad_or_missing_checkpoints_are_refused(tmp_path: Path) -> None:
         build_expert("global_mlp", ExpertConfig(checkpoint=str(path)))
 
 
+def _stored(values: list[np.ndarray]) -> StoredSeries:
+    n = len(values)
+    return StoredSeries([f"s{i}" for i in range(n)], ["h"] * n, [None] * n, ["MS"] * n, values)
+
+
 def test_global_expert_never_sees_backtest_targets() -> None:
-    """Guards the training rows: with stride < pred_length, training windows whose target
-    overlaps the backtest target are left out, as are the backtest windows."""
-    windows = Windows(
-        context=np.zeros((4, 3), np.float32),
-        target=np.zeros((4, 4), np.float32),
-        series_index=np.array([0, 0, 0, 0]),
-        origin=np.array([20, 18, 16, 12]),  # stride 2, H 4: origins 18 overlaps 20..23
-        is_holdout=np.array([True, False, False, False]),
+    """Guards the training rows: every dense window's target ends before its series' first
+    backtest target, and changing the backtest points changes no training window."""
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=40) + 10, rng.normal(size=30) + 5]
+    windows = rolling_windows(values, 8, 4, stride=2, max_windows_per_series=5, holdout=2)
+    backtest = windows.is_holdout
+    first = {i: windows.origin[backtest & (windows.series_index == i)].min() for i in (0, 1)}
+    dense = global_training_windows(_stored(values), windows, 8, 4)
+    assert len(dense.owner) > 20
+    changed = [v.copy() for v in values]
+    for i in (0, 1):
+        changed[i][first[i] :] += 1000.0  # every backtest target point
+    again = global_training_windows(_stored(changed), windows, 8, 4)
+    np.testing.assert_array_equal(dense.context, again.context)
+    np.testing.assert_array_equal(dense.target, again.target)
+    assert np.nanmax(np.abs(dense.target)) < 100  # no shifted point inside a target
+
+
+def test_gate_windows_get_out_of_fold_forecasts() -> None:
+    """Guards the cross-fit: a window is forecast by a network trained without its series,
+    so changing one series moves no forecast of the other series in its fold."""
+    rng = np.random.default_rng(1)
+    t = np.arange(60)
+    values = [
+        50 + 5 * np.sin(2 * np.pi * (t + rng.integers(12)) / 12) + rng.normal(size=60)
+        for _ in range(10)
+    ]
+    config = RetrainConfig(
+        experts=["seasonal_naive", "global_mlp"],
+        input_length=24,
+        pred_length=6,
+        max_windows_per_series=4,
+        global_expert={"width": 16, "depth": 1, "epochs": 2, "min_steps": 5},  # type: ignore[arg-type]
     )
-    assert global_expert_windows(windows).tolist() == [False, False, True, True]
+    windows = rolling_windows(values, 24, 6, max_windows_per_series=4, holdout=1)
+    training = global_training_windows(_stored(values), windows, 24, 6)
+    before = cross_fit(training, windows, len(values), config)
+    assert np.isnan(before[windows.is_holdout]).all()
+    assert np.isfinite(before[~windows.is_holdout]).all()
+    fold_of = np.random.default_rng(config.train.seed).integers(0, 2, size=len(values))
+    mates = [i for i in range(1, 10) if fold_of[i] == fold_of[0]]
+    others = [i for i in range(1, 10) if fold_of[i] != fold_of[0]]
+    assert mates and others
+    changed = [v.copy() for v in values]
+    changed[0] = changed[0] * 3.0 + 40.0
+    training = global_training_windows(_stored(changed), windows, 24, 6)
+    after = cross_fit(training, windows, len(values), config)
+    same_fold = np.isin(windows.series_index, mates) & ~windows.is_holdout
+    other_fold = np.isin(windows.series_index, others) & ~windows.is_holdout
+    np.testing.assert_array_equal(before[same_fold], after[same_fold])
+    assert not np.allclose(before[other_fold], after[other_fold])
 
 
 def test_retrain_trains_saves_and_forecasts_with_the_global_expert(
@@ -113,6 +169,7 @@ def test_retrain_trains_saves_and_forecasts_with_the_global_expert(
         pred_length=6,
         max_windows_per_series=4,
         train={"epochs": 2, "batch_size": 32},  # type: ignore[arg-type]
+        global_expert={"width": 32, "depth": 2, "epochs": 2, "min_steps": 20},  # type: ignore[arg-type]
     )
     result = retrain(store, config)
     artifact = load_artifact(result.artifact_path)

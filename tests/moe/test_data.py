@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe.data import newest_windows, rolling_windows
+from moe.data import dense_windows, newest_windows, rolling_windows
 
 
 def test_newest_windows_marks_each_series_newest_window_when_it_has_two() -> None:
@@ -46,3 +46,19 @@ def test_rolling_windows_min_context_pads_short_histories_on_the_left() -> None:
     assert strict.origin.tolist() == [8]  # more history than the context shows
     with pytest.raises(ValueError, match="min_context"):
         rolling_windows(series, 6, 2, min_context=0)
+
+
+def test_dense_windows_keep_every_origin_with_partial_targets_at_the_end() -> None:
+    """Guards the global expert's windows: one per step, the newest targets NaN-padded past
+    the series' end, origins indexing the unpadded series, never a target without a point."""
+    values = np.arange(10, dtype=np.float64)
+    windows = dense_windows([values], input_length=4, pred_length=3, min_context=2)
+    assert sorted(windows.origin.tolist()) == list(range(2, 10))
+    rows = zip(windows.context, windows.target, windows.origin, strict=True)
+    for context, target, origin in rows:
+        observed = target[~np.isnan(target)]
+        np.testing.assert_array_equal(observed, values[origin : origin + 3])
+        assert len(observed) == min(3, 10 - origin)
+        history = values[max(0, origin - 4) : origin]
+        np.testing.assert_array_equal(context[~np.isnan(context)], history)
+    assert not windows.is_holdout.any()

@@ -1,0 +1,155 @@
+"""The global expert inside the retrain: its training windows, its fits, and the
+cross-fitted forecasts the gate learns from.
+
+The network is trained on every series' points before its first backtest target, one
+window per step (dense: these windows cost no expert run), so backtest targets are never
+seen. The gate, though, trains on windows inside that same history; an expert forecasting
+windows it was trained on looks far better there than on new data, and the gate would
+learn to over-trust it. So the gate's training windows get **cross-fitted** forecasts:
+series are split into seeded folds and each fold's windows are forecast by a network
+trained without that fold's series. The backtest and every later forecast use the network
+trained on all series (the one saved and cached), exactly as the accuracy benchmark does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moe.data import Windows, dense_windows
+from moe.experts.base import Expert
+from moe.experts.global_mlp import GlobalMLPConfig, GlobalMLPForecaster, train_global_mlp
+from pipeline.config import RetrainConfig
+from storage.series import StoredSeries
+
+_log = logging.getLogger(__name__)
+
+#: Fewest observed points before a training window's target (shorter contexts are padded).
+MIN_CONTEXT = 12
+
+__all__ = ["GlobalTrainingWindows", "global_training_windows", "fit_global_expert", "cross_fit"]
+
+
+@dataclass(frozen=True)
+class GlobalTrainingWindows:
+    """``context`` ``(M, L)``, ``target`` ``(M, H)``, ``owner`` ``(M,)`` series index,
+    ``season`` ``(M,)`` the owner's season length (for the MASE-unit loss)."""
+
+    context: np.ndarray
+    target: np.ndarray
+    owner: np.ndarray
+    season: np.ndarray
+
+    def select(self, rows: np.ndarray) -> GlobalTrainingWindows:
+        return GlobalTrainingWindows(
+            self.context[rows], self.target[rows], self.owner[rows], self.season[rows]
+        )
+
+
+def first_backtest_origin(windows: Windows, n_series: int) -> np.ndarray:
+    """``(n_series,)``: index of each series' first backtest target point (a huge number
+    for a series without backtest windows)."""
+    first = np.full(n_series, np.iinfo(np.int64).max)
+    np.minimum.at(
+        first, windows.series_index[windows.is_holdout], windows.origin[windows.is_holdout]
+    )
+    return first
+
+
+def global_training_windows(
+    series: StoredSeries, windows: Windows, input_length: int, pred_length: int
+) -> GlobalTrainingWindows:
+    """Every window (stride 1, ``moe.data.dense_windows``) of each series' points before its
+    first backtest target point; targets running past that point are cut there (NaN), so no
+    backtest target is seen. Contexts of ``input_length`` points (NaN-padded on the left, at
+    least ``MIN_CONTEXT`` observed), as the expert sees them when it forecasts.
+    ``windows.season_length`` gives each series' season."""
+    first = first_backtest_origin(windows, len(series))
+    season_of = np.ones(len(series), np.int64)
+    if windows.season_length is not None:
+        season_of[windows.series_index] = windows.season_length
+    history = [
+        values[: min(len(values), int(cut))]
+        for values, cut in zip(series.values, first, strict=True)
+    ]
+    dense = dense_windows(
+        history, input_length, pred_length, min_context=min(input_length, MIN_CONTEXT)
+    )
+    observed = ~np.isnan(dense.context).all(axis=1)  # dense_windows: every target has a point
+    return GlobalTrainingWindows(
+        context=dense.context[observed],
+        target=dense.target[observed],
+        owner=dense.series_index[observed],
+        season=season_of[dense.series_index[observed]],
+    )
+
+
+def _mlp_config(config: RetrainConfig) -> GlobalMLPConfig:
+    settings = config.global_expert
+    return GlobalMLPConfig(
+        input_length=min(config.input_length, 3 * config.pred_length),
+        width=settings.width,
+        depth=settings.depth,
+        epochs=settings.epochs,
+        min_steps=settings.min_steps,
+        max_seconds=settings.max_seconds,
+        seed=config.train.seed,
+    )
+
+
+def fit_global_expert(
+    training: GlobalTrainingWindows, config: RetrainConfig
+) -> GlobalMLPForecaster:
+    """The network on every series' training windows (the one saved, cached and served)."""
+    expert, report = train_global_mlp(
+        training.context, training.target, _mlp_config(config), training.season
+    )
+    _log.info("global_mlp trained on all series: %s", report)
+    return expert
+
+
+def cross_fit(
+    training: GlobalTrainingWindows, windows: Windows, n_series: int, config: RetrainConfig
+) -> np.ndarray:
+    """``(N, H)`` float32 forecasts of the retrain's non-backtest ``windows``, each by a
+    network trained without its series' fold (NaN on backtest windows)."""
+    folds = config.global_expert.folds
+    fold_of = np.random.default_rng(config.train.seed).integers(0, folds, size=n_series)
+    forecasts = np.full(windows.target.shape, np.nan, np.float32)
+    mlp_config = _mlp_config(config)
+    for fold in range(folds):
+        keep = fold_of[training.owner] != fold
+        rows = ~windows.is_holdout & (fold_of[windows.series_index] == fold)
+        if not rows.any():
+            continue
+        if not keep.any():
+            raise ValueError(
+                f"global_mlp cross-fit: fold {fold} holds every series' training windows; "
+                "store more series or lower global_expert.folds"
+            )
+        part = training.select(keep)
+        network, report = train_global_mlp(part.context, part.target, mlp_config, part.season)
+        _log.info("global_mlp fold %d of %d: %s", fold + 1, folds, report)
+        context = torch.from_numpy(np.ascontiguousarray(windows.context[rows]))
+        forecasts[rows] = network.forecast(context, windows.target.shape[1]).point.numpy()
+    return forecasts
+
+
+def with_cross_fitted(
+    points: torch.Tensor, experts: list[Expert], out_of_fold: dict[str, np.ndarray]
+) -> torch.Tensor:
+    """``points`` ``(N, E, H)`` with each trained expert's column replaced by its
+    cross-fitted forecasts where those exist (the non-backtest windows)."""
+    points = points.clone()
+    for position, expert in enumerate(experts):
+        forecasts = out_of_fold.get(expert.name)
+        if forecasts is None:
+            continue
+        rows = ~np.isnan(forecasts).all(axis=1)
+        points[torch.from_numpy(rows), position] = torch.from_numpy(forecasts[rows]).to(
+            points.dtype
+        )
+    return points
