@@ -15,6 +15,8 @@ __all__ = [
     "VIEW_NAMES",
     "HIVE_KEY",
     "QUANTILE_COLUMNS",
+    "COMPACTABLE",
+    "REPLACES_KEY",
 ]
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -49,6 +51,12 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
             ("source_line", pa.int64()),
             ("ingest_id", pa.string()),
             ("ingested_at", _TS),
+            # An append (storage.versions): ``values`` holds only the points after the first
+            # ``base_points``, which are the previous version's (``base_hash``); both null for
+            # a full version. ``n_points``, ``n_missing`` and ``content_hash`` are the full
+            # series'. The views return full values either way.
+            ("base_hash", pa.string()),
+            ("base_points", pa.int32()),
         ]
     ),
     # One row per ingest call: lines read = blank + accepted + rejected, always.
@@ -178,21 +186,70 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
 
 TABLE_NAMES: tuple[str, ...] = tuple(TABLE_SCHEMAS)
 
+#: Tables ``moe store compact`` may rewrite (storage.compaction): flat tables whose part names
+#: are never reused by a writer, so a compacted part can name the parts it replaces. Not
+#: ``forecast_evaluations``/``backtest_metrics`` (a rerun replaces its part by name), nor the
+#: hive tables (``expert_forecasts`` is read part by part by storage.cache; forecast runs
+#: are whole partitions that ``moe store retain`` expires).
+COMPACTABLE: tuple[str, ...] = (
+    "series_versions",
+    "ingest_runs",
+    "ingest_rejects",
+    "model_versions",
+    "model_events",
+)
+
+#: Parquet footer key of a compacted part: the part names it replaces, '/'-separated. The
+#: views skip every part a visible compacted part names (Store._scan_sql).
+REPLACES_KEY = "moe:replaces"
+
 #: Tables whose parts live in hive folders (``key=value/``), and the folder key of each.
 HIVE_KEY: dict[str, str] = {"expert_forecasts": "cache", "forecasts": "run_id"}
+
+# Stored versions numbered in ingest order, and "chain": how many full versions of the
+# series up to this row, so a full version and the appends after it share one chain.
+_CHAINED = """
+    numbered AS (
+        SELECT *, row_number() OVER (PARTITION BY series_id
+                                     ORDER BY ingested_at, ingest_id, source_line) AS version
+        FROM {series_versions}
+    ),
+    chained AS (
+        SELECT *, count(*) FILTER (WHERE base_hash IS NULL) OVER (
+                      PARTITION BY series_id ORDER BY version ROWS UNBOUNDED PRECEDING
+                  ) AS chain
+        FROM numbered
+    )"""
 
 #: View name -> SELECT over ``{table}`` placeholders, which ``Store`` replaces with
 #: ``read_parquet`` calls on the table folders (paths come from the store, never from users).
 VIEW_SQL: dict[str, str] = {
-    "series_versions": """
-        SELECT * EXCLUDE (ingested_at), ingested_at,
-               row_number() OVER (PARTITION BY series_id
-                                  ORDER BY ingested_at, ingest_id, source_line) AS version
-        FROM {series_versions}
+    # Versions in ingest order; an append row is joined to the rows before it back to the
+    # nearest full version ("chain"), so every version reads as its full series.
+    "series_versions": f"""
+        WITH {_CHAINED}
+        SELECT * EXCLUDE (ingested_at, version, chain, base_hash, base_points)
+                 REPLACE (CASE WHEN base_hash IS NULL THEN values
+                          ELSE flatten(list(values) OVER (PARTITION BY series_id, chain
+                               ORDER BY version ROWS UNBOUNDED PRECEDING)) END AS values),
+               ingested_at, version
+        FROM chained
     """,
-    "series": """
-        SELECT * FROM series_versions
-        QUALIFY version = max(version) OVER (PARTITION BY series_id)
+    # The latest version: its chain's values concatenated once (not every version's).
+    "series": f"""
+        WITH {_CHAINED},
+        latest AS (
+            SELECT * FROM chained QUALIFY chain = max(chain) OVER (PARTITION BY series_id)
+        ),
+        folded AS (
+            SELECT series_id, max(version) AS version,
+                   flatten(list(values ORDER BY version)) AS values
+            FROM latest GROUP BY series_id
+        )
+        SELECT l.* EXCLUDE (ingested_at, version, chain, base_hash, base_points)
+                   REPLACE (f.values AS values),
+               l.ingested_at, l.version
+        FROM latest l JOIN folded f ON l.series_id = f.series_id AND l.version = f.version
     """,
     "ingest_runs": "SELECT * FROM {ingest_runs}",
     "ingest_rejects": "SELECT * FROM {ingest_rejects}",
