@@ -759,11 +759,18 @@ class Store:
             connection.execute(statement)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with every view; holds no lock on any file."""
+        """An in-memory DuckDB with every view over the parts listed now; holds no lock.
+
+        The views name the listed parts (no glob at query time), so a compacted part and
+        the parts it replaces are judged from one listing (``_scan_sql``). Open a new
+        connection to see later parts; a part deleted after the listing (by compaction or
+        retention) fails the read with a missing-file error: connect again.
+        """
         connection = duckdb.connect(":memory:")
         try:
             self.register(connection)
-            self._create_views(connection)
+            files = {table: self.part_locations(table, for_reader=True) for table in TABLE_SCHEMAS}
+            self._create_views(connection, files)
         except BaseException:
             connection.close()
             raise
