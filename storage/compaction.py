@@ -37,7 +37,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.schemas import COMPACTABLE, REPLACES_KEY, TABLE_SCHEMAS, VIEW_SQL
+from storage.schemas import COMPACTABLE, REPLACES_KEY, TABLE_SCHEMAS
 from storage.store import Store
 
 __all__ = ["CompactionReport", "compact_store", "compact_table"]
@@ -58,53 +58,81 @@ class CompactionReport:
     dry_run: bool
 
 
-def _series_sql(scan: str) -> str:
-    """Kept versions of ``series_versions`` re-encoded: first full, later ones as appends.
-
-    A superseded version is dropped when it is not among its series' newest
-    ``keep_versions`` and (with ``cutoff``) was superseded before ``cutoff``; the latest
-    version always stays. Parameters: $1 keep_versions (null: no limit), $2 cutoff (null).
-    """
-    versions = VIEW_SQL["series_versions"].format(series_versions=scan)
-    return f"""
-        WITH versions AS ({versions}),
-        ranked AS (
-            SELECT *, max(version) OVER (PARTITION BY series_id) - version AS newer,
-                   lead(ingested_at) OVER (PARTITION BY series_id ORDER BY version)
-                       AS superseded_at
-            FROM versions
-        ),
-        kept AS (
-            SELECT * FROM ranked
-            WHERE newer = 0 OR NOT (
-                ($1::BIGINT IS NULL OR newer >= $1::BIGINT)
-                AND ($2::TIMESTAMPTZ IS NULL OR superseded_at < $2::TIMESTAMPTZ)
-                AND ($1::BIGINT IS NOT NULL OR $2::TIMESTAMPTZ IS NOT NULL)
-            )
-        ),
-        paired AS (
-            SELECT *,
-                   lag(values) OVER w AS prev_values, lag(n_points) OVER w AS prev_points,
-                   lag(content_hash) OVER w AS prev_hash, lag(start) OVER w AS prev_start,
-                   lag(freq) OVER w AS prev_freq
-            FROM kept WINDOW w AS (PARTITION BY series_id ORDER BY version)
-        ),
-        encoded AS (
-            SELECT *, coalesce(prev_points IS NOT NULL AND n_points > prev_points
-                       AND start IS NOT DISTINCT FROM prev_start
-                       AND freq IS NOT DISTINCT FROM prev_freq
-                       AND list_slice(values, 1, prev_points) IS NOT DISTINCT FROM prev_values,
-                       false) AS is_append
-            FROM paired
+# The stored versions with their number, chain (see storage.schemas), what expiry needs,
+# and which to keep. Parameters: $1 keep_versions (null: no limit), $2 cutoff (null).
+_SERIES_KEPT = """
+    numbered AS (
+        SELECT *, row_number() OVER (PARTITION BY series_id
+                                     ORDER BY ingested_at, ingest_id, source_line) AS version
+        FROM {scan}
+    ),
+    chained AS (
+        SELECT *,
+               count(*) FILTER (WHERE base_hash IS NULL) OVER (
+                   PARTITION BY series_id ORDER BY version ROWS UNBOUNDED PRECEDING) AS chain,
+               max(version) OVER (PARTITION BY series_id) - version AS newer,
+               lead(ingested_at) OVER (PARTITION BY series_id ORDER BY version)
+                   AS superseded_at,
+               lag(content_hash) OVER (PARTITION BY series_id ORDER BY version)
+                   AS stored_prev_hash
+        FROM numbered
+    ),
+    kept AS (
+        SELECT * FROM chained
+        WHERE newer = 0 OR NOT (
+            ($1::BIGINT IS NULL OR newer >= $1::BIGINT)
+            AND ($2::TIMESTAMPTZ IS NULL OR superseded_at < $2::TIMESTAMPTZ)
+            AND ($1::BIGINT IS NOT NULL OR $2::TIMESTAMPTZ IS NOT NULL)
         )
-        SELECT series_id, content_hash, n_points, n_missing, start, freq,
-               CASE WHEN is_append THEN list_slice(values, prev_points + 1, n_points)
-                    ELSE values END AS values,
-               source_file, source_line, ingest_id, ingested_at,
-               CASE WHEN is_append THEN prev_hash END AS base_hash,
-               CASE WHEN is_append THEN prev_points END AS base_points
-        FROM encoded ORDER BY series_id, version
-    """
+    )"""
+
+# Kept versions re-encoded. Expiry drops the oldest versions only (a prefix of each series'
+# history), so only the first kept version can be an append whose base is gone: its full
+# values are rebuilt from its chain. Every other append keeps its stored form (its base is
+# the version before it, kept). A full version that extends the full version before it
+# (an old store of full copies) becomes an append.
+_SERIES_ENCODED = """
+    firsts AS (
+        SELECT series_id, version, chain FROM (
+            SELECT *, min(version) OVER (PARTITION BY series_id) AS first_kept FROM kept
+        ) WHERE version = first_kept AND base_hash IS NOT NULL
+    ),
+    rebuilt AS (
+        SELECT c.series_id, f.version, flatten(list(c.values ORDER BY c.version)) AS full_values
+        FROM chained c JOIN firsts f
+             ON c.series_id = f.series_id AND c.chain = f.chain AND c.version <= f.version
+        GROUP BY c.series_id, f.version
+    ),
+    whole AS (
+        SELECT k.*, coalesce(r.full_values, k.values) AS out_values,
+               (k.base_hash IS NULL OR r.full_values IS NOT NULL) AS out_full
+        FROM kept k LEFT JOIN rebuilt r ON k.series_id = r.series_id AND k.version = r.version
+    ),
+    paired AS (
+        SELECT *, lag(out_values) OVER w AS prev_values, lag(out_full) OVER w AS prev_full,
+               lag(n_points) OVER w AS prev_points, lag(content_hash) OVER w AS prev_hash,
+               lag(start) OVER w AS prev_start, lag(freq) OVER w AS prev_freq
+        FROM whole WINDOW w AS (PARTITION BY series_id ORDER BY version)
+    ),
+    encoded AS (
+        SELECT *, coalesce(out_full AND prev_full AND n_points > prev_points
+                   AND start IS NOT DISTINCT FROM prev_start
+                   AND freq IS NOT DISTINCT FROM prev_freq
+                   AND list_slice(out_values, 1, prev_points) IS NOT DISTINCT FROM prev_values,
+                   false) AS to_append
+        FROM paired
+    )"""
+
+_SERIES_SELECT = """
+    SELECT series_id, content_hash, n_points, n_missing, start, freq,
+           CASE WHEN to_append THEN list_slice(out_values, prev_points + 1, n_points)
+                ELSE out_values END AS values,
+           source_file, source_line, ingest_id, ingested_at,
+           CASE WHEN to_append THEN prev_hash WHEN out_full THEN NULL ELSE base_hash END
+               AS base_hash,
+           CASE WHEN to_append THEN prev_points WHEN out_full THEN NULL ELSE base_points END
+               AS base_points
+    FROM encoded ORDER BY series_id, version"""
 
 
 def compact_table(
@@ -145,14 +173,27 @@ def compact_table(
             scan = store._scan_sql(table, [placeholder, *parts])
             stored = f"SELECT count(*) FROM read_parquet({_quoted([placeholder, *parts])})"
             rows_stored = _scalar(connection, stored)  # with parts a compacted part replaced
+            rows_before = _scalar(connection, f"SELECT count(*) FROM {scan}")
             if table == "series_versions":
-                sql = _series_sql(scan)
+                kept = "WITH " + _SERIES_KEPT.format(scan=scan)
                 parameters: list[object] = [keep_versions, cutoff]
+                broken = _scalar(
+                    connection,
+                    f"{kept} SELECT count(*) FROM chained "
+                    "WHERE base_hash IS NOT NULL AND base_hash IS DISTINCT FROM stored_prev_hash",
+                    parameters,
+                )
+                if broken:  # an append whose base is not the version before it
+                    raise RuntimeError(
+                        f"compacting series_versions: {broken} append row(s) do not follow "
+                        "their base version; nothing was changed"
+                    )
+                sql = f"{kept},{_SERIES_ENCODED}{_SERIES_SELECT}"
+                rows_after = _scalar(connection, f"{kept} SELECT count(*) FROM kept", parameters)
             else:
                 sql = f"SELECT * FROM {scan}"
                 parameters = []
-            rows_before = _scalar(connection, f"SELECT count(*) FROM {scan}")
-            rows_after = _scalar(connection, f"SELECT count(*) FROM ({sql})", parameters)
+                rows_after = rows_before
             dropped = rows_before - rows_after
             if dry_run or (len(parts) <= 1 and dropped == 0 and rows_stored == rows_before):
                 after = len(parts) if not dry_run or len(parts) <= 1 else 1

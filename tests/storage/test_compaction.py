@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from cli.commands import main
@@ -103,10 +104,19 @@ def test_expiring_superseded_versions(store: Store) -> None:
         store, "series_versions", older_than=timedelta(days=1), now=now, dry_run=True
     )
     assert report.versions_dropped == 0  # everything was superseded seconds ago
+    newest3 = "SELECT * EXCLUDE (version) FROM series_versions {} ORDER BY ALL"
+    kept = query(
+        store, newest3.format("QUALIFY version > max(version) OVER (PARTITION BY series_id) - 3")
+    )
     report = compact_table(store, "series_versions", keep_versions=3)
     assert report.versions_dropped == 12 * 8 - 12 * 3
     counts = query(store, "SELECT DISTINCT count(*) FROM series_versions GROUP BY series_id")
     assert counts.column(0).to_pylist() == [3]
+    assert query(store, newest3.format("")) == kept  # the first kept rebuilt whole
+    stored = pq.read_table(
+        [p for p in store.part_files("series_versions") if p.name.startswith("compact-")][0]
+    )
+    assert stored.column("base_points").null_count == 12 + 1  # firsts, and s00's edit
     assert query(store, "SELECT * EXCLUDE (version) FROM series ORDER BY series_id") == latest
     later = now + timedelta(days=2)
     report = compact_table(store, "series_versions", older_than=timedelta(days=1), now=later)
