@@ -208,48 +208,68 @@ HIVE_KEY: dict[str, str] = {"expert_forecasts": "cache", "forecasts": "run_id"}
 
 # Stored versions numbered in ingest order, and "chain": how many full versions of the
 # series up to this row, so a full version and the appends after it share one chain.
-_CHAINED = """
-    numbered AS (
-        SELECT *, row_number() OVER (PARTITION BY series_id
-                                     ORDER BY ingested_at, ingest_id, source_line) AS version
+# Computed on the key columns only, then joined back to the rows: window operators that
+# carried every version's values made reading a store of many full versions 3x slower.
+_KEYED = """
+    keys AS (
+        SELECT series_id, ingest_id, source_line,
+               row_number() OVER (PARTITION BY series_id
+                                  ORDER BY ingested_at, ingest_id, source_line) AS version,
+               count(*) FILTER (WHERE base_hash IS NULL) OVER (
+                   PARTITION BY series_id ORDER BY ingested_at, ingest_id, source_line
+                   ROWS UNBOUNDED PRECEDING) AS chain
         FROM {series_versions}
-    ),
-    chained AS (
-        SELECT *, count(*) FILTER (WHERE base_hash IS NULL) OVER (
-                      PARTITION BY series_id ORDER BY version ROWS UNBOUNDED PRECEDING
-                  ) AS chain
-        FROM numbered
     )"""
+
+_JOIN_KEYS = """s.series_id = k.series_id AND s.ingest_id = k.ingest_id
+                AND s.source_line = k.source_line"""
 
 #: View name -> SELECT over ``{table}`` placeholders, which ``Store`` replaces with
 #: ``read_parquet`` calls on the table folders (paths come from the store, never from users).
 VIEW_SQL: dict[str, str] = {
-    # Versions in ingest order; an append row is joined to the rows before it back to the
-    # nearest full version ("chain"), so every version reads as its full series.
+    # Versions in ingest order; an append row's values are those of the rows before it back
+    # to the nearest full version (its chain) followed by its own, so every version reads as
+    # its full series.
     "series_versions": f"""
-        WITH {_CHAINED}
-        SELECT * EXCLUDE (ingested_at, version, chain, base_hash, base_points)
-                 REPLACE (CASE WHEN base_hash IS NULL THEN values
-                          ELSE flatten(list(values) OVER (PARTITION BY series_id, chain
-                               ORDER BY version ROWS UNBOUNDED PRECEDING)) END AS values),
-               ingested_at, version
-        FROM chained
-    """,
-    # The latest version: its chain's values concatenated once (not every version's).
-    "series": f"""
-        WITH {_CHAINED},
-        latest AS (
-            SELECT * FROM chained QUALIFY chain = max(chain) OVER (PARTITION BY series_id)
+        WITH {_KEYED},
+        numbered AS (
+            SELECT s.*, k.version, k.chain FROM {{series_versions}} s JOIN keys k
+            ON {_JOIN_KEYS}
         ),
         folded AS (
-            SELECT series_id, max(version) AS version,
-                   flatten(list(values ORDER BY version)) AS values
-            FROM latest GROUP BY series_id
+            SELECT a.series_id, a.version,
+                   flatten(list(c.values ORDER BY c.version)) AS values
+            FROM numbered a JOIN numbered c
+                 ON a.series_id = c.series_id AND a.chain = c.chain AND c.version <= a.version
+            WHERE a.base_hash IS NOT NULL
+            GROUP BY a.series_id, a.version
         )
-        SELECT l.* EXCLUDE (ingested_at, version, chain, base_hash, base_points)
-                   REPLACE (f.values AS values),
-               l.ingested_at, l.version
-        FROM latest l JOIN folded f ON l.series_id = f.series_id AND l.version = f.version
+        SELECT n.* EXCLUDE (ingested_at, version, chain, base_hash, base_points)
+                   REPLACE (coalesce(f.values, n.values) AS values),
+               n.ingested_at, n.version
+        FROM numbered n LEFT JOIN folded f ON n.series_id = f.series_id AND n.version = f.version
+    """,
+    # The latest version: only the rows of each series' latest chain are read whole, and a
+    # chain's values are concatenated once.
+    "series": f"""
+        WITH {_KEYED},
+        latest AS (
+            SELECT *, max(version) OVER (PARTITION BY series_id) AS last
+            FROM keys QUALIFY chain = max(chain) OVER (PARTITION BY series_id)
+        ),
+        chains AS (
+            SELECT s.*, k.version, k.last FROM {{series_versions}} s JOIN latest k
+            ON {_JOIN_KEYS}
+        ),
+        folded AS (
+            SELECT series_id, flatten(list(values ORDER BY version)) AS values
+            FROM chains GROUP BY series_id HAVING count(*) > 1
+        )
+        SELECT c.* EXCLUDE (ingested_at, version, last, base_hash, base_points)
+                   REPLACE (coalesce(f.values, c.values) AS values),
+               c.ingested_at, c.version
+        FROM chains c LEFT JOIN folded f ON c.series_id = f.series_id
+        WHERE c.version = c.last
     """,
     "ingest_runs": "SELECT * FROM {ingest_runs}",
     "ingest_rejects": "SELECT * FROM {ingest_rejects}",

@@ -65,8 +65,10 @@ def encode_appends(table: pa.Table, appends: dict[str, LatestVersion]) -> pa.Tab
     Rows whose ``series_id`` is in ``appends`` keep only the values after the base's
     ``n_points`` and get ``base_hash``/``base_points``; the others get nulls there.
     """
-    ids = table.column("series_id").to_pylist()
-    bases = [appends.get(series_id) for series_id in ids]
+    if appends:
+        bases = [appends.get(series_id) for series_id in table.column("series_id").to_pylist()]
+    else:  # the common first ingest: no row is an append
+        bases = [None] * table.num_rows
     base_points = np.array([0 if b is None else b.n_points for b in bases], np.int64)
     base_hash = pa.array([None if b is None else b.content_hash for b in bases], pa.string())
     points = pa.array([None if b is None else b.n_points for b in bases], pa.int32())
