@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from storage import IngestError, IngestReport, Store, ingest_jsonl
 from storage.registry import RegistryError
+from storage.schemas import COMPACTABLE
 from storage.sql import ReadOnlyViolation, query
 from storage.store import StoreBusy, StoreNotFound
 
@@ -178,14 +179,21 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_store(args: argparse.Namespace) -> int:
+    if args.action != "compact" and (args.keep_versions is not None or args.table):
+        raise UserError("--keep-versions and --table are options of `moe store compact`")
+    if args.action == "catalog" and (args.days is not None or args.dry_run):
+        raise UserError("--days and --dry-run are options of `moe store retain` and `compact`")
     store = Store.open_existing(args.store)
+    if args.action == "compact":
+        return _compact(store, args)
     if args.action == "retain":
         from datetime import timedelta
 
         from storage.retention import expire_forecast_runs
 
+        days = 90.0 if args.days is None else args.days
         report = expire_forecast_runs(
-            store, timedelta(days=args.days), keep_runs=args.keep_runs, dry_run=args.dry_run
+            store, timedelta(days=days), keep_runs=args.keep_runs, dry_run=args.dry_run
         )
         verb = "would drop" if args.dry_run else "dropped"
         print(
@@ -197,6 +205,36 @@ def _cmd_store(args: argparse.Namespace) -> int:
         return 0
     path = store.write_catalog()
     print(f"wrote {path}; open it with: duckdb -readonly {path}")
+    return 0
+
+
+def _compact(store: Store, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from storage.compaction import compact_store
+
+    older = None if args.days is None else timedelta(days=args.days)
+    reports = compact_store(
+        store,
+        args.table or None,
+        keep_versions=args.keep_versions,
+        older_than=older,
+        dry_run=args.dry_run,
+    )
+    verb = "would rewrite" if args.dry_run else "rewrote"
+    for report in reports:
+        if report.parts_before == report.parts_after and not report.versions_dropped:
+            print(f"{report.table}: {report.parts_before} part(s), nothing to do")
+            continue
+        dropped = (
+            f", {report.versions_dropped} superseded version(s) expired"
+            if report.table == "series_versions"
+            else ""
+        )
+        print(
+            f"{report.table}: {verb} {report.parts_before} part(s) as {report.parts_after}; "
+            f"{report.rows_before} -> {report.rows_after} rows{dropped}"
+        )
     return 0
 
 
@@ -543,16 +581,37 @@ def _parser() -> argparse.ArgumentParser:
     sql.set_defaults(run=_cmd_sql)
 
     store = commands.add_parser(
-        "store", help="store maintenance: catalog (for the DuckDB CLI), retain (old runs)"
+        "store",
+        help="store maintenance: catalog (for the DuckDB CLI), retain (old forecast runs), "
+        "compact (small parts into one; superseded series versions)",
     )
-    store.add_argument("action", choices=["catalog", "retain"])
+    store.add_argument("action", choices=["catalog", "retain", "compact"])
     store.add_argument(
-        "--days", type=_non_negative_float, default=90.0, help="retain: keep runs this recent"
+        "--days",
+        type=_non_negative_float,
+        default=None,
+        help="retain: keep runs this recent (default 90); compact: expire series versions "
+        "superseded more than this many days ago (default: keep every version)",
     )
     store.add_argument(
         "--keep-runs", type=_non_negative_int, default=1, help="retain: newest runs always kept"
     )
-    store.add_argument("--dry-run", action="store_true", help="retain: only say what goes")
+    store.add_argument(
+        "--keep-versions",
+        type=_positive_int,
+        default=None,
+        help="compact: newest versions of each series always kept (>= 1; the latest always "
+        "stays); with --days, older ones go only once superseded that long",
+    )
+    store.add_argument(
+        "--table",
+        action="append",
+        choices=list(COMPACTABLE),
+        help="compact: only this table (repeatable; default: every compactable table)",
+    )
+    store.add_argument(
+        "--dry-run", action="store_true", help="retain, compact: only say what would change"
+    )
     store.set_defaults(run=_cmd_store)
 
     for mode in ("train", "predict"):

@@ -24,7 +24,9 @@ Guarantees:
   terminal is refused instead of waiting for typing.
 * Series ids: ``series_id`` when present, else ``<file stem>:<line number>``. A duplicate id
   inside one file is rejected (the first occurrence wins). A different content under an
-  id already stored becomes a new version; the ``series`` view shows the latest.
+  id already stored becomes a new version; the ``series`` view shows the latest. A new
+  version that only adds points at the end of the latest is stored as those points
+  (``storage.versions``); readers still see the full series.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import pyarrow as pa
 
 from storage.records import LineError, SeriesRecord, parse_line
 from storage.store import Store
+from storage.versions import LatestVersion, append_base, encode_appends, latest_versions
 
 __all__ = ["IngestError", "IngestReport", "RejectedLine", "ingest_jsonl", "content_hash"]
 
@@ -186,21 +189,13 @@ def _derived_id_prefix(path: Path) -> str:
     return name
 
 
-def _latest_hashes(store: Store) -> dict[str, str]:
-    connection = store.connect()
-    try:
-        rows = connection.execute("SELECT series_id, content_hash FROM series").fetchall()
-    finally:
-        connection.close()
-    return dict(rows)
-
-
 class _Chunk:
     """Rows of one chunk, columnar, ready to become a Parquet part."""
 
     def __init__(self) -> None:
         self.series: list[tuple[str, str, SeriesRecord, int]] = []
         self.rejects: list[tuple[int, LineError, bytes]] = []
+        self.appends: dict[str, LatestVersion] = {}  # series stored as appends (versions.py)
 
     def series_table(self, source: str, ingest_id: str, ingested_at: datetime) -> pa.Table:
         lengths = np.fromiter((len(r.values) for _, _, r, _ in self.series), np.int64)
@@ -322,14 +317,16 @@ def _ingest_file(
     started_at = datetime.now(UTC)
     report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256=sha)
     _write_run(store, report, started_at, None)  # a killed ingest leaves this 'started' row
-    latest = _latest_hashes(store)
+    latest = latest_versions(store)
     stored_rejects = _stored_reject_lines(store, sha)
     first_line_of: dict[str, int] = {}
 
     def flush(chunk: _Chunk, index: int) -> None:
         # Runs in the writer thread while ingest_jsonl's thread holds the writer lock.
         if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
-            table = chunk.series_table(source, report.ingest_id, started_at)
+            table = encode_appends(
+                chunk.series_table(source, report.ingest_id, started_at), chunk.appends
+            )
             store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table, held=True)
         # Rejects carry no content key: keep only lines of this file not stored before, so
         # a rerun with any chunk size adds none twice.
@@ -361,13 +358,16 @@ def _ingest_file(
         report.accepted += 1
         digest = content_hash(parsed)
         known = latest.get(series_id)
-        if known == digest:
+        if known is not None and known.content_hash == digest:
             report.unchanged += 1
             return None
         if known is None:
             report.new_series += 1
         else:
             report.new_versions += 1
+            base = append_base(parsed, known, content_hash)  # only new points are stored
+            if base is not None:
+                chunk.appends[series_id] = base
         chunk.series.append((series_id, digest, parsed, line_number))
         return None
 

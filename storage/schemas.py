@@ -15,6 +15,8 @@ __all__ = [
     "VIEW_NAMES",
     "HIVE_KEY",
     "QUANTILE_COLUMNS",
+    "COMPACTABLE",
+    "REPLACES_KEY",
 ]
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -49,6 +51,12 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
             ("source_line", pa.int64()),
             ("ingest_id", pa.string()),
             ("ingested_at", _TS),
+            # An append (storage.versions): ``values`` holds only the points after the first
+            # ``base_points``, which are the previous version's (``base_hash``); both null for
+            # a full version. ``n_points``, ``n_missing`` and ``content_hash`` are the full
+            # series'. The views return full values either way.
+            ("base_hash", pa.string()),
+            ("base_points", pa.int32()),
         ]
     ),
     # One row per ingest call: lines read = blank + accepted + rejected, always.
@@ -178,21 +186,90 @@ TABLE_SCHEMAS: dict[str, pa.Schema] = {
 
 TABLE_NAMES: tuple[str, ...] = tuple(TABLE_SCHEMAS)
 
+#: Tables ``moe store compact`` may rewrite (storage.compaction): flat tables whose part names
+#: are never reused by a writer, so a compacted part can name the parts it replaces. Not
+#: ``forecast_evaluations``/``backtest_metrics`` (a rerun replaces its part by name), nor the
+#: hive tables (``expert_forecasts`` is read part by part by storage.cache; forecast runs
+#: are whole partitions that ``moe store retain`` expires).
+COMPACTABLE: tuple[str, ...] = (
+    "series_versions",
+    "ingest_runs",
+    "ingest_rejects",
+    "model_versions",
+    "model_events",
+)
+
+#: Parquet footer key of a compacted part: the part names it replaces, '/'-separated. The
+#: views skip every part a visible compacted part names (Store._scan_sql).
+REPLACES_KEY = "moe:replaces"
+
 #: Tables whose parts live in hive folders (``key=value/``), and the folder key of each.
 HIVE_KEY: dict[str, str] = {"expert_forecasts": "cache", "forecasts": "run_id"}
+
+# Stored versions numbered in ingest order, and "chain": how many full versions of the
+# series up to this row, so a full version and the appends after it share one chain.
+# Computed on the key columns only, then joined back to the rows: window operators that
+# carried every version's values made reading a store of many full versions 3x slower.
+_KEYED = """
+    keys AS (
+        SELECT series_id, ingest_id, source_line,
+               row_number() OVER (PARTITION BY series_id
+                                  ORDER BY ingested_at, ingest_id, source_line) AS version,
+               count(*) FILTER (WHERE base_hash IS NULL) OVER (
+                   PARTITION BY series_id ORDER BY ingested_at, ingest_id, source_line
+                   ROWS UNBOUNDED PRECEDING) AS chain
+        FROM {series_versions}
+    )"""
+
+_JOIN_KEYS = """s.series_id = k.series_id AND s.ingest_id = k.ingest_id
+                AND s.source_line = k.source_line"""
 
 #: View name -> SELECT over ``{table}`` placeholders, which ``Store`` replaces with
 #: ``read_parquet`` calls on the table folders (paths come from the store, never from users).
 VIEW_SQL: dict[str, str] = {
-    "series_versions": """
-        SELECT * EXCLUDE (ingested_at), ingested_at,
-               row_number() OVER (PARTITION BY series_id
-                                  ORDER BY ingested_at, ingest_id, source_line) AS version
-        FROM {series_versions}
+    # Versions in ingest order; an append row's values are those of the rows before it back
+    # to the nearest full version (its chain) followed by its own, so every version reads as
+    # its full series.
+    "series_versions": f"""
+        WITH {_KEYED},
+        numbered AS (
+            SELECT s.*, k.version, k.chain FROM {{series_versions}} s JOIN keys k
+            ON {_JOIN_KEYS}
+        ),
+        folded AS (
+            SELECT a.series_id, a.version,
+                   flatten(list(c.values ORDER BY c.version)) AS values
+            FROM numbered a JOIN numbered c
+                 ON a.series_id = c.series_id AND a.chain = c.chain AND c.version <= a.version
+            WHERE a.base_hash IS NOT NULL
+            GROUP BY a.series_id, a.version
+        )
+        SELECT n.* EXCLUDE (ingested_at, version, chain, base_hash, base_points)
+                   REPLACE (coalesce(f.values, n.values) AS values),
+               n.ingested_at, n.version
+        FROM numbered n LEFT JOIN folded f ON n.series_id = f.series_id AND n.version = f.version
     """,
-    "series": """
-        SELECT * FROM series_versions
-        QUALIFY version = max(version) OVER (PARTITION BY series_id)
+    # The latest version: only the rows of each series' latest chain are read whole, and a
+    # chain's values are concatenated once.
+    "series": f"""
+        WITH {_KEYED},
+        latest AS (
+            SELECT *, max(version) OVER (PARTITION BY series_id) AS last
+            FROM keys QUALIFY chain = max(chain) OVER (PARTITION BY series_id)
+        ),
+        chains AS (
+            SELECT s.*, k.version, k.last FROM {{series_versions}} s JOIN latest k
+            ON {_JOIN_KEYS}
+        ),
+        folded AS (
+            SELECT series_id, flatten(list(values ORDER BY version)) AS values
+            FROM chains GROUP BY series_id HAVING count(*) > 1
+        )
+        SELECT c.* EXCLUDE (ingested_at, version, last, base_hash, base_points)
+                   REPLACE (coalesce(f.values, c.values) AS values),
+               c.ingested_at, c.version
+        FROM chains c LEFT JOIN folded f ON c.series_id = f.series_id
+        WHERE c.version = c.last
     """,
     "ingest_runs": "SELECT * FROM {ingest_runs}",
     "ingest_rejects": "SELECT * FROM {ingest_rejects}",

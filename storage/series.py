@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage.sql import _is_vanished_part
 from storage.store import Store
+
+_READ_RETRIES = 8
 
 __all__ = ["StoredSeries", "load_series"]
 
@@ -40,21 +44,31 @@ def _split_values(column: pa.ChunkedArray) -> list[np.ndarray]:
     return arrays
 
 
-def load_series(store: Store, series_ids: Sequence[str] | None = None) -> StoredSeries:
-    """Latest version of every series (or of ``series_ids``), ordered by series_id."""
+def _read_latest(store: Store, series_ids: Sequence[str] | None) -> pa.Table:
     connection = store.connect()
     try:
         sql = "SELECT series_id, content_hash, start, freq, values FROM series"
         if series_ids is None:
-            table = connection.sql(sql + " ORDER BY series_id").to_arrow_table()
-        else:
-            wanted = pa.table({"series_id": pa.array(list(series_ids), pa.string())})
-            connection.register("wanted_ids", wanted)
-            table = connection.sql(
-                sql + " WHERE series_id IN (SELECT series_id FROM wanted_ids) ORDER BY series_id"
-            ).to_arrow_table()
+            return connection.sql(sql + " ORDER BY series_id").to_arrow_table()
+        wanted = pa.table({"series_id": pa.array(list(series_ids), pa.string())})
+        connection.register("wanted_ids", wanted)
+        return connection.sql(
+            sql + " WHERE series_id IN (SELECT series_id FROM wanted_ids) ORDER BY series_id"
+        ).to_arrow_table()
     finally:
         connection.close()
+
+
+def load_series(store: Store, series_ids: Sequence[str] | None = None) -> StoredSeries:
+    """Latest version of every series (or of ``series_ids``), ordered by series_id."""
+    for attempt in range(_READ_RETRIES):
+        try:
+            table = _read_latest(store, series_ids)
+            break
+        except (duckdb.Error, OSError) as error:
+            # A compaction or retention deleted a listed part before it was read: list again.
+            if attempt + 1 == _READ_RETRIES or not _is_vanished_part(error):
+                raise
     return StoredSeries(
         series_id=table.column("series_id").to_pylist(),
         content_hash=table.column("content_hash").to_pylist(),

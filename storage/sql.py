@@ -260,8 +260,10 @@ def _is_vanished_part(error: Exception) -> bool:
         "No files found" in text or "No such file" in text or "not exist" in text
     ):
         return True
-    # s3fs' FileExpired, raised inside DuckDB's call into the filesystem (a duckdb.Error
-    # carrying its text) or directly.
+    # s3fs' FileExpired (replaced) or FileNotFoundError (deleted, e.g. by compaction),
+    # raised inside DuckDB's call into the filesystem (a duckdb.Error carrying its text).
+    if isinstance(error, duckdb.Error) and "FileNotFoundError" in text:
+        return True
     return isinstance(error, (duckdb.Error, OSError)) and "FileExpired" in (
         text + type(error).__name__
     )

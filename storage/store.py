@@ -47,7 +47,7 @@ from storage.objectstore import (
     object_filesystem,
     reader_filesystem,
 )
-from storage.schemas import HIVE_KEY, TABLE_SCHEMAS, VIEW_SQL
+from storage.schemas import COMPACTABLE, HIVE_KEY, REPLACES_KEY, TABLE_SCHEMAS, VIEW_SQL
 
 __all__ = [
     "Store",
@@ -79,8 +79,22 @@ _LOCKS: dict[str, tuple[threading.RLock, filelock.FileLock]] = {}
 _LOCKS_GUARD = threading.Lock()
 # The same for object-storage stores: per location, a thread lock, the lease and a depth.
 _LEASES: dict[str, tuple[threading.RLock, ObjectLease, list[int]]] = {}
+# Columns added to a table after stores existed: a view over an older store's parts (whose
+# placeholder was not rewritten yet, e.g. read by `moe sql` before any writer opened it)
+# reads them as NULL instead of failing to bind.
+_ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "series_versions": {"base_hash": "VARCHAR", "base_points": "INTEGER"},
+}
+_SCAN_VERSION = 2  # bump when _scan_sql changes: catalog.duckdb holds the scans
 _LAYOUT_DIGEST = hashlib.sha256(
-    repr((sorted(VIEW_SQL.items()), [(t, str(s)) for t, s in TABLE_SCHEMAS.items()])).encode()
+    repr(
+        (
+            sorted(VIEW_SQL.items()),
+            [(t, str(s)) for t, s in TABLE_SCHEMAS.items()],
+            _SCAN_VERSION,
+            COMPACTABLE,
+        )
+    ).encode()
 ).hexdigest()
 
 
@@ -613,6 +627,29 @@ class Store:
         shutil.rmtree(retired, ignore_errors=True)
         return True
 
+    def publish_compacted(self, table: str, staging: Path, replaced: list[str]) -> str:
+        """Publish ``staging`` (a compacted part whose footer names ``replaced``) as a new part
+        of ``table``, then delete the ``replaced`` parts; returns the new part's location.
+
+        The caller holds the writer lock for the whole compaction (no part can appear or
+        change meanwhile). Readers skip parts named by a visible compacted part, so between
+        the publish and the last delete each row is read once (``_scan_sql``); a reader
+        that listed a part deleted here re-lists (``storage.sql.query``).
+        """
+        if table not in COMPACTABLE:
+            raise ValueError(f"table {table!r} is not compactable; compactable: {COMPACTABLE}")
+        destination = self.part_location(table, f"compact-{uuid.uuid4().hex}")
+        with self.writer():
+            self._publish_file(staging, destination)
+            if self._root is None:
+                if replaced:
+                    self._check_lease()
+                    self.fs.rm([location.removeprefix("s3://") for location in replaced])
+            else:
+                for location in replaced:
+                    Path(location).unlink(missing_ok=True)
+        return destination
+
     def _swap_remote_partition(self, staging: Path, final: str) -> None:
         new = sorted(entry.name for entry in staging.iterdir())
         old = [location.rsplit("/", 1)[-1] for location in self._list_parts(final)]
@@ -663,14 +700,33 @@ class Store:
         return pq.read_table(location, columns=columns)
 
     def _scan_sql(self, table: str, files: list[str] | None = None) -> str:
-        """``read_parquet`` over the table's folder (globbed at query time) or over ``files``."""
+        """``read_parquet`` over the table's folder (globbed at query time) or over ``files``.
+
+        A compactable table's scan skips the parts that a compacted part among them
+        replaces (``REPLACES_KEY`` in its footer): while ``moe store compact`` has published
+        the new part and not yet deleted the old ones, a reader that lists both still sees
+        each row once (storage.compaction).
+        """
         hive = ", hive_partitioning=true" if table in HIVE_KEY else ""
         if files is not None:
-            quoted = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            return f"read_parquet([{quoted}], union_by_name=true{hive})"
-        folder = self.table_location(table).replace("'", "''")
-        pattern = "**/*.parquet" if table in HIVE_KEY else "*.parquet"
-        return f"read_parquet('{folder}/{pattern}', union_by_name=true{hive})"
+            source = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+        else:
+            folder = self.table_location(table).replace("'", "''")
+            pattern = "**/*.parquet" if table in HIVE_KEY else "*.parquet"
+            source = f"'{folder}/{pattern}'"
+        if table not in COMPACTABLE:
+            return f"read_parquet({source}, union_by_name=true{hive})"
+        scan = (
+            f"(SELECT * EXCLUDE (filename) FROM read_parquet({source}, union_by_name=true, "
+            "filename=true) WHERE parse_filename(filename) NOT IN ("
+            "SELECT unnest(string_split(decode(value), '/')) "
+            f"FROM parquet_kv_metadata({source}) WHERE key = '{REPLACES_KEY}'::BLOB))"
+        )
+        added = _ADDED_COLUMNS.get(table)
+        if added:
+            columns = ", ".join(f"NULL::{kind} AS {name}" for name, kind in added.items())
+            scan = f"(FROM {scan} UNION ALL BY NAME SELECT {columns} WHERE false)"
+        return scan
 
     def register(self, connection: duckdb.DuckDBPyConnection) -> None:
         """Let ``connection`` read this store's locations: on object storage, DuckDB reads
@@ -703,11 +759,18 @@ class Store:
             connection.execute(statement)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with every view; holds no lock on any file."""
+        """An in-memory DuckDB with every view over the parts listed now; holds no lock.
+
+        The views name the listed parts (no glob at query time), so a compacted part and
+        the parts it replaces are judged from one listing (``_scan_sql``). Open a new
+        connection to see later parts; a part deleted after the listing (by compaction or
+        retention) fails the read with a missing-file error: connect again.
+        """
         connection = duckdb.connect(":memory:")
         try:
             self.register(connection)
-            self._create_views(connection)
+            files = {table: self.part_locations(table, for_reader=True) for table in TABLE_SCHEMAS}
+            self._create_views(connection, files)
         except BaseException:
             connection.close()
             raise

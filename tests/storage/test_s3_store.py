@@ -432,3 +432,52 @@ def test_retrain_forecast_evaluate_jobs_on_s3(location: str, tmp_path: Path) -> 
     runs = query(store, "SELECT DISTINCT run_id FROM forecasts").column(0).to_pylist()
     assert runs == ["nightly"]
     assert not any(f"run_id={result.forecast.run_id}" in key for key in _objects(location))
+
+
+def test_appends_and_compaction_on_s3(location: str, tmp_path: Path) -> None:
+    """Guards appends and `moe store compact` on object storage: a daily append stores one
+    value per series, compaction publishes one part and deletes the old objects, and a
+    reader querying meanwhile always gets every row once."""
+    from storage.compaction import compact_store
+
+    store = Store.open(location)
+    rows = [{"series_id": f"s{i}", "sequence": [float(i)] * 5} for i in range(8)]
+    for day in range(4):
+        path = tmp_path / f"day{day}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ingest_jsonl(store, path)
+        rows = [{**r, "sequence": [*r["sequence"], float(day)]} for r in rows]  # type: ignore[list-item]
+    stored = sum(
+        len(v)
+        for p in store.part_locations("series_versions")
+        for v in store.read_part(p, ["values"]).column("values").to_pylist()
+    )
+    assert stored == 8 * 5 + 8 * 3  # appends: one new point each day
+    expected = query(store, "SELECT * FROM series_versions ORDER BY ALL").to_pylist()
+    assert {len(r["values"]) for r in expected} == {5, 6, 7, 8}
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                seen.append(
+                    query(store, "SELECT count(*) FROM series_versions").column(0)[0].as_py()
+                )
+            except BaseException as error:  # noqa: BLE001 - the test reports any failure
+                errors.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        reports = {r.table: r for r in compact_store(store)}
+    finally:
+        done.set()
+        reader.join()
+    assert not errors, errors[:1]
+    assert set(seen) == {32}
+    assert reports["series_versions"].parts_before == 4
+    assert len(store.part_locations("series_versions")) == 2  # compacted + placeholder
+    assert query(store, "SELECT * FROM series_versions ORDER BY ALL").to_pylist() == expected
+    assert len(load_series(store)) == 8
