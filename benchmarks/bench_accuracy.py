@@ -464,6 +464,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mlp-stride", type=int, default=1, help="global MLP: a training window every N points"
     )
+    parser.add_argument(
+        "--mlp-folds",
+        type=int,
+        default=2,
+        help="global MLP: series folds for the gate windows' cross-fitted forecasts",
+    )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
     parser.add_argument(
         "--max-series",
@@ -518,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
         sets = [prepare_dataset(name, args.experts, store, args) for name in args.datasets]
         ready = [p for p in sets if p is not None]
         if ready and args.global_mlp:
-            add_global_mlp(ready, args.seed, args.mlp_stride, GLOBAL_MIN_CONTEXT)
+            add_global_mlp(ready, args.seed, args.mlp_stride, GLOBAL_MIN_CONTEXT, args.mlp_folds)
         for prepared in ready:
             validation = prepared.windows.is_validation
             error_correlations(prepared, validation, f"{prepared.name} validation windows")
