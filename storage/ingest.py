@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.records import LineError, SeriesRecord, parse_line
+from storage.schemas import TABLE_SCHEMAS
 from storage.store import Store
 
 __all__ = ["IngestError", "IngestReport", "RejectedLine", "ingest_jsonl", "content_hash"]
@@ -102,6 +103,22 @@ def content_hash(record: SeriesRecord) -> str:
     digest = hashlib.blake2b(values.astype("<f8", copy=False).tobytes(), digest_size=16)
     digest.update(f"|{record.start}|{record.freq}".encode())
     return digest.hexdigest()
+
+
+def _series_parquet_options() -> dict[str, object]:
+    """Parquet settings for ``series_versions`` parts: the float values split by byte.
+
+    BYTE_STREAM_SPLIT groups the floats' exponent bytes so zstd finds them, which halves
+    the writer's CPU against plain encoding (whose dictionary attempt and min/max
+    statistics buy nothing for a list of floats) at a similar size. Every other column
+    keeps the defaults (dictionary, statistics: readers filter on ``series_id``).
+    """
+    others = [name for name in TABLE_SCHEMAS["series_versions"].names if name != "values"]
+    return {
+        "use_dictionary": others,
+        "write_statistics": others,
+        "column_encoding": {"values.list.element": "BYTE_STREAM_SPLIT"},
+    }
 
 
 def _check_readable(path: Path) -> None:
@@ -325,12 +342,19 @@ def _ingest_file(
     latest = _latest_hashes(store)
     stored_rejects = _stored_reject_lines(store, sha)
     first_line_of: dict[str, int] = {}
+    parquet_options = _series_parquet_options()
 
     def flush(chunk: _Chunk, index: int) -> None:
         # Runs in the writer thread while ingest_jsonl's thread holds the writer lock.
         if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
             table = chunk.series_table(source, report.ingest_id, started_at)
-            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table, held=True)
+            store.write_part(
+                "series_versions",
+                f"{report.ingest_id}-{index:06d}",
+                table,
+                held=True,
+                options=parquet_options,
+            )
         # Rejects carry no content key: keep only lines of this file not stored before, so
         # a rerun with any chunk size adds none twice.
         chunk.rejects = [item for item in chunk.rejects if item[0] not in stored_rejects]

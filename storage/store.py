@@ -29,9 +29,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import filelock
@@ -445,11 +446,17 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def _write_atomic(self, data: pa.Table, destination: str, compression: str = "zstd") -> None:
+    def _write_atomic(
+        self,
+        data: pa.Table,
+        destination: str,
+        compression: str = "zstd",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Write ``data`` as one Parquet file, then publish it whole at ``destination``."""
         staging = self.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
         try:
-            pq.write_table(data, staging, compression=compression)
+            pq.write_table(data, staging, compression=compression, **(options or {}))
             self._publish_file(staging, destination)
         finally:
             staging.unlink(missing_ok=True)
@@ -527,11 +534,14 @@ class Store:
         compression: str = "zstd",
         *,
         held: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> str:
         """Write ``data`` as one whole part; replaces a part of the same name (idempotent).
 
         ``data`` is cast to the table's declared schema, so a wrong column fails here, not
-        later in a reader. ``compression="none"`` suits float arrays read back in bulk.
+        later in a reader. ``compression="none"`` suits float arrays read back in bulk;
+        ``options`` are further ``pyarrow.parquet.write_table`` settings (encodings,
+        dictionary and statistics per column) for a writer that knows its columns.
         Takes the writer lock unless ``held``: the caller's operation already holds it from
         another thread of this process (ingest's background part writer). Returns the part's
         location.
@@ -545,10 +555,10 @@ class Store:
             ) from error
         destination = self.part_location(table, part_name, partition)
         if held:
-            self._write_atomic(data, destination, compression)
+            self._write_atomic(data, destination, compression, options)
         else:
             with self.writer():
-                self._write_atomic(data, destination, compression)
+                self._write_atomic(data, destination, compression, options)
         return destination
 
     @contextmanager
