@@ -2,8 +2,10 @@
 
 Guarantees:
 
-* Streaming: lines are processed in chunks of ``chunk_lines``; memory does not grow with
-  the file (only with the number of distinct series ids, to detect duplicates).
+* Streaming: lines are processed in chunks of ``chunk_lines`` (one series part and one
+  rejects part per chunk; the series part is encoded in batches of 2,500 lines, one row
+  group each, while the next batch is parsed); memory does not grow with the file (only
+  with the number of distinct series ids, to detect duplicates).
 * Nothing is lost: every non-blank line is accepted or rejected; rejects are stored in
   ``ingest_rejects`` with file, line number, field, reason and the raw line.
   ``lines_read = blank_lines + accepted + rejected`` for every ingest, recorded in
@@ -47,7 +49,7 @@ import pyarrow as pa
 
 from storage.records import LineError, SeriesRecord, parse_line
 from storage.schemas import TABLE_SCHEMAS
-from storage.store import Store
+from storage.store import PartWriter, Store
 
 __all__ = ["IngestError", "IngestReport", "RejectedLine", "ingest_jsonl", "content_hash"]
 
@@ -55,6 +57,7 @@ STDIN = "-"
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _MAX_RAW_LINE_CHARS = 1_000_000  # a reject keeps its raw text up to this length
+_BATCH_LINES = 2_500  # lines per row group of a series part (a chunk holds several)
 
 
 class IngestError(RuntimeError):
@@ -344,25 +347,35 @@ def _ingest_file(
     first_line_of: dict[str, int] = {}
     parquet_options = _series_parquet_options()
 
-    def flush(chunk: _Chunk, index: int) -> None:
+    # The writer thread's state: chunk ``index``'s series part, open while its batches come
+    # in, and the chunk's rejects so far.
+    part: PartWriter | None = None
+    chunk_rejects = _Chunk()
+
+    def flush(chunk: _Chunk, index: int, last: bool) -> None:
+        """Encode one batch of chunk ``index``; after its ``last`` batch, publish its parts."""
         # Runs in the writer thread while ingest_jsonl's thread holds the writer lock.
+        nonlocal part, chunk_rejects
         if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
             table = chunk.series_table(source, report.ingest_id, started_at)
-            store.write_part(
-                "series_versions",
-                f"{report.ingest_id}-{index:06d}",
-                table,
-                held=True,
-                options=parquet_options,
-            )
+            if part is None:
+                name = f"{report.ingest_id}-{index:06d}"
+                part = store.open_part("series_versions", name, held=True, options=parquet_options)
+            part.write(table)
         # Rejects carry no content key: keep only lines of this file not stored before, so
         # a rerun with any chunk size adds none twice.
-        chunk.rejects = [item for item in chunk.rejects if item[0] not in stored_rejects]
-        if chunk.rejects:
-            rejects = chunk.rejects_table(source, sha, report.ingest_id)
+        chunk_rejects.rejects += [item for item in chunk.rejects if item[0] not in stored_rejects]
+        if not last:
+            return
+        if part is not None:
+            part.publish()
+            part = None
+        if chunk_rejects.rejects:
+            rejects = chunk_rejects.rejects_table(source, sha, report.ingest_id)
             store.write_part(
                 "ingest_rejects", f"{report.ingest_id}-{index:06d}", rejects, held=True
             )
+        chunk_rejects = _Chunk()
 
     def reject(chunk: _Chunk, line_number: int, error: LineError, raw: bytes) -> None:
         report.rejected += 1
@@ -395,31 +408,42 @@ def _ingest_file(
         chunk.series.append((series_id, digest, parsed, line_number))
         return None
 
-    # One writer thread: Arrow/Parquet encoding releases the GIL, so writing chunk k overlaps
-    # parsing chunk k+1. At most two chunks are in memory at once.
+    # One writer thread: Arrow/Parquet encoding releases the GIL, so encoding batch k
+    # overlaps parsing batch k+1. A chunk's part is encoded batch by batch (one row group
+    # each), so after the last line only one batch is left to encode, not a whole chunk.
+    # At most two batches are in memory at once.
     failure: IngestError | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
-        pending: Future[None] | None = None
-        chunk, chunk_index = _Chunk(), 0
-        try:
-            for line_number, (raw, ended) in enumerate(_open_lines(file_path, sniff), start=1):
-                report.lines_read += 1
-                if raw.strip():
-                    take(chunk, line_number, raw, ended)
-                else:
-                    report.blank_lines += 1
-                if line_number % chunk_lines == 0:
-                    if pending is not None:
-                        pending.result()  # surface a write error now; bound memory
-                    pending = writer.submit(flush, chunk, chunk_index)
-                    chunk, chunk_index = _Chunk(), chunk_index + 1
-                    if on_progress is not None:
-                        on_progress(report.lines_read)
-        except IngestError as error:  # the file ended early or could not be read
-            failure = IngestError(str(error).replace(str(file_path), source))
-        if pending is not None:
-            pending.result()
-        flush(chunk, chunk_index)  # what was read before a failure is valid and kept
+    batch_lines = min(chunk_lines, _BATCH_LINES)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+            pending: Future[None] | None = None
+            chunk, chunk_index = _Chunk(), 0
+            try:
+                lines = enumerate(_open_lines(file_path, sniff), start=1)
+                for line_number, (raw, ended) in lines:
+                    report.lines_read += 1
+                    if raw.strip():
+                        take(chunk, line_number, raw, ended)
+                    else:
+                        report.blank_lines += 1
+                    in_chunk = line_number % chunk_lines
+                    if in_chunk % batch_lines == 0:  # a batch ends (in_chunk == 0: a chunk)
+                        if pending is not None:
+                            pending.result()  # surface a write error now; bound memory
+                        pending = writer.submit(flush, chunk, chunk_index, in_chunk == 0)
+                        chunk = _Chunk()
+                        if in_chunk == 0:
+                            chunk_index += 1
+                            if on_progress is not None:
+                                on_progress(report.lines_read)
+            except IngestError as error:  # the file ended early or could not be read
+                failure = IngestError(str(error).replace(str(file_path), source))
+            if pending is not None:
+                pending.result()
+            flush(chunk, chunk_index, True)  # what was read before a failure is kept
+    finally:
+        if part is not None:  # a write failed or the ingest was interrupted mid-chunk
+            part.discard()
 
     report.status = "complete" if failure is None else "partial"
     report.error = None if failure is None else str(failure)

@@ -52,6 +52,7 @@ from storage.schemas import HIVE_KEY, TABLE_SCHEMAS, VIEW_SQL
 
 __all__ = [
     "Store",
+    "PartWriter",
     "StoreBusy",
     "StoreNotFound",
     "LocalOnly",
@@ -561,6 +562,28 @@ class Store:
                 self._write_atomic(data, destination, compression, options)
         return destination
 
+    def open_part(
+        self,
+        table: str,
+        part_name: str,
+        compression: str = "zstd",
+        *,
+        held: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> PartWriter:
+        """Start one part of ``table`` written in pieces, published whole by ``publish()``.
+
+        For a writer that produces a part's rows in batches: each ``write`` encodes its batch
+        (a row group) at once, so little is left to encode after the last batch and rows
+        need not be held until then. Arguments as for ``write_part``; ``discard()`` drops
+        an unpublished part (a killed process leaves a staging file the next writer removes).
+        """
+        destination = self.part_location(table, part_name)  # validates the name first
+        staging = self.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+        return PartWriter(
+            self, TABLE_SCHEMAS[table], staging, destination, compression, held, options
+        )
+
     @contextmanager
     def rewrite_partition(
         self, table: str, partition: dict[str, str]
@@ -750,3 +773,49 @@ class Store:
     @property
     def catalog_path(self) -> Path:
         return self.root / _CATALOG
+
+
+class PartWriter:
+    """A part written batch by batch (``Store.open_part``); published whole or not at all."""
+
+    def __init__(
+        self,
+        store: Store,
+        schema: pa.Schema,
+        staging: Path,
+        destination: str,
+        compression: str,
+        held: bool,
+        options: Mapping[str, Any] | None,
+    ) -> None:
+        self._store, self._schema, self._staging = store, schema, staging
+        self._destination, self._held = destination, held
+        self._writer = pq.ParquetWriter(staging, schema, compression=compression, **(options or {}))
+        self.rows = 0
+
+    def write(self, data: pa.Table) -> None:
+        """Append ``data`` (cast to the table's schema, as ``write_part`` does) as a row group."""
+        try:
+            data = data.select(self._schema.names).cast(self._schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise ValueError(f"rows do not match the table's schema: {error}") from error
+        self._writer.write_table(data)
+        self.rows += data.num_rows
+
+    def publish(self) -> str:
+        """Close the file and make it appear whole at its location; returns the location."""
+        try:
+            self._writer.close()
+            if self._held:
+                self._store._publish_file(self._staging, self._destination)
+            else:
+                with self._store.writer():
+                    self._store._publish_file(self._staging, self._destination)
+        finally:
+            self._staging.unlink(missing_ok=True)
+        return self._destination
+
+    def discard(self) -> None:
+        """Drop the unpublished part (after a failure); harmless after ``publish``."""
+        self._writer.close()  # idempotent
+        self._staging.unlink(missing_ok=True)

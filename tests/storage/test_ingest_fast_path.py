@@ -252,3 +252,53 @@ def test_values_are_stored_byte_split_and_read_back_exactly(store: Store, tmp_pa
     assert len(stored) == len(expected)
     for got, want in zip(stored, expected, strict=True):
         assert [None if v is None or math.isnan(v) else v for v in got] == want
+
+
+def _lines_file(path: Path, count: int) -> Path:
+    rows = (json.dumps({"series_id": f"s{i}", "sequence": [i, i + 0.5]}) for i in range(count))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_chunk_is_one_part_of_several_row_groups(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of a chunk become row groups of one part per chunk, in line order."""
+    monkeypatch.setattr(ingest_module, "_BATCH_LINES", 3)
+    report = ingest_jsonl(store, _lines_file(tmp_path / "f.jsonl", 17), chunk_lines=10)
+    assert report.accepted == 17
+    parts = [
+        pq.ParquetFile(part).metadata
+        for part in sorted(store.table_dir("series_versions").glob(f"{report.ingest_id}-*"))
+    ]
+    assert [meta.num_rows for meta in parts] == [10, 7]
+    assert [meta.num_row_groups for meta in parts] == [4, 3]  # 3+3+3+1 and 3+3+1
+    lines = query(store, "SELECT source_line FROM series_versions").column(0).to_pylist()
+    assert sorted(lines) == list(range(1, 18))
+
+
+def test_a_failed_batch_write_publishes_nothing_of_its_chunk(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write error mid-chunk leaves earlier chunks whole, no part of its chunk, no tmp file."""
+    monkeypatch.setattr(ingest_module, "_BATCH_LINES", 2)
+    path = _lines_file(tmp_path / "f.jsonl", 12)
+    original = ingest_module.PartWriter.write
+    calls = []
+
+    def failing(self: object, data: object) -> None:
+        calls.append(1)
+        if len(calls) == 4:  # chunk 0 = batches 1-3; batch 4 is chunk 1's second batch
+            raise OSError("disk full")
+        original(self, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest_module.PartWriter, "write", failing)
+    with pytest.raises(OSError, match="disk full"):
+        ingest_jsonl(store, path, chunk_lines=5)
+    stored = query(store, "SELECT source_line FROM series_versions").column(0).to_pylist()
+    assert sorted(stored) == [1, 2, 3, 4, 5]  # chunk 0 only, whole
+    assert not [entry for entry in store.tmp_dir.iterdir() if entry.suffix == ".parquet"]
+    monkeypatch.setattr(ingest_module.PartWriter, "write", original)
+    rerun = ingest_jsonl(store, path, chunk_lines=5)
+    assert (rerun.new_series, rerun.unchanged) == (7, 5)
+    assert query(store, "SELECT count(*) FROM series").column(0)[0].as_py() == 12
