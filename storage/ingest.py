@@ -278,12 +278,17 @@ def _stored_reject_lines(store: Store, sha: str) -> set[int]:
 
 
 def _write_run(
-    store: Store, report: IngestReport, started: datetime, finished: datetime | None
+    store: Store,
+    report: IngestReport,
+    started: datetime,
+    finished: datetime | None,
+    *,
+    held: bool = False,
 ) -> None:
     run = {key: [value] for key, value in report.as_dict().items() if key != "rejects"}
     run["started_at"] = [started]
     run["finished_at"] = [finished]
-    store.write_part("ingest_runs", report.ingest_id, pa.table(run))
+    store.write_part("ingest_runs", report.ingest_id, pa.table(run), held=held)
 
 
 def ingest_jsonl(
@@ -338,12 +343,21 @@ def _ingest_file(
     max_listed: int,
     on_progress: Callable[[int], None] | None,
 ) -> IngestReport:
-    sha = _file_sha256(file_path)
     started_at = datetime.now(UTC)
-    report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256=sha)
-    _write_run(store, report, started_at, None)  # a killed ingest leaves this 'started' row
-    latest = _latest_hashes(store)
-    stored_rejects = _stored_reject_lines(store, sha)
+    report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256="")
+    stored_rejects: set[int] = set()
+
+    def start() -> None:
+        """Digest the file, record the run as started, load the file's stored rejects.
+
+        The writer thread's first task, done before it writes any part, while the main
+        thread reads the stored hashes and starts parsing (hashlib releases the GIL).
+        """
+        report.file_sha256 = _file_sha256(file_path)
+        started = IngestReport(report.ingest_id, source, report.file_sha256)
+        _write_run(store, started, started_at, None, held=True)  # a killed ingest leaves it
+        stored_rejects.update(_stored_reject_lines(store, report.file_sha256))
+
     first_line_of: dict[str, int] = {}
     parquet_options = _series_parquet_options()
 
@@ -371,7 +385,7 @@ def _ingest_file(
             part.publish()
             part = None
         if chunk_rejects.rejects:
-            rejects = chunk_rejects.rejects_table(source, sha, report.ingest_id)
+            rejects = chunk_rejects.rejects_table(source, report.file_sha256, report.ingest_id)
             store.write_part(
                 "ingest_rejects", f"{report.ingest_id}-{index:06d}", rejects, held=True
             )
@@ -416,7 +430,8 @@ def _ingest_file(
     batch_lines = min(chunk_lines, _BATCH_LINES)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
-            pending: Future[None] | None = None
+            pending: Future[None] | None = writer.submit(start)
+            latest = _latest_hashes(store)
             chunk, chunk_index = _Chunk(), 0
             try:
                 lines = enumerate(_open_lines(file_path, sniff), start=1)

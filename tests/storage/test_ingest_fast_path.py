@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -297,6 +298,9 @@ def test_a_failed_batch_write_publishes_nothing_of_its_chunk(
         ingest_jsonl(store, path, chunk_lines=5)
     stored = query(store, "SELECT source_line FROM series_versions").column(0).to_pylist()
     assert sorted(stored) == [1, 2, 3, 4, 5]  # chunk 0 only, whole
+    runs = query(store, "SELECT status, file_sha256, lines_read FROM ingest_runs").to_pylist()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert runs == [{"status": "started", "file_sha256": digest, "lines_read": 0}]
     assert not [entry for entry in store.tmp_dir.iterdir() if entry.suffix == ".parquet"]
     monkeypatch.setattr(ingest_module.PartWriter, "write", original)
     rerun = ingest_jsonl(store, path, chunk_lines=5)
