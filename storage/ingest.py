@@ -227,9 +227,12 @@ class _Chunk:
         offsets = np.zeros(len(lengths) + 1, np.int32)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.concatenate([r.values for _, _, r, _ in self.series])
-        values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, from_pandas=True))
         missing = np.fromiter((r.n_missing for _, _, r, _ in self.series), np.int64)
+        # NaN marks a missing value and is stored as null; without any, no scan is needed.
+        elements = pa.array(flat, from_pandas=True) if missing.any() else pa.array(flat)
+        values = pa.ListArray.from_arrays(pa.array(offsets), elements)
         n = len(self.series)
+        stamp = pa.scalar(ingested_at, pa.timestamp("us", tz="UTC"))
         return pa.table(
             {
                 "series_id": [sid for sid, _, _, _ in self.series],
@@ -242,7 +245,7 @@ class _Chunk:
                 "source_file": [source] * n,
                 "source_line": [line for _, _, _, line in self.series],
                 "ingest_id": [ingest_id] * n,
-                "ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
+                "ingested_at": pa.repeat(stamp, n),
             }
         )
 
