@@ -1,6 +1,7 @@
 """Ingest throughput and peak memory: ours against DuckDB's own ``read_json`` into a table.
 
-Usage: ``python benchmarks/bench_ingest.py [--series 20000 100000] [--points 500] [--repeats 3]``
+Usage: ``python benchmarks/bench_ingest.py [--series 20000 100000] [--points 500] [--repeats 3]
+[--baseline GIT_REV]``
 
 Each measurement runs in a fresh subprocess so its peak RSS is its own. DuckDB's loader is
 the practical limit (multi-threaded C++ that records nothing about bad lines); ours
@@ -9,7 +10,8 @@ validates every line, hashes content for idempotence and writes Parquet parts.
 The machine is shared, so one run of each tool says little: each size is measured
 ``--repeats`` rounds, the tools in a rotating order within a round, and the table gives
 median seconds and the range of the per-round ratio (DuckDB's seconds over the tool's, in
-the same round), with the 1-minute load average seen at the start and end.
+the same round), with the 1-minute load average seen at the start and end. ``--baseline``
+adds ``moe ingest`` as of another commit (e.g. ``main``) to the same rounds.
 """
 
 from __future__ import annotations
@@ -66,11 +68,14 @@ def _worker(tool: str, data: Path, scratch: Path) -> None:
     print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb}))
 
 
-def _measure(tool: str, data: Path) -> dict[str, float]:
+def _measure(tool: str, data: Path, baseline: Path | None = None) -> dict[str, float]:
+    """One run of ``tool`` (``baseline``: ours from that source tree) in a fresh process."""
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-{tool}-"))
+    script = __file__ if tool != "baseline" else str(baseline / "benchmarks" / "bench_ingest.py")
+    worker_tool = "ours" if tool == "baseline" else tool
     try:
         out = subprocess.run(
-            [sys.executable, __file__, "--worker", tool, str(data), str(scratch)],
+            [sys.executable, script, "--worker", worker_tool, str(data), str(scratch)],
             check=True,
             capture_output=True,
             text=True,
@@ -85,6 +90,11 @@ def main() -> None:
     parser.add_argument("--series", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--points", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        metavar="GIT_REV",
+        help="also measure `moe ingest` as of this commit (e.g. main), in the same rounds",
+    )
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -92,6 +102,15 @@ def main() -> None:
         return
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     tools = {"duckdb": "duckdb", "duckdb-1thread": "duckdb 1 thread", "ours": "moe ingest"}
+    baseline = None
+    if args.baseline:
+        baseline = workdir / "baseline"
+        baseline.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", args.baseline], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+        tools["baseline"] = f"@{args.baseline}"[:15]
     print(
         f"{'series':>8} {'points':>6} {'file MB':>8} {'tool':>15} {'seconds':>8} "
         f"{'rows/s':>9} {'vs duckdb':>9} {'per round':>13} {'peak MB':>8} {'load':>9}"
@@ -106,7 +125,7 @@ def main() -> None:
             order = list(tools)
             for _ in range(args.repeats):
                 for tool in order:
-                    runs[tool].append(_measure(tool, data))
+                    runs[tool].append(_measure(tool, data, baseline))
                 order = order[1:] + order[:1]  # rotate: no tool always runs first
             load = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
             duck = statistics.median(run["seconds"] for run in runs["duckdb"])
