@@ -346,6 +346,10 @@ def _ingest_file(
     max_listed: int,
     on_progress: Callable[[int], None] | None,
 ) -> IngestReport:
+    # pyarrow's table() (the writer thread) and the freq check (this thread) both import
+    # pandas on first use; two threads importing it at once can deadlock, so import it first.
+    import pandas.tseries.frequencies  # noqa: F401
+
     started_at = datetime.now(UTC)
     report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256="")
     stored_rejects: set[int] = set()

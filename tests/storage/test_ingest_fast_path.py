@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +309,43 @@ def test_a_failed_batch_write_publishes_nothing_of_its_chunk(
     rerun = ingest_jsonl(store, path, chunk_lines=5)
     assert (rerun.new_series, rerun.unchanged) == (7, 5)
     assert query(store, "SELECT count(*) FROM series").column(0)[0].as_py() == 12
+
+
+_IMPORT_ORDER_PROBE = """
+import sys
+import storage.ingest as ingest
+from storage import Store
+
+store = Store.open(sys.argv[1])  # existing: opening it imports no pandas
+assert "pandas" not in sys.modules, "precondition: pandas imported before the ingest"
+seen = []
+real = ingest.ThreadPoolExecutor
+
+
+def recording(*args, **kwargs):
+    seen.append("pandas.tseries.frequencies" in sys.modules)
+    return real(*args, **kwargs)
+
+
+ingest.ThreadPoolExecutor = recording
+report = ingest.ingest_jsonl(store, sys.argv[2])
+assert report.accepted == 3, report
+print(seen)
+"""
+
+
+def test_pandas_is_imported_before_the_writer_thread_starts(tmp_path: Path) -> None:
+    """Two threads importing pandas at once deadlocked an ingest (_DeadlockError)."""
+    Store.open(tmp_path / "store")
+    path = tmp_path / "f.jsonl"
+    rows = [{"series_id": f"s{i}", "sequence": [1.0, 2.0], "freq": "D"} for i in range(3)]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ORDER_PROBE, str(tmp_path / "store"), str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert out.stdout.strip() == "[True]"
