@@ -2,8 +2,10 @@
 
 Guarantees:
 
-* Streaming: lines are processed in chunks of ``chunk_lines``; memory does not grow with
-  the file (only with the number of distinct series ids, to detect duplicates).
+* Streaming: lines are processed in chunks of ``chunk_lines`` (one series part and one
+  rejects part per chunk; the series part is encoded in batches of 2,500 lines, one row
+  group each, while the next batch is parsed); memory does not grow with the file (only
+  with the number of distinct series ids, to detect duplicates).
 * Nothing is lost: every non-blank line is accepted or rejected; rejects are stored in
   ``ingest_rejects`` with file, line number, field, reason and the raw line.
   ``lines_read = blank_lines + accepted + rejected`` for every ingest, recorded in
@@ -48,7 +50,8 @@ import numpy as np
 import pyarrow as pa
 
 from storage.records import LineError, SeriesRecord, parse_line
-from storage.store import Store
+from storage.schemas import TABLE_SCHEMAS
+from storage.store import PartWriter, Store
 from storage.versions import LatestVersion, append_base, encode_appends, latest_versions
 
 __all__ = ["IngestError", "IngestReport", "RejectedLine", "ingest_jsonl", "content_hash"]
@@ -57,6 +60,7 @@ STDIN = "-"
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _MAX_RAW_LINE_CHARS = 1_000_000  # a reject keeps its raw text up to this length
+_BATCH_LINES = 2_500  # lines per row group of a series part (a chunk holds several)
 
 
 class IngestError(RuntimeError):
@@ -105,6 +109,22 @@ def content_hash(record: SeriesRecord) -> str:
     digest = hashlib.blake2b(values.astype("<f8", copy=False).tobytes(), digest_size=16)
     digest.update(f"|{record.start}|{record.freq}".encode())
     return digest.hexdigest()
+
+
+def _series_parquet_options() -> dict[str, object]:
+    """Parquet settings for ``series_versions`` parts: the float values split by byte.
+
+    BYTE_STREAM_SPLIT groups the floats' exponent bytes so zstd finds them, which halves
+    the writer's CPU against plain encoding (whose dictionary attempt and min/max
+    statistics buy nothing for a list of floats) at a similar size. Every other column
+    keeps the defaults (dictionary, statistics: readers filter on ``series_id``).
+    """
+    others = [name for name in TABLE_SCHEMAS["series_versions"].names if name != "values"]
+    return {
+        "use_dictionary": others,
+        "write_statistics": others,
+        "column_encoding": {"values.list.element": "BYTE_STREAM_SPLIT"},
+    }
 
 
 def _check_readable(path: Path) -> None:
@@ -202,9 +222,12 @@ class _Chunk:
         offsets = np.zeros(len(lengths) + 1, np.int32)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.concatenate([r.values for _, _, r, _ in self.series])
-        values = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, from_pandas=True))
         missing = np.fromiter((r.n_missing for _, _, r, _ in self.series), np.int64)
+        # NaN marks a missing value and is stored as null; without any, no scan is needed.
+        elements = pa.array(flat, from_pandas=True) if missing.any() else pa.array(flat)
+        values = pa.ListArray.from_arrays(pa.array(offsets), elements)
         n = len(self.series)
+        stamp = pa.scalar(ingested_at, pa.timestamp("us", tz="UTC"))
         return pa.table(
             {
                 "series_id": [sid for sid, _, _, _ in self.series],
@@ -217,7 +240,7 @@ class _Chunk:
                 "source_file": [source] * n,
                 "source_line": [line for _, _, _, line in self.series],
                 "ingest_id": [ingest_id] * n,
-                "ingested_at": pa.array([ingested_at] * n, pa.timestamp("us", tz="UTC")),
+                "ingested_at": pa.repeat(stamp, n),
             }
         )
 
@@ -253,12 +276,17 @@ def _stored_reject_lines(store: Store, sha: str) -> set[int]:
 
 
 def _write_run(
-    store: Store, report: IngestReport, started: datetime, finished: datetime | None
+    store: Store,
+    report: IngestReport,
+    started: datetime,
+    finished: datetime | None,
+    *,
+    held: bool = False,
 ) -> None:
     run = {key: [value] for key, value in report.as_dict().items() if key != "rejects"}
     run["started_at"] = [started]
     run["finished_at"] = [finished]
-    store.write_part("ingest_runs", report.ingest_id, pa.table(run))
+    store.write_part("ingest_runs", report.ingest_id, pa.table(run), held=held)
 
 
 def ingest_jsonl(
@@ -313,29 +341,59 @@ def _ingest_file(
     max_listed: int,
     on_progress: Callable[[int], None] | None,
 ) -> IngestReport:
-    sha = _file_sha256(file_path)
-    started_at = datetime.now(UTC)
-    report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256=sha)
-    _write_run(store, report, started_at, None)  # a killed ingest leaves this 'started' row
-    latest = latest_versions(store)
-    stored_rejects = _stored_reject_lines(store, sha)
-    first_line_of: dict[str, int] = {}
+    # pyarrow's table() (the writer thread) and the freq check (this thread) both import
+    # pandas on first use; two threads importing it at once can deadlock, so import it first.
+    import pandas.tseries.frequencies  # noqa: F401
 
-    def flush(chunk: _Chunk, index: int) -> None:
+    started_at = datetime.now(UTC)
+    report = IngestReport(ingest_id=uuid.uuid4().hex, source_file=source, file_sha256="")
+    stored_rejects: set[int] = set()
+
+    def start() -> None:
+        """Digest the file, record the run as started, load the file's stored rejects.
+
+        The writer thread's first task, done before it writes any part, while the main
+        thread reads the stored hashes and starts parsing (hashlib releases the GIL).
+        """
+        report.file_sha256 = _file_sha256(file_path)
+        started = IngestReport(report.ingest_id, source, report.file_sha256)
+        _write_run(store, started, started_at, None, held=True)  # a killed ingest leaves it
+        stored_rejects.update(_stored_reject_lines(store, report.file_sha256))
+
+    first_line_of: dict[str, int] = {}
+    parquet_options = _series_parquet_options()
+
+    # The writer thread's state: chunk ``index``'s series part, open while its batches come
+    # in, and the chunk's rejects so far.
+    part: PartWriter | None = None
+    chunk_rejects = _Chunk()
+
+    def flush(chunk: _Chunk, index: int, last: bool) -> None:
+        """Encode one batch of chunk ``index``; after its ``last`` batch, publish its parts."""
         # Runs in the writer thread while ingest_jsonl's thread holds the writer lock.
+        nonlocal part, chunk_rejects
         if chunk.series:  # only content not stored yet, so a rerun cannot duplicate rows
             table = encode_appends(
                 chunk.series_table(source, report.ingest_id, started_at), chunk.appends
             )
-            store.write_part("series_versions", f"{report.ingest_id}-{index:06d}", table, held=True)
+            if part is None:
+                name = f"{report.ingest_id}-{index:06d}"
+                part = store.open_part("series_versions", name, held=True, options=parquet_options)
+            part.write(table)
         # Rejects carry no content key: keep only lines of this file not stored before, so
         # a rerun with any chunk size adds none twice.
-        chunk.rejects = [item for item in chunk.rejects if item[0] not in stored_rejects]
-        if chunk.rejects:
-            rejects = chunk.rejects_table(source, sha, report.ingest_id)
+        chunk_rejects.rejects += [item for item in chunk.rejects if item[0] not in stored_rejects]
+        if not last:
+            return
+        if part is not None:
+            part.publish()
+            part = None
+        if chunk_rejects.rejects:
+            rejects = chunk_rejects.rejects_table(source, report.file_sha256, report.ingest_id)
             store.write_part(
                 "ingest_rejects", f"{report.ingest_id}-{index:06d}", rejects, held=True
             )
+        chunk_rejects = _Chunk()
 
     def reject(chunk: _Chunk, line_number: int, error: LineError, raw: bytes) -> None:
         report.rejected += 1
@@ -371,31 +429,43 @@ def _ingest_file(
         chunk.series.append((series_id, digest, parsed, line_number))
         return None
 
-    # One writer thread: Arrow/Parquet encoding releases the GIL, so writing chunk k overlaps
-    # parsing chunk k+1. At most two chunks are in memory at once.
+    # One writer thread: Arrow/Parquet encoding releases the GIL, so encoding batch k
+    # overlaps parsing batch k+1. A chunk's part is encoded batch by batch (one row group
+    # each), so after the last line only one batch is left to encode, not a whole chunk.
+    # At most two batches are in memory at once.
     failure: IngestError | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
-        pending: Future[None] | None = None
-        chunk, chunk_index = _Chunk(), 0
-        try:
-            for line_number, (raw, ended) in enumerate(_open_lines(file_path, sniff), start=1):
-                report.lines_read += 1
-                if raw.strip():
-                    take(chunk, line_number, raw, ended)
-                else:
-                    report.blank_lines += 1
-                if line_number % chunk_lines == 0:
-                    if pending is not None:
-                        pending.result()  # surface a write error now; bound memory
-                    pending = writer.submit(flush, chunk, chunk_index)
-                    chunk, chunk_index = _Chunk(), chunk_index + 1
-                    if on_progress is not None:
-                        on_progress(report.lines_read)
-        except IngestError as error:  # the file ended early or could not be read
-            failure = IngestError(str(error).replace(str(file_path), source))
-        if pending is not None:
-            pending.result()
-        flush(chunk, chunk_index)  # what was read before a failure is valid and kept
+    batch_lines = min(chunk_lines, _BATCH_LINES)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
+            pending: Future[None] | None = writer.submit(start)
+            latest = latest_versions(store)
+            chunk, chunk_index = _Chunk(), 0
+            try:
+                lines = enumerate(_open_lines(file_path, sniff), start=1)
+                for line_number, (raw, ended) in lines:
+                    report.lines_read += 1
+                    if raw.strip():
+                        take(chunk, line_number, raw, ended)
+                    else:
+                        report.blank_lines += 1
+                    in_chunk = line_number % chunk_lines
+                    if in_chunk % batch_lines == 0:  # a batch ends (in_chunk == 0: a chunk)
+                        if pending is not None:
+                            pending.result()  # surface a write error now; bound memory
+                        pending = writer.submit(flush, chunk, chunk_index, in_chunk == 0)
+                        chunk = _Chunk()
+                        if in_chunk == 0:
+                            chunk_index += 1
+                            if on_progress is not None:
+                                on_progress(report.lines_read)
+            except IngestError as error:  # the file ended early or could not be read
+                failure = IngestError(str(error).replace(str(file_path), source))
+            if pending is not None:
+                pending.result()
+            flush(chunk, chunk_index, True)  # what was read before a failure is kept
+    finally:
+        if part is not None:  # a write failed or the ingest was interrupted mid-chunk
+            part.discard()
 
     report.status = "complete" if failure is None else "partial"
     report.error = None if failure is None else str(failure)

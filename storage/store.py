@@ -29,9 +29,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import filelock
@@ -51,6 +52,7 @@ from storage.schemas import COMPACTABLE, HIVE_KEY, REPLACES_KEY, TABLE_SCHEMAS, 
 
 __all__ = [
     "Store",
+    "PartWriter",
     "StoreBusy",
     "StoreNotFound",
     "LocalOnly",
@@ -459,11 +461,17 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def _write_atomic(self, data: pa.Table, destination: str, compression: str = "zstd") -> None:
+    def _write_atomic(
+        self,
+        data: pa.Table,
+        destination: str,
+        compression: str = "zstd",
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         """Write ``data`` as one Parquet file, then publish it whole at ``destination``."""
         staging = self.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
         try:
-            pq.write_table(data, staging, compression=compression)
+            pq.write_table(data, staging, compression=compression, **(options or {}))
             self._publish_file(staging, destination)
         finally:
             staging.unlink(missing_ok=True)
@@ -541,11 +549,14 @@ class Store:
         compression: str = "zstd",
         *,
         held: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> str:
         """Write ``data`` as one whole part; replaces a part of the same name (idempotent).
 
         ``data`` is cast to the table's declared schema, so a wrong column fails here, not
-        later in a reader. ``compression="none"`` suits float arrays read back in bulk.
+        later in a reader. ``compression="none"`` suits float arrays read back in bulk;
+        ``options`` are further ``pyarrow.parquet.write_table`` settings (encodings,
+        dictionary and statistics per column) for a writer that knows its columns.
         Takes the writer lock unless ``held``: the caller's operation already holds it from
         another thread of this process (ingest's background part writer). Returns the part's
         location.
@@ -559,11 +570,33 @@ class Store:
             ) from error
         destination = self.part_location(table, part_name, partition)
         if held:
-            self._write_atomic(data, destination, compression)
+            self._write_atomic(data, destination, compression, options)
         else:
             with self.writer():
-                self._write_atomic(data, destination, compression)
+                self._write_atomic(data, destination, compression, options)
         return destination
+
+    def open_part(
+        self,
+        table: str,
+        part_name: str,
+        compression: str = "zstd",
+        *,
+        held: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> PartWriter:
+        """Start one part of ``table`` written in pieces, published whole by ``publish()``.
+
+        For a writer that produces a part's rows in batches: each ``write`` encodes its batch
+        (a row group) at once, so little is left to encode after the last batch and rows
+        need not be held until then. Arguments as for ``write_part``; ``discard()`` drops
+        an unpublished part (a killed process leaves a staging file the next writer removes).
+        """
+        destination = self.part_location(table, part_name)  # validates the name first
+        staging = self.scratch_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.parquet"
+        return PartWriter(
+            self, TABLE_SCHEMAS[table], staging, destination, compression, held, options
+        )
 
     @contextmanager
     def rewrite_partition(
@@ -803,3 +836,49 @@ class Store:
     @property
     def catalog_path(self) -> Path:
         return self.root / _CATALOG
+
+
+class PartWriter:
+    """A part written batch by batch (``Store.open_part``); published whole or not at all."""
+
+    def __init__(
+        self,
+        store: Store,
+        schema: pa.Schema,
+        staging: Path,
+        destination: str,
+        compression: str,
+        held: bool,
+        options: Mapping[str, Any] | None,
+    ) -> None:
+        self._store, self._schema, self._staging = store, schema, staging
+        self._destination, self._held = destination, held
+        self._writer = pq.ParquetWriter(staging, schema, compression=compression, **(options or {}))
+        self.rows = 0
+
+    def write(self, data: pa.Table) -> None:
+        """Append ``data`` (cast to the table's schema, as ``write_part`` does) as a row group."""
+        try:
+            data = data.select(self._schema.names).cast(self._schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            raise ValueError(f"rows do not match the table's schema: {error}") from error
+        self._writer.write_table(data)
+        self.rows += data.num_rows
+
+    def publish(self) -> str:
+        """Close the file and make it appear whole at its location; returns the location."""
+        try:
+            self._writer.close()
+            if self._held:
+                self._store._publish_file(self._staging, self._destination)
+            else:
+                with self._store.writer():
+                    self._store._publish_file(self._staging, self._destination)
+        finally:
+            self._staging.unlink(missing_ok=True)
+        return self._destination
+
+    def discard(self) -> None:
+        """Drop the unpublished part (after a failure); harmless after ``publish``."""
+        self._writer.close()  # idempotent
+        self._staging.unlink(missing_ok=True)
