@@ -97,6 +97,26 @@ def _read_seconds(store: Store) -> float:
     return best
 
 
+def _compacted_row(
+    store: Store, mode: str, label: str, keep_versions: int | None
+) -> tuple[str, ...]:
+    """Compact ``series_versions`` and return its table row (parts, values, MB, read, time)."""
+    start = time.perf_counter()
+    compact_store(store, ["series_versions"], keep_versions=keep_versions)
+    took = time.perf_counter() - start
+    size, parts = _bytes(store)
+    return (
+        mode,
+        label,
+        f"{parts}",
+        f"{_stored_values(store):,}",
+        f"{size / 2**20:.1f}",
+        "",
+        f"{_read_seconds(store):.2f}",
+        f"{took:.1f}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--series", type=int, default=10_000)
@@ -159,39 +179,9 @@ def main() -> None:
                         "",
                     )
                 )
-            start = time.perf_counter()
-            compact_store(store, ["series_versions"])
-            took = time.perf_counter() - start
-            size, parts = _bytes(store)
-            rows.append(
-                (
-                    mode,
-                    "compact (all versions)",
-                    f"{parts}",
-                    f"{_stored_values(store):,}",
-                    f"{size / 2**20:.1f}",
-                    "",
-                    f"{_read_seconds(store):.2f}",
-                    f"{took:.1f}",
-                )
-            )
+            rows.append(_compacted_row(store, mode, "compact (all versions)", None))
             if mode == "appends":
-                start = time.perf_counter()
-                compact_store(store, ["series_versions"], keep_versions=1)
-                took = time.perf_counter() - start
-                size, parts = _bytes(store)
-                rows.append(
-                    (
-                        mode,
-                        "compact --keep-versions 1",
-                        f"{parts}",
-                        f"{_stored_values(store):,}",
-                        f"{size / 2**20:.1f}",
-                        "",
-                        f"{_read_seconds(store):.2f}",
-                        f"{took:.1f}",
-                    )
-                )
+                rows.append(_compacted_row(store, mode, "compact --keep-versions 1", 1))
         same = latest_checks["appends"].equals(latest_checks["full copies"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

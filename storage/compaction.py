@@ -171,8 +171,8 @@ def compact_table(
         try:
             store.register(connection)
             scan = store._scan_sql(table, [placeholder, *parts])
-            stored = f"SELECT count(*) FROM read_parquet({_quoted([placeholder, *parts])})"
-            rows_stored = _scalar(connection, stored)  # with parts a compacted part replaced
+            stored = "SELECT count(*) FROM read_parquet($1)"  # the file list bound, not spliced
+            rows_stored = _scalar(connection, stored, [[placeholder, *parts]])  # replaced included
             rows_before = _scalar(connection, f"SELECT count(*) FROM {scan}")
             if table == "series_versions":
                 kept = "WITH " + _SERIES_KEPT.format(scan=scan)
@@ -239,10 +239,6 @@ def compact_store(
         )
         for table in chosen
     ]
-
-
-def _quoted(files: list[str]) -> str:
-    return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
 
 
 def _scalar(
