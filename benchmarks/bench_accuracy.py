@@ -234,6 +234,7 @@ def add_global_mlp(
     min_context: int,
     folds: int = 2,
     config: GlobalMLPConfig | None = None,
+    lookbacks: tuple[int, ...] = GlobalMLPConfig.lookbacks,
 ) -> None:
     """Train the global MLP expert on windows inside the training parts of every set (pooled)
     and append its forecasts to each set's cached ones, as the last expert. Holdout
@@ -265,7 +266,7 @@ def add_global_mlp(
     # No wall-time cap: GlobalMLPConfig's default max_seconds stops early on a busy machine,
     # which made the weights (and the scores) depend on the load (35 vs 60 epochs seen).
     if config is None:
-        config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
+        config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"), lookbacks=lookbacks)
     for k in range(folds):
         keep = fold_of[owner] != k
         fitted, report = train_global_mlp(
@@ -470,6 +471,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=2,
         help="global MLP: series folds for the gate windows' cross-fitted forecasts",
     )
+    parser.add_argument(
+        "--mlp-lookbacks",
+        default=",".join(str(m) for m in GlobalMLPConfig.lookbacks),
+        help="global MLP: one network per lookback (multiples of the horizon), averaged",
+    )
     parser.add_argument("--store", default="./bench_store", help="store folder for the cache")
     parser.add_argument(
         "--max-series",
@@ -524,7 +530,14 @@ def main(argv: list[str] | None = None) -> None:
         sets = [prepare_dataset(name, args.experts, store, args) for name in args.datasets]
         ready = [p for p in sets if p is not None]
         if ready and args.global_mlp:
-            add_global_mlp(ready, args.seed, args.mlp_stride, GLOBAL_MIN_CONTEXT, args.mlp_folds)
+            add_global_mlp(
+                ready,
+                args.seed,
+                args.mlp_stride,
+                GLOBAL_MIN_CONTEXT,
+                args.mlp_folds,
+                lookbacks=tuple(int(m) for m in args.mlp_lookbacks.split(",")),
+            )
         for prepared in ready:
             validation = prepared.windows.is_validation
             error_correlations(prepared, validation, f"{prepared.name} validation windows")

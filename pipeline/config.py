@@ -6,7 +6,7 @@ copying (``config.model_copy(update=...)``), never in place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import JsonDict, JsonValue
@@ -114,6 +114,13 @@ class GlobalExpertConfig(BaseModel):
         ge=1,
         le=1_000_000,
         description="At least this many optimiser steps (small stores get more epochs).",
+    )
+    lookbacks: tuple[Annotated[int, Field(ge=1, le=16)], ...] = Field(
+        default=(2, 3, 4),
+        min_length=1,
+        max_length=8,
+        description="One network per lookback, in multiples of pred_length (capped at "
+        "input_length); their forecasts are averaged. Each costs one more fit.",
     )
     folds: int = Field(
         default=2,

@@ -90,7 +90,8 @@ def global_training_windows(
 def _mlp_config(config: RetrainConfig) -> GlobalMLPConfig:
     settings = config.global_expert
     return GlobalMLPConfig(
-        input_length=min(config.input_length, 3 * config.pred_length),
+        lookbacks=tuple(settings.lookbacks),
+        input_length=config.input_length,
         width=settings.width,
         depth=settings.depth,
         epochs=settings.epochs,

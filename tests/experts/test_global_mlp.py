@@ -13,7 +13,12 @@ import torch
 from moe.artifact import load_artifact
 from moe.data import rolling_windows
 from moe.experts.base import ExpertConfig, ExpertLoadError
-from moe.experts.global_mlp import GlobalMLPConfig, save_global_mlp, train_global_mlp
+from moe.experts.global_mlp import (
+    GlobalMLPConfig,
+    GlobalMLPForecaster,
+    save_global_mlp,
+    train_global_mlp,
+)
 from moe.experts.registry import build_expert
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
@@ -40,7 +45,8 @@ def test_training_learns_beyond_the_naive_forecast() -> None:
     context, target = _sine_windows(2000, 0)
     config = GlobalMLPConfig(epochs=30, width=64, depth=2, batch_size=128, min_steps=1)
     expert, report = train_global_mlp(context, target, config)
-    assert report["epochs"] == 30 and report["windows"] == 2000
+    assert report["epochs"] == [30, 30, 30] and report["windows"] == 2000  # 3 members
+    assert expert.input_lengths == (12, 18, 24)  # 2, 3 and 4 horizons of 6
     fresh_context, fresh_target = _sine_windows(300, 1)
     point = expert.forecast(torch.from_numpy(fresh_context).float(), 6).point.numpy()
     mlp_error = np.abs(point - fresh_target).mean()
@@ -84,10 +90,62 @@ def test_bad_or_missing_checkpoints_are_refused(tmp_path: Path) -> None:
         build_expert("global_mlp", ExpertConfig(checkpoint=str(old)))
     path = save_global_mlp(expert, tmp_path / "g.pt")
     raw = torch.load(path, weights_only=True)
-    raw["state"]["0.bias"] += 1.0
+    raw["members"][0]["state"]["0.bias"] += 1.0
     torch.save(raw, path)
     with pytest.raises(ExpertLoadError, match="fingerprint"):
         build_expert("global_mlp", ExpertConfig(checkpoint=str(path)))
+    del raw["members"][0]["state"]
+    torch.save(raw, path)
+    with pytest.raises(ExpertLoadError, match="not a complete global_mlp checkpoint"):
+        build_expert("global_mlp", ExpertConfig(checkpoint=str(path)))
+
+
+def test_members_are_averaged_and_saved_together(tmp_path: Path) -> None:
+    """Guards the ensemble: the expert's forecast is the mean of its member networks'
+    (each on its own lookback), and a checkpoint round trip keeps every member."""
+    context, target = _sine_windows(300, 0)
+    config = GlobalMLPConfig(lookbacks=(2, 4), epochs=2, width=16, depth=1, min_steps=1)
+    expert, report = train_global_mlp(context, target, config)
+    assert report["members"] == 2 and expert.input_lengths == (12, 24)
+    assert "|L=12+24|" in expert.cache_key
+    rows = torch.from_numpy(context[:7]).float()
+    alone = [
+        GlobalMLPForecaster([(length, network)], 6, 16, 1, config.level_points)
+        .forecast(rows, 6)
+        .point
+        for length, network in zip(expert.input_lengths, expert.networks, strict=True)
+    ]
+    torch.testing.assert_close(expert.forecast(rows, 6).point, (alone[0] + alone[1]) / 2)
+    assert not torch.allclose(alone[0], alone[1])  # two different networks
+    loaded = build_expert(
+        "global_mlp", ExpertConfig(checkpoint=str(save_global_mlp(expert, tmp_path / "e.pt")))
+    )
+    assert loaded.cache_key == expert.cache_key
+    torch.testing.assert_close(loaded.forecast(rows, 6).point, expert.forecast(rows, 6).point)
+
+
+def test_single_network_checkpoints_still_load(tmp_path: Path) -> None:
+    """Guards stores trained before ensembles: a one-network checkpoint (network at the top
+    level) loads with the cache key it had, so its cached forecasts still hit."""
+    context, target = _sine_windows(100, 0)
+    config = GlobalMLPConfig(lookbacks=(3,), epochs=1, width=16, depth=1, min_steps=1)
+    expert, _ = train_global_mlp(context, target, config)
+    network = expert.networks[0]
+    old = {
+        "name": "global_mlp",
+        "version": 2,
+        "input_length": 18,
+        "horizon": 6,
+        "width": 16,
+        "depth": 1,
+        "level_points": config.level_points,
+        "state": {k: v.clone() for k, v in network.state_dict().items()},
+        "fingerprint": expert.fingerprint,
+    }
+    torch.save(old, tmp_path / "old.pt")
+    loaded = build_expert("global_mlp", ExpertConfig(checkpoint=str(tmp_path / "old.pt")))
+    assert loaded.cache_key == expert.cache_key
+    assert "|L=18|" in loaded.cache_key
 
 
 def _stored(values: list[np.ndarray]) -> StoredSeries:
