@@ -16,14 +16,6 @@ units and is scored on the validation windows, per window, in MASE units:
    opt-in ``feature_pair+forecasts`` also routes on the experts' forecasts (dense);
 4. ``contextual``: attention over all experts' forecasts (dense at inference; most complex).
 
-Candidates that keep their best epoch (early stopping on the validation windows) are
-scored without that choice's optimism: each half of the validation windows is scored by a
-second fit whose epoch was chosen on the other half only (``_cross_fitted_epoch_errors``);
-the gate returned keeps the epoch chosen on all of them. Scored on the windows that chose
-its epoch, trained candidates (feature-pair gates most) led the constant pair (which has no
-epoch to choose) and lost to it on the next window (docs/ACCURACY.md, accuracy5). Two
-more fits per trained candidate.
-
 The candidate with the lowest mean validation error is the reference; the **simplest**
 candidate whose paired mean difference to it is within one standard error of that
 difference is chosen (the one-standard-error rule: with dozens of candidates and a few
@@ -40,10 +32,9 @@ an int or ``(N,)`` per-window seasons.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,70 +274,6 @@ def _window_mase(
     return errors / observed.sum(1).clamp_min(1) / mase_scale
 
 
-def _validation_halves(n_validation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Two seeded disjoint halves of the validation positions ``0..n-1`` (None below 4)."""
-    if n_validation < 4:
-        return None
-    order = torch.randperm(n_validation, generator=torch.Generator().manual_seed(seed))
-    return order[: n_validation // 2], order[n_validation // 2 :]
-
-
-def _cross_fitted_epoch_errors(
-    context: torch.Tensor,
-    target: torch.Tensor,
-    points: torch.Tensor,
-    config: TrainConfig,
-    mask: torch.Tensor,
-    extra: dict[str, Any],
-    val_rows: torch.Tensor,
-    halves: tuple[torch.Tensor, torch.Tensor],
-    score: Callable[[TrainResult, torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """Validation errors ``(V,)`` of a candidate that keeps its best epoch, free of that
-    choice: for each half of the validation windows, the candidate is trained again with its
-    epoch chosen on the *other* half only (the scored half left out of the fit entirely),
-    and scored on this half. Scoring the epoch picked on the same windows would flatter
-    every trained candidate against the constant pair (which has no epochs to pick):
-    measured, feature-pair gates led on validation and lost on the next window."""
-    errors = torch.empty(val_rows.numel())
-    for scored in halves:  # the other half is then the only validation (epoch-choosing) set
-        keep = torch.ones(context.shape[0], dtype=torch.bool)
-        keep[val_rows[scored]] = False
-        rows = keep.nonzero().squeeze(1)
-        subset: dict[str, Any] = {
-            name: value[rows] if isinstance(value, torch.Tensor) else value
-            for name, value in extra.items()
-        }
-        fitted = train_gate(
-            context[rows], target[rows], points[rows], config, validation_mask=mask[rows], **subset
-        )
-        errors[scored] = score(fitted, val_rows[scored])
-    return errors
-
-
-def _validation_errors(
-    fitted: TrainResult,
-    rows: torch.Tensor,
-    *,
-    context: torch.Tensor,
-    points: torch.Tensor,
-    target: torch.Tensor,
-    scale: torch.Tensor,
-    history: torch.Tensor | None,
-    feature_inputs: torch.Tensor | None,
-) -> torch.Tensor:
-    """Per-window MASE ``(len(rows),)`` of ``fitted``'s top-2 mixture on windows ``rows``."""
-    logits = gate_logits(
-        fitted,
-        context[rows],
-        points[rows],
-        None if history is None else history[rows],
-        None if feature_inputs is None else feature_inputs[rows],
-    )
-    mixed = mix(select_top2(logits), points[rows]).point
-    return _window_mase(mixed, target[rows], scale[rows])
-
-
 def fit_gate(
     context: torch.Tensor,
     target: torch.Tensor,
@@ -391,7 +318,6 @@ def fit_gate(
             raise ValueError("use_history needs series_index and origin (N,)")
         history = past_expert_mase(points, target, scale, series_index, origin)
     val_rows = mask.nonzero().squeeze(1)
-    halves = _validation_halves(val_rows.numel(), seed)
     inputs: dict[tuple[bool, bool], torch.Tensor] = {}  # (use_history, use_forecasts) ->
     candidates: list[CandidateScore] = []
     skipped: list[str] = []
@@ -425,21 +351,15 @@ def fit_gate(
                 )
             extra.update(inputs=inputs[key], history=history)
         result = train_gate(context, target, points, config, validation_mask=mask, **extra)
-        score = functools.partial(
-            _validation_errors,
-            context=context,
-            points=points,
-            target=target,
-            scale=scale,
-            history=history,
-            feature_inputs=inputs[key] if config.gate == "feature_pair" else None,
+        logits = gate_logits(
+            result,
+            context[val_rows],
+            points[val_rows],
+            None if history is None else history[val_rows],
+            inputs[key][val_rows] if config.gate == "feature_pair" else None,
         )
-        if config.keep_best_epoch and config.epochs > 0 and halves is not None:
-            errors = _cross_fitted_epoch_errors(
-                context, target, points, config, mask, extra, val_rows, halves, score
-            )
-        else:
-            errors = score(result, val_rows)
+        mixed = mix(select_top2(logits), points[val_rows]).point
+        errors = _window_mase(mixed, target[val_rows], scale[val_rows])
         candidate = CandidateScore(
             name, family, config, errors, time.perf_counter() - begun, result
         )
