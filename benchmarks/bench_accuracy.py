@@ -234,7 +234,6 @@ def add_global_mlp(
     min_context: int,
     folds: int = 2,
     config: GlobalMLPConfig | None = None,
-    lookbacks: tuple[int, ...] = GlobalMLPConfig.lookbacks,
 ) -> None:
     """Train the global MLP expert on windows inside the training parts of every set (pooled)
     and append its forecasts to each set's cached ones, as the last expert. Holdout
@@ -266,7 +265,7 @@ def add_global_mlp(
     # No wall-time cap: GlobalMLPConfig's default max_seconds stops early on a busy machine,
     # which made the weights (and the scores) depend on the load (35 vs 60 epochs seen).
     if config is None:
-        config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"), lookbacks=lookbacks)
+        config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
     for k in range(folds):
         keep = fold_of[owner] != k
         fitted, report = train_global_mlp(
@@ -536,7 +535,11 @@ def main(argv: list[str] | None = None) -> None:
                 args.mlp_stride,
                 GLOBAL_MIN_CONTEXT,
                 args.mlp_folds,
-                lookbacks=tuple(int(m) for m in args.mlp_lookbacks.split(",")),
+                GlobalMLPConfig(
+                    seed=args.seed,
+                    max_seconds=float("inf"),  # see add_global_mlp: no load-dependent stop
+                    lookbacks=tuple(int(m) for m in args.mlp_lookbacks.split(",")),
+                ),
             )
         for prepared in ready:
             validation = prepared.windows.is_validation

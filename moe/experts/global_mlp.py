@@ -19,7 +19,7 @@ Network: ``depth`` hidden ``Linear -> ReLU`` layers of ``width`` units, then ``L
 H)``, trained with Adam on a one-cycle learning rate. The expert is an ensemble of such
 networks, one per lookback (``GlobalMLPConfig.lookbacks``, 2, 3 and 4 horizons by default,
 each with its own seed), whose forecasts are averaged: one network's forecasts move by
-1-1.5% MASE with the seed alone, and the average of three lookbacks was 1-1.5% better on
+1-1.5% MASE with the seed alone, and the average of three lookbacks was about 1% better on
 Tourism and M1 (docs/ACCURACY.md, "global expert ensemble"). Version 1 (whole-history input,
 lag-1 scaling, 64 units) scored +22% MASE vs AutoTheta on M3 monthly; see docs/ACCURACY.md.
 It gives point forecasts only (no quantile levels); the pipeline fills its intervals from
@@ -201,9 +201,7 @@ class GlobalMLPForecaster:
         for network in self.networks:
             for parameter in network.parameters():
                 parameter.requires_grad_(False)
-        self.fingerprint = _members_fingerprint(
-            list(zip(self.input_lengths, self.networks, strict=True))
-        )
+        self.fingerprint = _members_fingerprint(members)  # .to() moved these in place
         self.checkpoint: str | None = None  # the file it was loaded from, when it was
         self.capabilities = ExpertCapabilities(
             max_context=self.input_length,
