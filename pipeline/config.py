@@ -131,7 +131,11 @@ class GlobalExpertConfig(BaseModel):
         "gate sees the expert's out-of-sample error (as at forecast time).",
     )
     max_seconds: float = Field(
-        default=600.0, gt=0, description="Stop a fit after the epoch that passes this time."
+        default=600.0,
+        gt=0,
+        description="Time budget per network fit: epochs are planned from a timed probe so "
+        "a fit fits it (fewer epochs, still annealed; a warning says so, and then the weights "
+        "depend on the machine's speed).",
     )
 
 

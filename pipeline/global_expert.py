@@ -109,7 +109,22 @@ def fit_global_expert(
         training.context, training.target, _mlp_config(config), training.season
     )
     _log.info("global_mlp trained on all series: %s", report)
+    _warn_if_cut(report, config)
     return expert
+
+
+def _warn_if_cut(report: dict[str, object], config: RetrainConfig) -> None:
+    """A binding time budget makes the network depend on the machine's speed: say so."""
+    cut = report.get("epochs_cut_for_time")
+    if isinstance(cut, list) and any(cut):
+        _log.warning(
+            "global_mlp: global_expert.max_seconds (%g s per network) cut %s epochs "
+            "(members ran %s): the weights now depend on this machine's speed; raise "
+            "max_seconds or lower epochs/min_steps for a reproducible retrain",
+            config.global_expert.max_seconds,
+            cut,
+            report.get("epochs"),
+        )
 
 
 def cross_fit(
@@ -134,6 +149,7 @@ def cross_fit(
         part = training.select(keep)
         network, report = train_global_mlp(part.context, part.target, mlp_config, part.season)
         _log.info("global_mlp fold %d of %d: %s", fold + 1, folds, report)
+        _warn_if_cut(report, config)
         context = torch.from_numpy(np.ascontiguousarray(windows.context[rows]))
         forecasts[rows] = network.forecast(context, windows.target.shape[1]).point.numpy()
     return forecasts

@@ -29,6 +29,7 @@ its residuals like any expert without levels (``moe.intervals``).
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -78,7 +79,10 @@ class GlobalMLPConfig:
     lr: float = 1e-3
     level_points: int = 12
     seed: int = 0
-    max_seconds: float = 600.0  # stop early past this wall time (an epoch always finishes)
+    #: Time budget per member. Epochs are planned before training from a timed probe, so a
+    #: budget that binds still gives a whole one-cycle schedule (fewer epochs, annealed);
+    #: a fit that overruns twice the budget anyway (a machine loaded mid-fit) stops there.
+    max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         for field in ("width", "depth", "epochs", "min_steps", "batch_size", "level_points"):
@@ -265,18 +269,21 @@ def _fit_network(
     weight: np.ndarray,
     config: GlobalMLPConfig,
     seed: int,
-) -> tuple[nn.Sequential, list[float]]:
+) -> tuple[nn.Sequential, list[float], int]:
     """One member: ``inputs`` ``(N, 2 L)`` -> ``goal`` ``(N, H)`` in level units, loss
     ``|error| x observed`` averaged per window times ``weight`` ``(N,)`` (MASE units).
-    Returns the network and each epoch's mean loss."""
+    Returns the network, each epoch's mean loss and the epochs wanted without a budget."""
     x = torch.from_numpy(inputs).float()
     y = torch.from_numpy(goal).float()
     mask = torch.from_numpy(observed).float()
     w = torch.from_numpy(weight).float()
-    started = time.perf_counter()
     losses: list[float] = []
     steps_per_epoch = -(-x.shape[0] // config.batch_size)
-    epochs = max(config.epochs, -(-config.min_steps // steps_per_epoch))
+    wanted = max(config.epochs, -(-config.min_steps // steps_per_epoch))
+    epochs = planned_epochs(
+        wanted, steps_per_epoch, config.max_seconds, _seconds_per_step(x, y, mask, w, config)
+    )
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = _network(inputs.shape[1] // 2, goal.shape[1], config.width, config.depth)
@@ -300,9 +307,47 @@ def _fit_network(
                 schedule.step()
                 total += float(loss.detach()) * rows.numel()
             losses.append(total / x.shape[0])
-            if time.perf_counter() - started > config.max_seconds:
+            if time.perf_counter() - started > 2 * config.max_seconds:
                 break
-    return network, losses
+    return network, losses, wanted
+
+
+#: Optimiser steps timed before a fit to plan its epochs (a few seconds at full size).
+_PROBE_STEPS = 5
+
+
+def planned_epochs(
+    wanted: int, steps_per_epoch: int, max_seconds: float, seconds_per_step: float
+) -> int:
+    """The epochs a fit runs: ``wanted``, or fewer (at least one) when ``wanted`` would
+    take longer than ``max_seconds`` at ``seconds_per_step``."""
+    if not math.isfinite(max_seconds) or seconds_per_step <= 0:
+        return wanted
+    affordable = int(max_seconds // (seconds_per_step * steps_per_epoch))
+    return max(1, min(wanted, affordable))
+
+
+def _seconds_per_step(
+    x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, w: torch.Tensor, config: GlobalMLPConfig
+) -> float:
+    """Wall seconds of one optimiser step, timed on a throwaway network (the fit's own
+    network, RNG and schedule are untouched, so timing never changes the weights)."""
+    if not math.isfinite(config.max_seconds):
+        return 0.0
+    with torch.random.fork_rng(devices=[]):
+        network = _network(x.shape[1] // 2, y.shape[1], config.width, config.depth)
+        optimiser = torch.optim.Adam(network.parameters(), lr=config.lr)
+        rows = slice(0, config.batch_size)
+        timings = []
+        for _ in range(_PROBE_STEPS + 1):  # the first step warms up allocations
+            begun = time.perf_counter()
+            per_window = ((network(x[rows]) - y[rows]).abs() * mask[rows]).sum(1)
+            loss = (per_window * w[rows]).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            timings.append(time.perf_counter() - begun)
+    return float(np.median(timings[1:]))
 
 
 def train_global_mlp(
@@ -320,7 +365,10 @@ def train_global_mlp(
     seasonal-naive MAE of its whole context, ``moe.metrics.positive_scale``), which weighs
     its loss. Seeded and on the CPU (with ``torch.random.fork_rng``, the caller's RNG is
     untouched), so the same windows give the same weights and the same ``cache_key``.
-    ``config.max_seconds`` bounds each member's fit.
+    ``config.max_seconds`` bounds each member's fit: when it binds, the member runs fewer
+    epochs (planned from a timed probe, so its schedule still anneals) and the report's
+    ``epochs_cut_for_time`` says by how many; only then do the weights depend on the
+    machine's speed.
     """
     if context.ndim != 2 or target.ndim != 2 or context.shape[0] != target.shape[0]:
         raise ValueError(
@@ -334,6 +382,7 @@ def train_global_mlp(
     started = time.perf_counter()
     members: list[tuple[int, nn.Sequential]] = []
     epochs: list[int] = []
+    wanted: list[int] = []  # epochs each member would have run without the time budget
     final_losses: list[float] = []
     for index, input_length in enumerate(config.member_lengths(horizon)):
         inputs, level = _prepare(context, input_length, config.level_points)
@@ -341,11 +390,12 @@ def train_global_mlp(
         observed = ~np.isnan(goal)
         goal = np.clip(np.nan_to_num(goal, nan=0.0), -_CLIP, _CLIP)
         weight = np.clip(level / scale, 0.0, _MAX_WEIGHT)
-        network, losses = _fit_network(
+        network, losses, planned = _fit_network(
             inputs, goal, observed, weight, config, seed=config.seed + index
         )
         members.append((input_length, network))
         epochs.append(len(losses))
+        wanted.append(planned)
         if losses:
             final_losses.append(losses[-1])
     expert = GlobalMLPForecaster(members, horizon, config.width, config.depth, config.level_points)
@@ -353,6 +403,7 @@ def train_global_mlp(
         "windows": int(context.shape[0]),
         "members": len(members),
         "epochs": epochs,
+        "epochs_cut_for_time": [want - done for want, done in zip(wanted, epochs, strict=True)],
         "train_mase": float(np.mean(final_losses)) if final_losses else None,
         "seconds": time.perf_counter() - started,
         "fingerprint": expert.fingerprint,

@@ -16,13 +16,14 @@ from moe.experts.base import ExpertConfig, ExpertLoadError
 from moe.experts.global_mlp import (
     GlobalMLPConfig,
     GlobalMLPForecaster,
+    planned_epochs,
     save_global_mlp,
     train_global_mlp,
 )
 from moe.experts.registry import build_expert
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
-from pipeline.global_expert import cross_fit, global_training_windows
+from pipeline.global_expert import cross_fit, fit_global_expert, global_training_windows
 from pipeline.retrain import retrain
 from storage import Store
 from storage.series import StoredSeries
@@ -52,6 +53,27 @@ def test_training_learns_beyond_the_naive_forecast() -> None:
     mlp_error = np.abs(point - fresh_target).mean()
     naive_error = np.abs(fresh_context[:, -1:] - fresh_target).mean()
     assert mlp_error < 0.5 * naive_error
+
+
+def test_time_budget_plans_fewer_whole_epochs() -> None:
+    """Guards the time budget: it lowers the planned epochs (at least one), never raises them."""
+    assert planned_epochs(10, 100, 600.0, 0.1) == 10  # 100 s wanted, 600 s allowed
+    assert planned_epochs(10, 100, 35.0, 0.1) == 3  # 10 s per epoch
+    assert planned_epochs(10, 100, 1.0, 0.1) == 1
+    assert planned_epochs(10, 100, float("inf"), 0.1) == 10
+
+
+def test_budget_cuts_are_reported_and_timing_leaves_the_weights_alone() -> None:
+    """Guards reproducibility: a budget that does not bind gives the weights of no budget
+    (the timing probe touches no RNG); one that binds runs fewer epochs and says so."""
+    context, target = _sine_windows(400, 0)
+    small = GlobalMLPConfig(lookbacks=(2,), epochs=3, width=16, depth=1, min_steps=1)
+    unbounded, report = train_global_mlp(context, target, replace(small, max_seconds=float("inf")))
+    bounded, bounded_report = train_global_mlp(context, target, small)
+    assert report["epochs_cut_for_time"] == bounded_report["epochs_cut_for_time"] == [0]
+    assert unbounded.fingerprint == bounded.fingerprint
+    _, tight = train_global_mlp(context, target, replace(small, max_seconds=1e-9))
+    assert tight["epochs"] == [1] and tight["epochs_cut_for_time"] == [2]
 
 
 def test_cache_key_follows_the_weights(tmp_path: Path) -> None:
@@ -238,3 +260,22 @@ def test_retrain_trains_saves_and_forecasts_with_the_global_expert(
     assert run.n_series == 12 and run.n_rows == 72
     again = retrain(store, config)  # same data, same seed: same weights, all cached
     assert all(stats.computed == 0 for stats in again.precompute)
+
+
+def test_retrain_warns_when_the_time_budget_cuts_epochs(caplog: pytest.LogCaptureFixture) -> None:
+    """Guards the warning: a binding budget makes weights machine-dependent; the run says so."""
+    values = [50 + 5 * np.sin(2 * np.pi * np.arange(60) / 12) + i for i in range(4)]
+    settings = {"width": 8, "depth": 1, "epochs": 3, "min_steps": 1, "lookbacks": [2]}
+    windows = rolling_windows(values, 24, 6, max_windows_per_series=4, holdout=1)
+    training = global_training_windows(_stored(values), windows, 24, 6)
+    for seconds, warned in ((600.0, False), (1e-9, True)):
+        config = RetrainConfig(
+            experts=["seasonal_naive", "global_mlp"],
+            input_length=24,
+            pred_length=6,
+            global_expert={**settings, "max_seconds": seconds},  # type: ignore[arg-type]
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pipeline.global_expert"):
+            fit_global_expert(training, config)
+        assert any("max_seconds" in r.getMessage() for r in caplog.records) is warned
