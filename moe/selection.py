@@ -78,7 +78,8 @@ COMPLEXITY = {
 
 @dataclass(frozen=True)
 class CandidateScore:
-    """One candidate's validation result. ``errors`` ``(V,)`` per-window MASE."""
+    """One candidate's validation result. ``errors`` ``(V,)`` MASE per validation window
+    (one fold) or per validated series, averaged over its held-out windows (folds > 1)."""
 
     name: str
     family: str  # a key of COMPLEXITY
@@ -102,14 +103,20 @@ class GateFit:
     candidates: list[CandidateScore]
     skipped: list[str] = field(default_factory=list)
     history: torch.Tensor | None = None  # (N, E) past per-expert MASE the gate trained with
+    folds: int = 1  # validation folds actually used (window-rank cross-validation)
+    n_windows: int | None = None  # validation windows over the folds (None: one per error)
 
     def summary(self) -> dict[str, Any]:
         """Plain data for the artifact's ``metrics["selection"]``."""
         return {
-            "rule": "one standard error (paired, per validation window, MASE units)",
+            "rule": "one standard error (paired, per validation "
+            + ("window" if self.folds == 1 else "series, over folds")
+            + ", MASE units)",
             "chosen": self.chosen.name,
             "lowest_mean": self.best.name,
             "n_validation": int(self.best.errors.numel()),
+            "folds": self.folds,
+            "n_validation_windows": self.n_windows or int(self.best.errors.numel()),
             "candidates": [
                 {
                     "name": c.name,
@@ -266,6 +273,48 @@ def gate_logits(
         return gate(scaled, forecasts)
 
 
+def _fold_masks(
+    validation_mask: torch.Tensor,
+    folds: int,
+    series_index: np.ndarray | None,
+    origin: np.ndarray | None,
+) -> list[torch.Tensor]:
+    """``folds`` masks ``(N,)``: the given one, then per series with a validation window
+    its 1st, 2nd, ... window older than that one (folds that would be empty are dropped)."""
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    masks = [validation_mask]
+    if folds == 1:
+        return masks
+    if series_index is None or origin is None:
+        raise ValueError("folds > 1 needs series_index and origin (N,)")
+    series = np.asarray(series_index)
+    start = np.asarray(origin)
+    n_series = int(series.max()) + 1
+    validated = validation_mask.numpy()
+    # Rank of every window among its series' windows, newest first (0 = newest).
+    order = np.lexsort((-start, series))
+    rank = np.empty(series.size, np.int64)
+    first_of_series = np.searchsorted(series[order], np.arange(n_series))
+    rank[order] = np.arange(series.size) - first_of_series[series[order]]
+    validation_rank = np.full(n_series, -1)
+    validation_rank[series[validated]] = rank[validated]
+    has_validation = validation_rank >= 0
+    for k in range(1, folds):
+        fold = has_validation[series] & (rank == validation_rank[series] + k)
+        if fold.any() and not fold.all():
+            masks.append(torch.from_numpy(fold))
+    return masks
+
+
+def _group_mean(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """``(G,)`` mean of ``values`` ``(V,)`` per group id ``(V,)`` in ``0..G-1``."""
+    n_groups = int(group.max()) + 1
+    total = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group, values)
+    count = torch.zeros(n_groups, dtype=values.dtype).index_add_(0, group, torch.ones_like(values))
+    return total / count
+
+
 def _window_mase(
     mixed: torch.Tensor, target: torch.Tensor, mase_scale: torch.Tensor
 ) -> torch.Tensor:
@@ -289,6 +338,7 @@ def fit_gate(
     seed: int = 0,
     pair_members: int = PAIR_MEMBERS,
     linear_starts: str = "every_pair",
+    folds: int = 1,
     log: Any = None,
 ) -> GateFit:
     """Run the validated selection (module docstring) on the training windows given.
@@ -297,6 +347,15 @@ def fit_gate(
     the same series; it needs ``series_index`` and ``origin`` and is only honest when the
     forecast path can supply the same history at inference. ``log``: a callable taking one
     line of progress (e.g. ``print``), or None.
+
+    ``folds`` > 1 validates on more windows (window-rank cross-validation, needs
+    ``series_index`` and ``origin``): fold k holds out each validated series' k-th window
+    older than its validation window, every candidate is trained once per fold on the
+    windows outside it, and its score per series is the mean over that series' held-out
+    windows, so the one-SE rule (paired over series) compares candidates on up to ``folds``
+    windows per series instead of one. The gate returned is still fold 0's fit (trained
+    without and validated on the windows ``validation_mask`` marks). ``folds`` = 1 is
+    the single temporal split.
     """
     started = time.perf_counter()
     context = context.float()
@@ -317,7 +376,12 @@ def fit_gate(
         if series_index is None or origin is None:
             raise ValueError("use_history needs series_index and origin (N,)")
         history = past_expert_mase(points, target, scale, series_index, origin)
-    val_rows = mask.nonzero().squeeze(1)
+    fold_masks = _fold_masks(mask, folds, series_index, origin)
+    group = None  # (V_all,) series group of each validation window over the folds
+    if len(fold_masks) > 1:
+        assert series_index is not None
+        ids = np.concatenate([np.asarray(series_index)[f.numpy()] for f in fold_masks])
+        group = torch.from_numpy(np.unique(ids, return_inverse=True)[1].reshape(-1))
     inputs: dict[tuple[bool, bool], torch.Tensor] = {}  # (use_history, use_forecasts) ->
     candidates: list[CandidateScore] = []
     skipped: list[str] = []
@@ -350,21 +414,31 @@ def fit_gate(
                     context, history if config.use_history else None, seasons, points
                 )
             extra.update(inputs=inputs[key], history=history)
-        result = train_gate(context, target, points, config, validation_mask=mask, **extra)
-        logits = gate_logits(
-            result,
-            context[val_rows],
-            points[val_rows],
-            None if history is None else history[val_rows],
-            inputs[key][val_rows] if config.gate == "feature_pair" else None,
-        )
-        mixed = mix(select_top2(logits), points[val_rows]).point
-        errors = _window_mase(mixed, target[val_rows], scale[val_rows])
+        fold_errors: list[torch.Tensor] = []
+        results: list[TrainResult] = []
+        for fold in fold_masks:
+            rows = fold.nonzero().squeeze(1)
+            result = train_gate(context, target, points, config, validation_mask=fold, **extra)
+            logits = gate_logits(
+                result,
+                context[rows],
+                points[rows],
+                None if history is None else history[rows],
+                inputs[key][rows] if config.gate == "feature_pair" else None,
+            )
+            mixed = mix(select_top2(logits), points[rows]).point
+            fold_errors.append(_window_mase(mixed, target[rows], scale[rows]))
+            results.append(result)
+        errors = fold_errors[0] if group is None else _group_mean(torch.cat(fold_errors), group)
+        # The gate returned is fold 0's: validated on the windows the caller marked.
         candidate = CandidateScore(
-            name, family, config, errors, time.perf_counter() - begun, result
+            name, family, config, errors, time.perf_counter() - begun, results[0]
         )
         candidates.append(candidate)
         if log is not None:
             log(f"  candidate {name:<44} val MASE {candidate.mean:.4f} ({candidate.seconds:.1f}s)")
     chosen, best = one_standard_error(candidates)
-    return GateFit(chosen.result, chosen, best, candidates, skipped, history)
+    n_windows = sum(int(f.sum()) for f in fold_masks)
+    return GateFit(
+        chosen.result, chosen, best, candidates, skipped, history, len(fold_masks), n_windows
+    )

@@ -11,7 +11,7 @@ import torch
 from moe.artifact import load_artifact, save_artifact
 from moe.feature_gate import FeaturePairGate, forecast_inputs, past_expert_mase
 from moe.model_file import build_artifact, load_router
-from moe.selection import candidate_configs, fit_gate
+from moe.selection import _fold_masks, candidate_configs, fit_gate
 from moe.training import TrainConfig, train_gate
 from tests.gate.helpers import RecordingExpert
 
@@ -257,3 +257,43 @@ def test_linear_candidates_start_at_every_pair_unless_asked() -> None:
     assert len(best) == 4 and all(c.start_pair is None for _, _, c in best)
     with pytest.raises(ValueError, match="linear_starts"):
         candidate_configs(("linear",), 12, 0, False, E, linear_starts="some")
+
+
+def test_validation_folds_hold_out_each_series_next_older_windows() -> None:
+    """Guards window-rank folds: fold k is each validated series' k-th older window."""
+    problem = _routing_problem(n_series=10)
+    series, origin = problem["series_index"], problem["origin"]
+    validation = problem["validation"]
+    masks = _fold_masks(validation, 3, series, origin)  # type: ignore[arg-type]
+    assert len(masks) == 3 and torch.equal(masks[0], validation)
+    for k, mask in enumerate(masks):
+        rows = mask.numpy()
+        assert sorted(series[rows]) == list(range(10))  # type: ignore[index]
+        assert set(origin[rows]) == {origin.max() - k * H}  # type: ignore[union-attr, index]
+    # A series without a validation window gives no fold rows; folds past the oldest vanish.
+    unvalidated = validation.clone()
+    unvalidated[series == 0] = False  # type: ignore[index]
+    masks = _fold_masks(unvalidated, 5, series, origin)  # type: ignore[arg-type]
+    assert len(masks) == 3 and not any(m[series == 0].any() for m in masks)  # type: ignore[index]
+    with pytest.raises(ValueError, match="series_index and origin"):
+        _fold_masks(validation, 2, None, None)
+
+
+def test_folded_scores_are_per_series_means_of_fits_that_held_each_fold_out() -> None:
+    """Guards the folded score: fold 1's errors come from a fit trained without fold 1."""
+    problem = _routing_problem(n_series=30)
+    series, origin = problem["series_index"], problem["origin"]
+    kinds = ("pair", "feature_pair")
+    folded = _fit(problem, kinds=kinds, folds=2, series_index=series, origin=origin)
+    newest = _fit(problem, kinds=kinds)
+    older = torch.from_numpy(origin == origin.max() - H)  # type: ignore[operator]
+    second = _fit({**problem, "validation": older}, kinds=kinds)
+    assert folded.folds == 2 and folded.summary()["n_validation_windows"] == 60
+    for both, one, two in zip(folded.candidates, newest.candidates, second.candidates, strict=True):
+        assert both.name == one.name == two.name
+        torch.testing.assert_close(both.errors, (one.errors + two.errors) / 2)
+    # The gate returned is fold 0's fit, the same as the one-fold selection's.
+    chosen = next(c for c in newest.candidates if c.name == folded.chosen.name)
+    assert folded.result.start_pair == chosen.result.start_pair
+    for a, b in zip(folded.result.gate.parameters(), chosen.result.gate.parameters(), strict=True):
+        assert torch.equal(a, b)
