@@ -47,6 +47,7 @@ cores; the final run then reads everything from the cache). Torch runs with
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import sys
 import time
@@ -68,7 +69,14 @@ from benchmarks._accuracy_data import (  # noqa: E402
 )
 from moe.data import dense_windows  # noqa: E402
 from moe.experts.base import Expert, ExpertConfig, ExpertLoadError, MissingExtraError  # noqa: E402
-from moe.experts.global_mlp import GlobalMLPConfig, train_global_mlp  # noqa: E402
+from moe.experts.global_mlp import VERSION as GLOBAL_MLP_VERSION  # noqa: E402
+from moe.experts.global_mlp import (  # noqa: E402
+    GlobalMLPConfig,
+    GlobalMLPForecaster,
+    save_global_mlp,
+    train_global_mlp,
+)
+from moe.experts.global_mlp import build as build_global_mlp  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
 from moe.feature_gate import past_expert_mase  # noqa: E402
 from moe.model_file import build_artifact, load_router  # noqa: E402
@@ -234,6 +242,7 @@ def add_global_mlp(
     min_context: int,
     folds: int = 2,
     config: GlobalMLPConfig | None = None,
+    cache_dir: Path | None = None,
 ) -> None:
     """Train the global MLP expert on windows inside the training parts of every set (pooled)
     and append its forecasts to each set's cached ones, as the last expert. Holdout
@@ -246,6 +255,11 @@ def add_global_mlp(
     ``folds`` seeded folds and each fold is forecast by a network trained on the other
     folds' series only, so the gate learns the expert's out-of-sample error, as on test (an
     in-sample fit looks far better than it is and the gate would over-trust it).
+
+    ``cache_dir``: where the networks' forecasts and the test-window network are kept,
+    under a digest of everything that decides them (every window's values, the folds, the
+    config and the training code's version), so a rerun with other gate settings trains
+    nothing; None trains every time.
     """
     length = max(p.windows.context.shape[1] for p in sets)
     horizon = max(p.windows.target.shape[1] for p in sets)
@@ -261,11 +275,64 @@ def add_global_mlp(
     fold_of = np.random.default_rng(seed).integers(0, folds, size=int(offsets[-1]))
     periods = np.concatenate([np.full(len(p.data.ids), p.data.period) for p in sets])
     period = periods[owner]  # (M,) each training window's season, for its MASE-unit loss
-    forecast = np.full((context.shape[0], horizon), np.nan, np.float32)
-    # No wall-time cap: GlobalMLPConfig's default max_seconds stops early on a busy machine,
-    # which made the weights (and the scores) depend on the load (35 vs 60 epochs seen).
+    # No wall-time cap: a binding max_seconds makes the weights (and the scores) depend on
+    # the machine's load (35 vs 60 epochs seen before epochs were planned ahead).
     if config is None:
         config = GlobalMLPConfig(seed=seed, max_seconds=float("inf"))
+    arrays = (train_context, train_target, owner, period, context, is_test, series, fold_of)
+    digest = _mlp_digest(arrays, config, folds)
+    cached = None if cache_dir is None else _load_mlp(cache_dir, digest)
+    if cached is None:
+        forecast, full = _train_mlp(arrays, config, folds, horizon)
+        if cache_dir is not None:
+            _save_mlp(cache_dir, digest, forecast, full)
+    else:
+        forecast, full = cached
+        print(f"  global_mlp: reused {cache_dir}/{digest}.* ({full.cache_key})", flush=True)
+    begin = 0
+    for p in sets:
+        end = begin + len(p.windows.is_test)
+        h = p.windows.target.shape[1]
+        mine = torch.from_numpy(forecast[begin:end, :h])  # (N, H)
+        begin = end
+        p.points = torch.cat([p.points, mine[:, None, :]], dim=1)
+        empty = torch.full((mine.shape[0], 1, h, p.quantiles.shape[-1]), float("nan"))
+        p.quantiles = torch.cat([p.quantiles, empty], dim=1)
+        p.experts = [*p.experts, full]
+
+
+def _mlp_digest(arrays: tuple[np.ndarray, ...], config: GlobalMLPConfig, folds: int) -> str:
+    digest = hashlib.sha256(f"{GLOBAL_MLP_VERSION}|{config!r}|folds={folds}".encode())
+    for array in arrays:
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _load_mlp(cache_dir: Path, digest: str) -> tuple[np.ndarray, GlobalMLPForecaster] | None:
+    forecast_path, network_path = cache_dir / f"{digest}.npy", cache_dir / f"{digest}.pt"
+    if not (forecast_path.is_file() and network_path.is_file()):
+        return None
+    network = build_global_mlp(ExpertConfig(checkpoint=str(network_path)))
+    return np.load(forecast_path, allow_pickle=False), network
+
+
+def _save_mlp(
+    cache_dir: Path, digest: str, forecast: np.ndarray, full: GlobalMLPForecaster
+) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_global_mlp(full, cache_dir / f"{digest}.pt")
+    temporary = cache_dir / f"{digest}.tmp.npy"
+    np.save(temporary, forecast, allow_pickle=False)
+    temporary.replace(cache_dir / f"{digest}.npy")  # last: its presence means complete
+
+
+def _train_mlp(
+    arrays: tuple[np.ndarray, ...], config: GlobalMLPConfig, folds: int, horizon: int
+) -> tuple[np.ndarray, GlobalMLPForecaster]:
+    """``(N, H)`` forecasts (cross-fitted on training windows) and the all-series network."""
+    train_context, train_target, owner, period, context, is_test, series, fold_of = arrays
+    forecast = np.full((context.shape[0], horizon), np.nan, np.float32)
     for k in range(folds):
         keep = fold_of[owner] != k
         fitted, report = train_global_mlp(
@@ -285,16 +352,7 @@ def add_global_mlp(
         f"{report['seconds']:.0f}s, {full.cache_key}",
         flush=True,
     )
-    begin = 0
-    for p in sets:
-        end = begin + len(p.windows.is_test)
-        h = p.windows.target.shape[1]
-        mine = torch.from_numpy(forecast[begin:end, :h])  # (N, H)
-        begin = end
-        p.points = torch.cat([p.points, mine[:, None, :]], dim=1)
-        empty = torch.full((mine.shape[0], 1, h, p.quantiles.shape[-1]), float("nan"))
-        p.quantiles = torch.cat([p.quantiles, empty], dim=1)
-        p.experts = [*p.experts, full]
+    return forecast, full
 
 
 def error_correlations(p: Prepared, rows: np.ndarray, label: str) -> None:
@@ -354,10 +412,15 @@ def fit_on(sets: list[Prepared], args: argparse.Namespace) -> GateFit:
         seed=args.seed,
         pair_members=PAIR_MEMBERS if args.pair_members is None else args.pair_members,
         linear_starts=args.linear_starts,
+        folds=args.folds,
         log=None if args.quiet else print,
     )
     names = "+".join(p.name for p in sets)
-    print(f"  selection ({names}) on {int(np.concatenate(masks).sum())} validation windows:")
+    summary = fit.summary()
+    print(
+        f"  selection ({names}) on {summary['n_validation_windows']} validation windows"
+        f" ({summary['folds']} fold(s), {summary['n_validation']} paired units):"
+    )
     print("  " + fit.table().replace("\n", "\n  "), flush=True)
     return fit
 
@@ -452,6 +515,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--budget", type=float, default=600.0, help="selection seconds")
     parser.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="fit_gate: validation folds over window ranks (1 = the newest window only)",
+    )
+    parser.add_argument(
         "--pool",
         action="store_true",
         help="fit one gate on the training windows of every --datasets set, score each set",
@@ -540,6 +609,7 @@ def main(argv: list[str] | None = None) -> None:
                     max_seconds=float("inf"),  # see add_global_mlp: no load-dependent stop
                     lookbacks=tuple(int(m) for m in args.mlp_lookbacks.split(",")),
                 ),
+                cache_dir=Path(args.store) / "bench_global_mlp",
             )
         for prepared in ready:
             validation = prepared.windows.is_validation

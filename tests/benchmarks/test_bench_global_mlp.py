@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from benchmarks import bench_accuracy
 from benchmarks._accuracy_data import BenchSeries, make_windows
 from benchmarks.bench_accuracy import Prepared, add_global_mlp
 from moe.experts.fake import FakeForecaster
@@ -75,3 +78,24 @@ def test_training_windows_are_cross_fitted() -> None:
     torch.testing.assert_close(a.points[own, 1], changed.points[own, 1])
     test_rows = torch.from_numpy(a.windows.is_test)
     assert not torch.allclose(a.points[test_rows, 1], changed.points[test_rows, 1])
+
+
+def test_a_rerun_reuses_the_networks_and_other_data_trains_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards the benchmark's MLP cache: same windows and config reuse the saved forecasts
+    and network (no training); other training data never hits the old entry."""
+    first, again, other = _prepared(0.0), _prepared(0.0), _prepared(0.0)
+    add_global_mlp([first], seed=0, stride=2, min_context=12, config=_SMALL, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although the cache holds these windows")
+
+    monkeypatch.setattr(bench_accuracy, "train_global_mlp", no_training)
+    add_global_mlp([again], seed=0, stride=2, min_context=12, config=_SMALL, cache_dir=tmp_path)
+    torch.testing.assert_close(first.points, again.points)
+    assert again.experts[-1].cache_key == first.experts[-1].cache_key
+    other.data.train[3][:] += 5.0  # one series' training part: another digest, so it trains
+    with pytest.raises(AssertionError, match="trained although"):
+        add_global_mlp([other], seed=0, stride=2, min_context=12, config=_SMALL, cache_dir=tmp_path)
