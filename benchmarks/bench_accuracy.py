@@ -84,6 +84,7 @@ from moe.scaling import mase_scales  # noqa: E402
 from moe.selection import (  # noqa: E402
     DEFAULT_KINDS,
     PAIR_MEMBERS,
+    VALIDATION_FOLDS,
     CandidateScore,
     GateFit,
     fit_gate,
@@ -517,7 +518,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--folds",
         type=int,
-        default=1,
+        default=VALIDATION_FOLDS,
         help="fit_gate: validation folds over window ranks (1 = the newest window only)",
     )
     parser.add_argument(

@@ -6,10 +6,14 @@ the benchmarked fit.
 
 Protocol. The caller marks one validation window per series (its newest training
 window; a temporal split). Every candidate trains on the other windows with a loss in MASE
-units and is scored on the validation windows, per window, in MASE units:
+units and is scored on the validation windows, per window, in MASE units. With ``folds``
+> 1 (the callers pass ``VALIDATION_FOLDS``) each series' next-older windows are held out
+in turn too, and a candidate's score per series is its mean over them:
 
-1. ``pair``: the constant router to the equally weighted expert pair that is best on the
-   training windows (simplest);
+1. ``pair``: the constant router to the expert pair and weight (``moe.constant_pair``)
+   best on the training windows (simplest); when it is chosen, the pair and weight are
+   chosen again on every window (nothing else about it could have been tuned on
+   validation);
 2. ``linear``: the seed's linear gate started at that pair, best epoch kept;
 3. ``feature_pair``: the feature-pair gate (``moe.feature_gate``), equal or learned
    weights, with or without each expert's past MASE on the same series (``history``);
@@ -23,7 +27,8 @@ hundred validation windows the lowest mean alone overfits validation). Candidate
 tried in order of complexity and the grid stops adding candidates once ``time_budget_s``
 is spent (``pair`` is always tried). The chosen gate is returned as validated (trained on
 the non-validation windows): a refit on every window with the chosen epochs is a
-different gate, and refits drifted (docs/ACCURACY.md).
+different gate, and refits drifted (docs/ACCURACY.md). The constant pair is the exception
+(see 1).
 
 Shapes: ``context`` ``(N, L)`` raw, NaN = missing; ``target`` ``(N, H)``; ``points``
 ``(N, E, H)``; ``validation_mask``, ``series_index``, ``origin`` ``(N,)``; ``season_length``
@@ -41,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moe.constant_pair import best_constant_pair, constant_pair_gate
 from moe.feature_gate import FeaturePairGate, past_expert_mase
 from moe.router import mix, select_top2
 from moe.scaling import mase_scales, scale_context, scale_forecasts, window_scale
@@ -49,6 +55,7 @@ from moe.training import TrainConfig, TrainResult, train_gate
 __all__ = [
     "DEFAULT_KINDS",
     "PAIR_MEMBERS",
+    "VALIDATION_FOLDS",
     "COMPLEXITY",
     "CandidateScore",
     "GateFit",
@@ -63,6 +70,10 @@ FEATURE_SECONDS_PER_WINDOW = 2e-3
 #: Candidate kinds ``fit_gate`` tries by default, simplest first. The contextual gate is
 #: left out by default: it needs every expert at inference (dense) and lost on Tourism.
 DEFAULT_KINDS: tuple[str, ...] = ("pair", "linear", "feature_pair")
+#: Validation folds over window ranks that ``moe retrain``, the seed's ``train_and_save``
+#: and the benchmark pass to ``fit_gate``: each series' newest training window, then its
+#: next-older one (docs/ACCURACY.md, "Validation on two windows per series").
+VALIDATION_FOLDS = 2
 #: MLPs in each feature-pair candidate's seed ensemble (``FeaturePairGate.members``).
 PAIR_MEMBERS = 1
 #: Rank used by the one-SE rule (lower = simpler = preferred when within one SE).
@@ -307,6 +318,34 @@ def _fold_masks(
     return masks
 
 
+def _constant_pair(
+    context: torch.Tensor,
+    target: torch.Tensor,
+    points: torch.Tensor,
+    seasons: torch.Tensor,
+    rows: torch.Tensor,
+    config: TrainConfig,
+) -> TrainResult:
+    """The pair and weight (``moe.constant_pair.PAIR_WEIGHTS``) with the lowest mean MASE
+    on the windows ``rows`` ``(N,)`` marks, as a constant linear gate."""
+    picked = rows.numpy()
+    pair = best_constant_pair(
+        points.numpy()[picked],
+        target.numpy()[picked],
+        context.numpy()[picked],
+        seasons.numpy()[picked],
+    )
+    gate = constant_pair_gate(context.shape[1], target.shape[1], points.shape[1], pair)
+    return TrainResult(
+        gate=gate,
+        config=config,
+        history=[],
+        n_train=int(picked.sum()),
+        n_val=int((~picked).sum()),
+        start_pair=(pair.first, pair.second),
+    )
+
+
 def _group_mean(values: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """``(G,)`` mean of ``values`` ``(V,)`` per group id ``(V,)`` in ``0..G-1``."""
     n_groups = int(group.max()) + 1
@@ -418,7 +457,10 @@ def fit_gate(
         results: list[TrainResult] = []
         for fold in fold_masks:
             rows = fold.nonzero().squeeze(1)
-            result = train_gate(context, target, points, config, validation_mask=fold, **extra)
+            if family == "pair":
+                result = _constant_pair(context, target, points, seasons, ~fold, config)
+            else:
+                result = train_gate(context, target, points, config, validation_mask=fold, **extra)
             logits = gate_logits(
                 result,
                 context[rows],
@@ -438,7 +480,12 @@ def fit_gate(
         if log is not None:
             log(f"  candidate {name:<44} val MASE {candidate.mean:.4f} ({candidate.seconds:.1f}s)")
     chosen, best = one_standard_error(candidates)
+    result = chosen.result
+    if chosen.family == "pair":
+        # A constant pair has nothing trained that validation could have tuned, so the pair
+        # and weight are chosen again on every window, newest included (as the retrain's
+        # promotion fallback chooses its pair: both then route the same).
+        everything = torch.ones(context.shape[0], dtype=torch.bool)
+        result = _constant_pair(context, target, points, seasons, everything, chosen.config)
     n_windows = sum(int(f.sum()) for f in fold_masks)
-    return GateFit(
-        chosen.result, chosen, best, candidates, skipped, history, len(fold_masks), n_windows
-    )
+    return GateFit(result, chosen, best, candidates, skipped, history, len(fold_masks), n_windows)

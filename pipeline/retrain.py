@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from moe.artifact import GateArtifact, save_artifact
+from moe.constant_pair import best_constant_pair, constant_pair_gate
 from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig, legacy_cache_keys
 from moe.experts.registry import TRAINED_EXPERTS
@@ -26,7 +27,7 @@ from moe.intervals import IntervalModel
 from moe.metrics import mase
 from moe.model_file import build_artifact, load_router
 from moe.router import MoERouter
-from moe.selection import fit_gate
+from moe.selection import VALIDATION_FOLDS, fit_gate
 from moe.training import TrainResult
 from pipeline.backtest import Scores, write_scores
 from pipeline.calibration import backtest_with_intervals
@@ -34,7 +35,7 @@ from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import ForecastRun, batch_forecast
 from pipeline.models import load_verified_artifact
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
-from pipeline.promotion import Verdict, best_constant_pair, constant_pair_gate, judge
+from pipeline.promotion import Verdict, judge
 from pipeline.training_data import (
     TrainingData,
     add_trained_experts,
@@ -125,6 +126,9 @@ def train_and_backtest(
         data.points[train].contiguous(),
         validation_mask=torch.from_numpy(validation),
         season_length=torch.from_numpy(_seasons(data)[train]),
+        series_index=windows.series_index[train],
+        origin=windows.origin[train],
+        folds=VALIDATION_FOLDS,
         seed=config.train.seed,
     )
     result = fit.result

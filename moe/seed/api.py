@@ -183,7 +183,7 @@ def train_and_save(
     )
     selection = None
     if fit_mode == "validated":
-        from moe.selection import fit_gate  # lazy: keeps `import moe.seed.api` light
+        from moe.selection import VALIDATION_FOLDS, fit_gate  # lazy: keeps the import light
 
         if validation is None:  # seed windowing or one window per series: a seeded split
             validation = _random_validation(len(cut), config)
@@ -193,6 +193,9 @@ def train_and_save(
             points,
             validation_mask=validation,
             season_length=torch.from_numpy(cut.season_length),
+            series_index=cut.series_index,
+            origin=cut.origin,
+            folds=VALIDATION_FOLDS,
             seed=config.seed,
         )
         result, selection = fit.result, fit.summary()

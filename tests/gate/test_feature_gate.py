@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from moe.artifact import load_artifact, save_artifact
+from moe.constant_pair import best_constant_pair
 from moe.feature_gate import FeaturePairGate, forecast_inputs, past_expert_mase
 from moe.model_file import build_artifact, load_router
 from moe.selection import _fold_masks, candidate_configs, fit_gate
@@ -297,3 +298,35 @@ def test_folded_scores_are_per_series_means_of_fits_that_held_each_fold_out() ->
     assert folded.result.start_pair == chosen.result.start_pair
     for a, b in zip(folded.result.gate.parameters(), chosen.result.gate.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_chosen_constant_pair_is_chosen_again_on_every_window() -> None:
+    """Guards the pair candidate: validated on the older windows, but once chosen its pair
+    and weight come from every window (the retrain's promotion fallback picks the same)."""
+    problem = _routing_problem(n_series=40, signal=False)
+    points = problem["points"].clone()  # type: ignore[union-attr]
+    newest = problem["validation"].numpy()  # type: ignore[union-attr]
+    points[newest, 1] = problem["target"][newest]  # type: ignore[index]  # expert 1 exact there
+    fit = _fit({**problem, "points": points}, kinds=("pair",))
+    assert fit.chosen.family == "pair"
+    everywhere = best_constant_pair(
+        points.numpy(),
+        problem["target"].numpy(),  # type: ignore[union-attr]
+        problem["context"].numpy(),  # type: ignore[union-attr]
+        12,
+    )
+    older = best_constant_pair(
+        points.numpy()[~newest],
+        problem["target"].numpy()[~newest],  # type: ignore[union-attr]
+        problem["context"].numpy()[~newest],  # type: ignore[union-attr]
+        12,
+    )
+    assert (everywhere.first, everywhere.weight) != (older.first, older.weight)
+    assert fit.result.start_pair == (everywhere.first, everywhere.second)
+    logits = fit.result.gate(torch.zeros(3, L))
+    weights = torch.softmax(logits, dim=1)[0]
+    top = weights.topk(2)
+    assert top.indices.tolist() == [everywhere.first, everywhere.second]
+    torch.testing.assert_close(
+        top.values[0] / top.values.sum(), torch.tensor(everywhere.weight), atol=1e-4, rtol=0
+    )

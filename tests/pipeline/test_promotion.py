@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from moe.artifact import load_artifact
+from moe.constant_pair import ConstantPair, best_constant_pair, constant_pair_gate
 from moe.experts.base import QUANTILE_LEVELS, ExpertForecast
 from moe.experts.fake import FakeForecaster
 from moe.router import select_top2
 from moe.training import TrainConfig, train_gate
 from pipeline.config import RetrainConfig
-from pipeline.promotion import ConstantPair, best_constant_pair, constant_pair_gate, judge
+from pipeline.promotion import judge
 from pipeline.retrain import retrain
 from storage import Store
 from storage.registry import champion
