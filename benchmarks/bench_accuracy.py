@@ -7,10 +7,11 @@ Expert forecasts go through the store-backed cache (``--store``), so a rerun doe
 work. The gate is fitted by ``moe.selection.fit_gate``, the same function ``moe retrain``
 and the seed's ``train_and_save`` call: candidates (best constant pair, linear, feature
 pair, optionally contextual) trained on the training windows with a MASE-unit loss, chosen
-on the two newest training windows of each series (``--folds``) with a paired
-one-standard-error rule. The chosen gate (``production_fit``) and the best candidate of
-each family (``gate_<family>``, for reference) are scored once on the test windows through
-the real artifact path (``build_artifact`` -> ``load_router`` -> ``MoERouter.route_cached``).
+on the newest training window of each series (``--folds 2``: the next-older one too)
+with a paired one-standard-error rule. The chosen gate (``production_fit``) and the best
+candidate of each family (``gate_<family>``, for reference) are scored once on the test
+windows through the real artifact path (``build_artifact`` -> ``load_router`` ->
+``MoERouter.route_cached``).
 
 Metrics, per series on the test window, then averaged over series:
 

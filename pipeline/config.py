@@ -199,7 +199,7 @@ class RetrainConfig(BaseModel):
         ),
         description="Gate training seed. The gate itself is chosen by the validated "
         "selection (moe.selection.fit_gate: best pair, linear, feature-pair candidates on "
-        "each series' two newest training windows, one-SE rule), the same fit the accuracy "
+        "each series' newest training window, one-SE rule), the same fit the accuracy "
         "benchmark reports; only 'seed' is read from here.",
     )
     global_expert: GlobalExpertConfig = Field(

@@ -13,9 +13,9 @@ Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 * ``"rolling"`` (default): rolling origins stepping back from each series' end by
   ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series. The
   newest window of every series that has two or more windows is held out for validation
-  (a temporal split, as the retrain's; the validated fit also holds out each series'
-  next-older window in a second fold, ``moe.selection.VALIDATION_FOLDS``); when that leaves
-  no training or no validation window, a seeded random ``val_fraction`` of the windows is
+  (a temporal split, as the retrain's; with ``moe.selection.VALIDATION_FOLDS`` > 1 the
+  validated fit also holds out next-older windows in further folds); when that leaves no
+  training or no validation window, a seeded random ``val_fraction`` of the windows is
   held out instead.
 * ``"seed"``: the seed's one window per series (``TimeSeriesDataset``: ``seq[:L]`` ->
   ``seq[L:L+H]``), validated on a seeded random ``val_fraction``.
@@ -152,7 +152,7 @@ def train_and_save(
         expert_config: checkpoint/revision/dtype/batch settings for named experts; its
             ``batch_size`` is also the rows per expert call over the windows.
         gate_fit: ``"validated"``: the production fit (``moe.selection.fit_gate``, the one
-            ``moe retrain`` runs: candidates chosen on each series' two newest windows with a
+            ``moe retrain`` runs: candidates chosen on each series' newest window with a
             one-SE rule; ``config`` gives only the seed and ``val_fraction``); ``"fixed"``:
             train exactly ``config`` (the seed's hyperparameters by default). None: ``"fixed"``
             when a ``config`` is given, else ``"validated"``.
