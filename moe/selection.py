@@ -14,7 +14,8 @@ held out in turn too, and a candidate's score per series is its mean over them:
    best on the training windows (simplest); when it is chosen, the pair and weight are
    chosen again on every window (nothing else about it could have been tuned on
    validation);
-2. ``linear``: the seed's linear gate started at that pair, best epoch kept;
+2. ``linear``: the seed's linear gate started at the equally weighted pair best on the
+   training windows and at every other pair, best epoch kept;
 3. ``feature_pair``: the feature-pair gate (``moe.feature_gate``), equal or learned
    weights, with or without each expert's past MASE on the same series (``history``);
    opt-in ``feature_pair+forecasts`` also routes on the experts' forecasts (dense);
