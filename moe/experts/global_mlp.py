@@ -297,10 +297,7 @@ def _fit_network(
             total = 0.0
             for begin in range(0, x.shape[0], config.batch_size):
                 rows = order[begin : begin + config.batch_size]
-                per_window = ((network(x[rows]) - y[rows]).abs() * mask[rows]).sum(1) / mask[
-                    rows
-                ].sum(1).clamp_min(1.0)  # (B,) mean |error| in level units
-                loss = (per_window * w[rows]).mean()  # MASE units
+                loss = _batch_loss(network, x[rows], y[rows], mask[rows], w[rows])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -310,6 +307,15 @@ def _fit_network(
             if time.perf_counter() - started > 2 * config.max_seconds:
                 break
     return network, losses, wanted
+
+
+def _batch_loss(
+    network: nn.Sequential, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the batch of each window's mean |error| (level units) times its weight
+    ``w`` ``(B,)``: MASE units. ``x`` ``(B, 2 L)``, ``y`` and ``mask`` ``(B, H)``."""
+    per_window = ((network(x) - y).abs() * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    return (per_window * w).mean()
 
 
 #: Optimiser steps timed before a fit to plan its epochs (a few seconds at full size).
@@ -341,8 +347,7 @@ def _seconds_per_step(
         timings = []
         for _ in range(_PROBE_STEPS + 1):  # the first step warms up allocations
             begun = time.perf_counter()
-            per_window = ((network(x[rows]) - y[rows]).abs() * mask[rows]).sum(1)
-            loss = (per_window * w[rows]).mean()
+            loss = _batch_loss(network, x[rows], y[rows], mask[rows], w[rows])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
