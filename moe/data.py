@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Windows", "rolling_windows", "observed_windows", "newest_windows"]
+__all__ = ["Windows", "rolling_windows", "observed_windows", "newest_windows", "window_ranks"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,23 @@ def observed_windows(windows: Windows) -> Windows:
     return windows if usable.all() else windows.select(usable)
 
 
+def window_ranks(series_index: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """``(N,)`` int64: each window's rank among its series' windows, newest first (0 =
+    newest). ``series_index`` and ``origin`` are ``(N,)`` (as in ``Windows``)."""
+    if series_index.shape != origin.shape or series_index.ndim != 1:
+        raise ValueError(
+            f"series_index and origin must both be (N,), got {series_index.shape}, {origin.shape}"
+        )
+    rank = np.zeros(series_index.shape[0], np.int64)
+    if rank.size == 0:
+        return rank
+    order = np.lexsort((-origin, series_index))  # by series, newest first
+    sorted_series = series_index[order]
+    first_of_series = np.searchsorted(sorted_series, sorted_series)  # first row of its series
+    rank[order] = np.arange(order.size) - first_of_series
+    return rank
+
+
 def newest_windows(series_index: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """``(N,)`` bool: True for each series' newest window, where the series has two or more.
 
@@ -166,16 +183,8 @@ def newest_windows(series_index: np.ndarray, origin: np.ndarray) -> np.ndarray:
     windows of one series overlap. Series with a single window keep it for training.
     ``series_index`` and ``origin`` are ``(N,)`` (as in ``Windows``).
     """
-    if series_index.shape != origin.shape or series_index.ndim != 1:
-        raise ValueError(
-            f"series_index and origin must both be (N,), got {series_index.shape}, {origin.shape}"
-        )
-    mask = np.zeros(series_index.shape[0], bool)
-    if mask.size == 0:
-        return mask
-    order = np.lexsort((-origin, series_index))  # by series, newest first
-    first = np.ones(order.size, bool)
-    first[1:] = series_index[order][1:] != series_index[order][:-1]
+    rank = window_ranks(series_index, origin)
+    if rank.size == 0:
+        return rank.astype(bool)
     counts = np.bincount(series_index)
-    mask[order[first]] = counts[series_index[order[first]]] >= 2
-    return mask
+    return (rank == 0) & (counts[series_index] >= 2)

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from moe.constant_pair import best_constant_pair, constant_pair_gate
+from moe.data import window_ranks
 from moe.feature_gate import FeaturePairGate, past_expert_mase
 from moe.router import mix, select_top2
 from moe.scaling import mase_scales, scale_context, scale_forecasts, window_scale
@@ -302,14 +303,9 @@ def _fold_masks(
     if series_index is None or origin is None:
         raise ValueError("folds > 1 needs series_index and origin (N,)")
     series = np.asarray(series_index)
-    start = np.asarray(origin)
     n_series = int(series.max()) + 1
     validated = validation_mask.numpy()
-    # Rank of every window among its series' windows, newest first (0 = newest).
-    order = np.lexsort((-start, series))
-    rank = np.empty(series.size, np.int64)
-    first_of_series = np.searchsorted(series[order], np.arange(n_series))
-    rank[order] = np.arange(series.size) - first_of_series[series[order]]
+    rank = window_ranks(series, np.asarray(origin))  # 0 = the series' newest window
     validation_rank = np.full(n_series, -1)
     validation_rank[series[validated]] = rank[validated]
     has_validation = validation_rank >= 0

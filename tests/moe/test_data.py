@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe.data import dense_windows, newest_windows, rolling_windows
+from moe.data import dense_windows, newest_windows, rolling_windows, window_ranks
 
 
 def test_newest_windows_marks_each_series_newest_window_when_it_has_two() -> None:
@@ -62,3 +62,12 @@ def test_dense_windows_keep_every_origin_with_partial_targets_at_the_end() -> No
         history = values[max(0, origin - 4) : origin]
         np.testing.assert_array_equal(context[~np.isnan(context)], history)
     assert not windows.is_holdout.any()
+
+
+def test_window_ranks_count_from_each_series_newest_in_any_row_order() -> None:
+    """Guards the rank that newest_windows and the selection's folds share."""
+    series_index = np.array([1, 0, 1, 2, 0, 1])
+    origin = np.array([10, 50, 30, 7, 40, 20])
+    assert window_ranks(series_index, origin).tolist() == [2, 0, 0, 0, 1, 1]
+    assert newest_windows(series_index, origin).tolist() == [False, True, True, False, False, False]
+    assert window_ranks(np.empty(0, np.int64), np.empty(0, np.int64)).size == 0
