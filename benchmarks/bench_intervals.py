@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--max-series", type=int, default=None)
     parser.add_argument("--experts", default="seasonal_naive,autoets,autotheta,fracast")
     parser.add_argument("--input-length", type=int, default=24)
+    parser.add_argument(
+        "--min-context", type=int, default=None, help="fewest points per window (None: L)"
+    )
     parser.add_argument("--stride", type=int, default=6, help="steps between window origins")
     parser.add_argument("--windows", type=int, default=4, help="max windows per series")
     parser.add_argument("--calibration", choices=["per_level", "paired"], default="paired")
@@ -92,6 +95,7 @@ def main() -> None:
             jsonl_paths=[str(path)],
             experts=args.experts.split(","),  # type: ignore[arg-type]
             input_length=args.input_length,
+            min_context=args.min_context,
             pred_length=horizon,
             max_windows_per_series=args.windows,
             stride=args.stride,

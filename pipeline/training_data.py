@@ -134,6 +134,7 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
         stride=config.stride,
         max_windows_per_series=config.max_windows_per_series,
         holdout=config.backtest_windows,
+        min_context=config.window_min_context,
     )
     stride = config.stride or config.pred_length
     backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
@@ -142,8 +143,9 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
     if len(windows) == 0 or windows.is_holdout.all():
         raise ValueError(
             f"no training windows: {len(series)} stored series, none long enough for "
-            f"input_length={config.input_length} + pred_length={config.pred_length} with "
-            f"{config.backtest_windows} backtest window(s); ingest longer series or shorten"
+            f"min_context={config.window_min_context} + "
+            f"pred_length={config.pred_length} with {config.backtest_windows} backtest "
+            "window(s); ingest longer series or lower min_context"
         )
     return series, windows
 

@@ -20,6 +20,7 @@ def windows_from_store(
     max_windows_per_series: int | None = None,
     holdout: int = 1,
     series_ids: Sequence[str] | None = None,
+    min_context: int | None = None,
 ) -> tuple[StoredSeries, Windows]:
     """Rolling-origin windows over the latest stored series (see ``moe.data.rolling_windows``).
 
@@ -33,5 +34,6 @@ def windows_from_store(
         stride=stride,
         max_windows_per_series=max_windows_per_series,
         holdout=holdout,
+        min_context=min_context,
     )
     return series, windows
