@@ -194,7 +194,7 @@ def _champion_mase(
     if current is None:
         return None
     artifact = load_verified_artifact(store, current)
-    if (artifact.input_length, artifact.pred_length) != (config.input_length, config.pred_length):
+    if artifact.pred_length != config.pred_length or artifact.input_length > config.input_length:
         return current.model_version, float("inf")  # cannot forecast these windows at all
     by_key = {  # a champion trained under an older key spelling reuses the same model
         key: expert for expert in loaded for key in (expert.cache_key, *legacy_cache_keys(expert))
@@ -204,17 +204,21 @@ def _champion_mase(
     router = load_router(artifact, config.device, experts=reuse)
     holdout = data.windows.is_holdout
     context = data.windows.context[holdout]
+    # A champion with a shorter context (e.g. trained before the default grew) reads the
+    # newest points of each window, as the batch forecast would give it; MASE keeps the
+    # window's whole context for its scale, as the challenger's does.
+    seen = np.ascontiguousarray(context[:, context.shape[1] - artifact.input_length :])
     seasons = _seasons(data)[holdout]
     if not artifact.season:  # an older champion: its experts' one configured season
         seasons = None
     precompute_cache(
-        store, router.experts, context, config.pred_length, progress=False, season_lengths=seasons
+        store, router.experts, seen, config.pred_length, progress=False, season_lengths=seasons
     )
     points, quantiles = load_cached(
-        store, router.experts, context, config.pred_length, season_lengths=seasons
+        store, router.experts, seen, config.pred_length, season_lengths=seasons
     )
     assert quantiles is not None
-    mixed, _ = mixture_on_cache(router, context, points, quantiles)
+    mixed, _ = mixture_on_cache(router, seen, points, quantiles)
     score = mase(data.windows.target[holdout], mixed, context, _seasons(data)[holdout])
     return current.model_version, float(np.nanmean(score))
 

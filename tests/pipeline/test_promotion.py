@@ -163,3 +163,27 @@ def test_losing_gate_is_replaced_by_the_constant_pair(
     )
     assert metrics["promotion"]["candidate"] == "constant_pair"
     assert champion(store).model_version == result.model_version
+
+
+def test_champion_with_a_shorter_context_is_compared_not_replaced(
+    store: Store, tmp_path: Path
+) -> None:
+    """Guards the upgrade path: a champion trained on 12-point contexts is scored on a
+    16-point retrain's windows (from their newest 12 points) instead of counting as unable
+    to forecast them, so a challenger must still beat it; a longer-context champion cannot
+    be scored and is replaced."""
+    path = _routable_file(tmp_path / "r.jsonl")
+    first = retrain(store, _config(path), experts=_experts())
+    assert first.promoted and first.candidate == "gate"
+    longer = _config(path).model_copy(update={"input_length": 16, "min_context": 12})
+    strict = longer.model_copy(update={"promotion_margin": 0.5})
+    second = retrain(store, strict, experts=_experts())
+    assert second.champion_mase is not None and math.isfinite(second.champion_mase)
+    assert f"vs champion {first.model_version}" in second.reason
+    assert not second.promoted  # the same experts cannot be 50% better than the champion
+    assert champion(store).model_version == first.model_version
+
+    shorter = retrain(
+        store, _config(path).model_copy(update={"input_length": 8}), experts=_experts()
+    )
+    assert shorter.champion_mase == math.inf and shorter.promoted
