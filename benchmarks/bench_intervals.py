@@ -71,6 +71,9 @@ def main() -> None:
     )
     parser.add_argument("--stride", type=int, default=6, help="steps between window origins")
     parser.add_argument("--windows", type=int, default=4, help="max windows per series")
+    parser.add_argument(
+        "--backtest-windows", type=int, default=1, help="newest windows per series held out"
+    )
     parser.add_argument("--calibration", choices=["per_level", "paired"], default="paired")
     parser.add_argument("--no-freq", action="store_true", help="ingest without freq (detect)")
     args = parser.parse_args()
@@ -98,6 +101,7 @@ def main() -> None:
             min_context=args.min_context,
             pred_length=horizon,
             max_windows_per_series=args.windows,
+            backtest_windows=args.backtest_windows,
             stride=args.stride,
             forecast_after=False,
             interval_calibration=args.calibration,
