@@ -11,7 +11,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Windows", "rolling_windows", "observed_windows", "newest_windows", "window_ranks"]
+__all__ = [
+    "DEFAULT_MIN_CONTEXT",
+    "Windows",
+    "default_min_context",
+    "rolling_windows",
+    "observed_windows",
+    "newest_windows",
+    "window_ranks",
+]
+
+#: Fewest points before a window's target when the caller sets none (both entry points:
+#: ``moe retrain`` and the seed's ``train_and_save``). Three years of monthly data: short
+#: series keep their windows under a long ``input_length``, NaN-padded on the left.
+DEFAULT_MIN_CONTEXT = 36
+
+
+def default_min_context(input_length: int, min_context: int | None = None) -> int:
+    """``min_context`` when set (checked: 1 <= it <= ``input_length``), else the smaller of
+    ``DEFAULT_MIN_CONTEXT`` and ``input_length``."""
+    if min_context is None:
+        return min(DEFAULT_MIN_CONTEXT, input_length)
+    if not 1 <= min_context <= input_length:
+        raise ValueError(
+            f"min_context must be between 1 and input_length ({input_length}), got {min_context}"
+        )
+    return min_context
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import JsonDict, JsonValue
 
+from moe.data import DEFAULT_MIN_CONTEXT, default_min_context
 from moe.experts.registry import EXPERT_NAMES, FOUNDATION_EXPERTS, OFFLINE_EXPERTS
 from moe.training import TrainConfig
 
@@ -41,7 +42,6 @@ _DEFAULT_MAX_WINDOWS = 6
 #: monthly; docs/RETRAIN.md "Context length"). 36 points (three years of monthly data) is
 #: still enough for a window, so short series are kept, NaN-padded on the left.
 DEFAULT_INPUT_LENGTH = 120
-DEFAULT_MIN_CONTEXT = 36
 
 
 def _windows_rule(schema: JsonDict) -> None:
@@ -267,9 +267,7 @@ class RetrainConfig(BaseModel):
     @property
     def window_min_context(self) -> int:
         """Fewest points before a window's target: ``min_context``, or its default."""
-        if self.min_context is not None:
-            return self.min_context
-        return min(DEFAULT_MIN_CONTEXT, self.input_length)
+        return default_min_context(self.input_length, self.min_context)
 
 
 class ForecastConfig(BaseModel):

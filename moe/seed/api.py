@@ -11,7 +11,9 @@ Only the expert cache differs: here it is the in-memory tensor, there the store.
 Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 
 * ``"rolling"`` (default): rolling origins stepping back from each series' end by
-  ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series. The
+  ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series, each
+  with at least ``min_context`` points before its target (default: the smaller of 36 and
+  ``input_length``, as ``moe retrain``; shorter contexts are NaN-padded on the left). The
   newest window of every series that has two or more windows is held out for validation
   (a temporal split, as the retrain's; with ``moe.selection.VALIDATION_FOLDS`` > 1 the
   validated fit also holds out next-older windows in further folds); when that leaves no
@@ -20,9 +22,11 @@ Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 * ``"seed"``: the seed's one window per series (``TimeSeriesDataset``: ``seq[:L]`` ->
   ``seq[L:L+H]``), validated on a seeded random ``val_fraction``.
 
-Short series at prediction: a series shorter than ``input_length`` raises ``ValueError``
-(no silent padding). ``NaN`` inside the last ``input_length`` points is passed on as
-"missing" (experts mask it; the gate sees 0 there).
+Short series at prediction: a series shorter than ``input_length`` is NaN-padded on the left
+when the model was trained on such windows (it has at least the ``min_context`` recorded in
+``train_config["windows"]``); shorter than that, or for a model that records none (full
+windows only, e.g. ``"seed"`` windowing), it raises ``ValueError``. ``NaN`` inside the last
+``input_length`` points is passed on as "missing" (experts mask it; the gate sees 0 there).
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ import numpy as np
 import torch
 
 from moe.artifact import ArtifactError, GateArtifact, load_artifact, save_artifact
-from moe.data import Windows, newest_windows, observed_windows, rolling_windows
+from moe.data import (
+    Windows,
+    default_min_context,
+    newest_windows,
+    observed_windows,
+    rolling_windows,
+)
 from moe.experts.base import Expert, ExpertConfig
 from moe.experts.registry import resolve_experts
 from moe.model_file import build_artifact, load_router
@@ -45,7 +55,7 @@ from moe.seasonality import season_length_of
 from moe.seed.data import read_records
 from moe.training import TrainConfig, WindowConfig, train_gate
 
-__all__ = ["make_windows", "train_and_save", "predict_from_model"]
+__all__ = ["make_windows", "window_min_context", "train_and_save", "predict_from_model"]
 
 
 def _seed_windows(
@@ -65,6 +75,14 @@ def _seed_windows(
     )
 
 
+def window_min_context(config: WindowConfig, input_length: int) -> int:
+    """Fewest points before a window's target under ``config`` (``input_length`` for the
+    seed's full windows; raises ``ValueError`` when ``config.min_context > input_length``)."""
+    if config.windowing == "seed":
+        return input_length
+    return default_min_context(input_length, config.min_context)
+
+
 def make_windows(
     sequences: Sequence[Sequence[float]],
     freqs: Sequence[str | None],
@@ -79,6 +97,7 @@ def make_windows(
     ``freq``, else detected from the series. The mask is None when the temporal split
     leaves no training or no validation window (see the module docstring).
     """
+    shortest = window_min_context(config, input_length)
     if config.windowing == "seed":
         windows = _seed_windows(sequences, input_length, pred_length)
     else:
@@ -89,6 +108,7 @@ def make_windows(
             stride=config.stride,
             max_windows_per_series=config.max_windows_per_series,
             holdout=0,
+            min_context=shortest,
         )
         windows = replace(windows, is_holdout=newest_windows(windows.series_index, windows.origin))
     seasons = np.asarray(
@@ -102,8 +122,8 @@ def make_windows(
     if len(windows) == 0:
         longest = max((len(seq) for seq in sequences), default=0)
         raise ValueError(
-            f"no usable windows: need series of at least input_length + pred_length = "
-            f"{input_length + pred_length} points, the longest has {longest}"
+            f"no usable windows: need series of at least min_context + pred_length = "
+            f"{shortest} + {pred_length} points, the longest has {longest}"
         )
     validation = windows.is_holdout
     mask = None if not validation.any() or validation.all() else torch.from_numpy(validation)
@@ -117,6 +137,16 @@ def _random_validation(n_windows: int, config: TrainConfig) -> torch.Tensor:
     validation = torch.zeros(n_windows, dtype=torch.bool)
     validation[order[: max(1, round(n_windows * config.val_fraction))]] = True
     return validation
+
+
+def _trained_min_context(train_config: dict[str, object], input_length: int) -> int:
+    """The fewest points the model's training windows had before their target: the
+    ``min_context`` ``train_and_save`` records, else ``input_length`` (full windows)."""
+    windows = train_config.get("windows")
+    recorded = windows.get("min_context") if isinstance(windows, dict) else None
+    if isinstance(recorded, int) and 1 <= recorded <= input_length:
+        return recorded
+    return input_length
 
 
 def _commonest(seasons: np.ndarray) -> int:
@@ -208,7 +238,11 @@ def train_and_save(
         result, built, context, target, points, expert_config if from_names else None
     )
     artifact = replace(artifact, season={"mode": "per_series", "forced": season_length})
-    artifact.train_config["windows"] = window_config.model_dump()
+    # The resolved min_context, not None: predict_from_model reads it to accept short series.
+    artifact.train_config["windows"] = {
+        **window_config.model_dump(),
+        "min_context": window_min_context(window_config, input_length),
+    }
     if selection is not None:
         artifact.metrics["selection"] = selection
     save_artifact(artifact, save_path)
@@ -228,7 +262,9 @@ def predict_from_model(
     """Forecast one series from its last ``input_length`` points -> ``(1, pred_length)`` (CPU).
 
     ``input_length`` must equal the model's. ``verbose=True`` prints the two chosen experts
-    and their weights. A series shorter than ``input_length`` raises ``ValueError``. A
+    and their weights. A series shorter than ``input_length`` is NaN-padded on the left if
+    it has at least the model's recorded ``min_context`` points (see the module docstring),
+    else raises ``ValueError``. A
     model trained with per-series seasons takes this series' season from ``freq`` (else
     detected from ``series``), as the batch forecast does.
     """
@@ -239,17 +275,21 @@ def predict_from_model(
             f"{artifact.input_length}, got input_length={input_length}"
         )
     values = torch.as_tensor(np.asarray(series, dtype=np.float32)).reshape(-1)
-    if values.shape[0] < input_length:
+    shortest = _trained_min_context(artifact.train_config, input_length)
+    if values.shape[0] < shortest:
+        needs = "min_context" if shortest < input_length else "input_length"
         raise ValueError(
-            f"series has {values.shape[0]} points; the model needs at least "
-            f"input_length={input_length}"
+            f"series has {values.shape[0]} points; the model needs at least {needs}={shortest}"
         )
     router = load_router(artifact, device, experts)
     if artifact.season.get("mode") == "per_series":
         season = season_length_of(freq, values.numpy(), artifact.season.get("forced"))
         router.experts = experts_for_season(router.experts, season)
     with torch.no_grad():
-        output = router.route(values[-input_length:][None, :])  # (1, L) -> (1, H)
+        context = torch.full((input_length,), float("nan"))  # short series: NaN on the left
+        newest = values[-input_length:]
+        context[input_length - newest.shape[0] :] = newest
+        output = router.route(context[None, :])  # (1, L) -> (1, H)
     if verbose:
         print(output.routing.format())
     return output.point.cpu()

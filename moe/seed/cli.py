@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--gate", choices=("linear", "contextual"))
     tuning.add_argument("--seed", type=int)
     tuning.add_argument("--windowing", choices=("seed", "rolling"))
+    tuning.add_argument(
+        "--min-context",
+        type=int,
+        help="rolling windows: fewest points before a window's target (shorter histories "
+        "NaN-padded; default: the smaller of 36 and --input-length, as moe retrain)",
+    )
     parser.add_argument(
         "--season-length",
         type=int,
@@ -88,7 +94,13 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "seed": args.seed,
     }
     config = TrainConfig(**{key: value for key, value in overrides.items() if value is not None})
-    windows = WindowConfig() if args.windowing is None else WindowConfig(windowing=args.windowing)
+    if args.min_context is not None and not 1 <= args.min_context <= args.input_length:
+        parser.error(
+            f"--min-context must be between 1 and --input-length ({args.input_length}), "
+            f"got {args.min_context}"
+        )
+    window_fields = {"windowing": args.windowing, "min_context": args.min_context}
+    windows = WindowConfig(**{k: v for k, v in window_fields.items() if v is not None})
     if args.season_length is not None and args.season_length < 1:
         parser.error(f"--season-length must be >= 1, got {args.season_length}")
     hyper = (args.epochs, args.batch_size, args.lr, args.gate)

@@ -159,3 +159,11 @@ class WindowConfig(BaseModel):
     max_windows_per_series: int | None = Field(
         default=64, ge=1, description="Rolling windows: keep the newest this many per series."
     )
+    min_context: int | None = Field(
+        default=None,
+        ge=1,
+        description="Rolling windows: fewest points before a window's target; shorter "
+        "histories are NaN-padded on the left, and the model then forecasts series of at "
+        "least this many points. None: the smaller of 36 and input_length, as moe retrain. "
+        "Ignored by 'seed' windowing (full windows only).",
+    )

@@ -62,7 +62,8 @@ def test_artifact_holds_the_seed_keys_and_provenance(trained: Path) -> None:
     assert len(raw["data_fingerprint"]["sha256"]) == 64
     assert {"torch", "python", "numpy"} <= set(raw["library_versions"])
     assert raw["train_config"]["batch_size"] == 8
-    assert raw["train_config"]["windows"] == WindowConfig().model_dump()  # how windows were cut
+    # how windows were cut, with the min_context they had (L=6 here: full windows)
+    assert raw["train_config"]["windows"] == {**WindowConfig().model_dump(), "min_context": 6}
 
 
 def test_predict_uses_the_last_points_and_returns_one_row(trained: Path) -> None:

@@ -180,6 +180,39 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exit_info:
         run(["--mode", "train", "--input-length", "4", "--pred-length", "2"])
     assert exit_info.value.code == 2 and "--mode train needs --jsonl" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run([*base, "--min-context", "5"])
+    assert exit_info.value.code == 2
+    assert "--min-context must be between 1 and --input-length (4), got 5" in (
+        capsys.readouterr().err
+    )
+
+
+def test_min_context_flag_trains_and_predicts_short_series(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Guards --min-context: an input length above every series still trains (padded
+    windows), and a series shorter than --input-length is forecast."""
+    _write_dados(tmp_path / "dados.jsonl")  # 9..19 points
+    model = str(tmp_path / "m.pt")
+    train = ["--mode", "train", "--jsonl", str(tmp_path / "dados.jsonl"), "--input-length"]
+    train += [
+        "24",
+        "--pred-length",
+        "2",
+        "--save-path",
+        model,
+        "--experts",
+        "seasonal_naive,autotheta",
+    ]
+    assert run([*train, "--epochs", "1", "--min-context", "6"]) == 0, capsys.readouterr().err
+    assert load_artifact(model).train_config["windows"]["min_context"] == 6
+    capsys.readouterr()
+    assert run(["--mode", "predict", "--save-path", model, "--series", "[1, 2, 3, 4, 5, 6]"]) == 0
+    forecast = json.loads(capsys.readouterr().out)
+    assert len(forecast) == 1 and len(forecast[0]) == 2
+    assert run(["--mode", "predict", "--save-path", model, "--series", "[1, 2, 3, 4, 5]"]) == 1
+    assert "at least min_context=6" in capsys.readouterr().err
 
 
 def test_import_moe_stays_light() -> None:

@@ -19,6 +19,7 @@ def test_windowing_settings_live_apart_from_training() -> None:
         "windowing": "rolling",
         "stride": None,
         "max_windows_per_series": 64,
+        "min_context": None,  # the smaller of 36 and input_length, resolved by the caller
     }
     fields = set(TrainConfig.model_fields)
     assert not fields & {"windowing", "stride", "max_windows_per_series", "expert_batch_size"}

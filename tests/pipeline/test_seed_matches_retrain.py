@@ -4,7 +4,9 @@ Both run the validated selection (``moe.selection.fit_gate``) with real offline 
 M3 monthly series from the bundled sample. The seed path sees each series without its
 last ``H`` points, so its windows are exactly the retrain's training windows (and its
 validation windows the retrain's newest training windows); both gates are then scored on
-the retrain's backtest windows, which neither trained on.
+the retrain's backtest windows, which neither trained on. At ``input_length`` 72 the two
+older windows of each 90-point series have 54 and 36 points of context: both entry points
+keep them by default (``min_context`` 36), NaN-padded on the left.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from storage import Store
 
 SAMPLE = Path(__file__).resolve().parents[2] / "pipeline" / "sample_data"
 EXPERTS = ["seasonal_naive", "autoets", "autotheta"]
-L, H = 36, 18
-KEEP = L + 3 * H  # the last 90 points: 1 backtest + 2 training windows per series
+H = 18
+KEEP = 36 + 3 * H  # the last 90 points: 1 backtest + 2 training windows per series
 
 
 def _sample() -> list[dict[str, object]]:
@@ -52,19 +54,24 @@ def _records(with_freq: bool) -> list[dict[str, object]]:
     return records
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["with_freq", "without_freq"])
+@pytest.fixture(
+    scope="module",
+    params=[(True, 36), (False, 36), (True, 72)],
+    ids=["with_freq", "without_freq", "with_freq_L72"],
+)
 def retrained(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[bool, Store, RetrainConfig, float]:
     """``moe retrain`` on the sample (with or without freq; seasons per series, as the
-    default): whether freq was kept, its store, config and backtest MASE."""
-    with_freq = bool(request.param)
+    default; input_length 36 or 72 with the default min_context): whether freq was kept,
+    its store, config and backtest MASE."""
+    with_freq, input_length = request.param
     folder = tmp_path_factory.mktemp("seed_vs_retrain")
     store = Store.open(folder / "store")
     config = RetrainConfig(
         jsonl_paths=[str(_write(folder / "full.jsonl", _records(with_freq)))],
         experts=EXPERTS,  # type: ignore[arg-type]
-        input_length=L,
+        input_length=input_length,
         pred_length=H,
         max_windows_per_series=64,  # the seed path's default cap, so the windows agree
         forecast_after=False,
@@ -85,7 +92,8 @@ def test_seed_command_line_is_not_worse_than_retrain(
     truncated = [{**r, "sequence": r["sequence"][:-H]} for r in records]  # type: ignore[index]
     seed_file = _write(tmp_path / "seed.jsonl", truncated)
     model = tmp_path / "seed.pt"
-    argv = ["--mode", "train", "--jsonl", str(seed_file), "--input-length", str(L)]
+    argv = ["--mode", "train", "--jsonl", str(seed_file)]
+    argv += ["--input-length", str(config.input_length)]
     argv += ["--pred-length", str(H), "--save-path", str(model), "--experts", ",".join(EXPERTS)]
     assert run(argv) == 0, capsys.readouterr().err
 
@@ -106,7 +114,10 @@ def test_seed_command_line_is_not_worse_than_retrain(
         np.nanmean(mase(windows.target[holdout], output.point.numpy(), context, seasons))
     )
     print(
-        f"seed CLI MASE {seed_mase:.4f} vs moe retrain {retrain_mase:.4f} (with_freq={with_freq})"
+        f"seed CLI MASE {seed_mase:.4f} vs moe retrain {retrain_mase:.4f} "
+        f"(with_freq={with_freq}, input_length={config.input_length})"
     )
     assert int(holdout.sum()) == len(records) > 20
+    # every series has its three windows (none dropped for a short context)
+    assert len(windows) == 3 * len(records)
     assert seed_mase <= retrain_mase * 1.01, (seed_mase, retrain_mase)
