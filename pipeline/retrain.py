@@ -138,13 +138,31 @@ def train_and_backtest(
     artifact = build_artifact(
         result, experts, context[train], target[train], data.points[train], expert_config
     )
-    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
+    artifact = _packaged(artifact, experts, config)
     artifact.metrics["selection"] = fit.summary()
     router = load_router(artifact, "cpu", experts=experts)
     scores, intervals = _backtest(router, experts, data, config)
     artifact = replace(artifact, intervals=intervals.to_plain())
     artifact.metrics["backtest"] = scores.overall()
     return artifact, scores
+
+
+def _packaged(artifact: GateArtifact, experts: list[Expert], config: RetrainConfig) -> GateArtifact:
+    """The artifact with its checkpoints, season policy and how its windows were cut."""
+    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
+    artifact.train_config["windows"] = window_record(config)
+    return artifact
+
+
+def window_record(config: RetrainConfig) -> dict[str, object]:
+    """How the retrain cut its windows, in ``moe.training.WindowConfig``'s keys: the seed's
+    ``predict_from_model`` reads ``min_context`` to forecast series shorter than L."""
+    return {
+        "windowing": "rolling",
+        "stride": config.stride,
+        "max_windows_per_series": config.max_windows_per_series,
+        "min_context": config.window_min_context,
+    }
 
 
 def season_policy(config: RetrainConfig) -> dict[str, object]:
@@ -258,7 +276,7 @@ def _constant_pair_candidate(
         "weights": [pair.weight, 1 - pair.weight],
         "train_mase": pair.train_mase,
     }
-    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
+    artifact = _packaged(artifact, experts, config)
     router = load_router(artifact, "cpu", experts=experts)
     scores, intervals = _backtest(router, experts, data, config)
     artifact = replace(artifact, intervals=intervals.to_plain())

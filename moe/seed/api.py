@@ -24,8 +24,9 @@ Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 
 Short series at prediction: a series shorter than ``input_length`` is NaN-padded on the left
 when the model was trained on such windows (it has at least the ``min_context`` recorded in
-``train_config["windows"]``); shorter than that, or for a model that records none (full
-windows only, e.g. ``"seed"`` windowing), it raises ``ValueError``. ``NaN`` inside the last
+``train_config["windows"]``, by ``train_and_save`` and by ``moe retrain``); shorter than that
+it raises ``ValueError`` (``"seed"`` windowing records ``input_length``; a model file from
+before the record counts as full windows). ``NaN`` inside the last
 ``input_length`` points is passed on as "missing" (experts mask it; the gate sees 0 there).
 """
 

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
+from moe.artifact import load_artifact
+from moe.seed.api import predict_from_model
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
 from pipeline.retrain import retrain
@@ -69,6 +72,13 @@ def test_retrain_and_forecast_with_padded_contexts(store: Store, tmp_path: Path)
     points = query(store, "SELECT point FROM forecasts WHERE run_id = $1", [run.run_id])
     assert np.isfinite(np.asarray(points.column(0).to_pylist(), float)).all()
     assert len(load_series(store).series_id) == 24
+    # The seed's predict takes the registered model and a short series as the batch does.
+    path = Path(result.artifact_path)
+    assert load_artifact(path).train_config["windows"]["min_context"] == 18
+    forecast = predict_from_model(path, [float(v % 7) for v in range(20)], 60)
+    assert forecast.shape == (1, 6) and torch.isfinite(forecast).all()
+    with pytest.raises(ValueError, match="at least min_context=18"):
+        predict_from_model(path, [1.0] * 17, 60)
 
 
 def test_min_context_longer_than_input_length_is_refused() -> None:
