@@ -195,16 +195,10 @@ def test_min_context_flag_trains_and_predicts_short_series(
     windows), and a series shorter than --input-length is forecast."""
     _write_dados(tmp_path / "dados.jsonl")  # 9..19 points
     model = str(tmp_path / "m.pt")
-    train = ["--mode", "train", "--jsonl", str(tmp_path / "dados.jsonl"), "--input-length"]
-    train += [
-        "24",
-        "--pred-length",
-        "2",
-        "--save-path",
-        model,
-        "--experts",
-        "seasonal_naive,autotheta",
-    ]
+    train = (
+        f"--mode train --jsonl {tmp_path / 'dados.jsonl'} --input-length 24 --pred-length 2 "
+        f"--save-path {model} --experts seasonal_naive,autotheta"
+    ).split()
     assert run([*train, "--epochs", "1", "--min-context", "6"]) == 0, capsys.readouterr().err
     assert load_artifact(model).train_config["windows"]["min_context"] == 6
     capsys.readouterr()
