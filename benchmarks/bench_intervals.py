@@ -9,6 +9,11 @@ nothing has seen). Widths are in MASE's scale (in-sample seasonal-naive MAE of `
 
     PYTHONPATH=. python benchmarks/bench_intervals.py --dataset m3 --max-series 300
     PYTHONPATH=. python benchmarks/bench_intervals.py --dataset tourism --no-freq
+    PYTHONPATH=. python benchmarks/bench_intervals.py --dataset m1 --development
+
+``--development`` leaves the official test part alone: each series' last ``h`` points of
+``x`` are the test instead, and the pipeline sees ``x`` without them (judge changes there
+first; score the official holdout once).
 
 Rows: ``calibrated`` is what the forecasts table holds; ``filled, uncalibrated`` uses the
 same expert fills with conformal factors 1 (the effect of the calibration alone).
@@ -67,7 +72,10 @@ def main() -> None:
     parser.add_argument("--experts", default="seasonal_naive,autoets,autotheta,fracast")
     parser.add_argument("--input-length", type=int, default=24)
     parser.add_argument(
-        "--min-context", type=int, default=None, help="fewest points per window (None: L)"
+        "--min-context",
+        type=int,
+        default=None,
+        help="fewest points per window (None: RetrainConfig's default, the smaller of 36 and L)",
     )
     parser.add_argument("--stride", type=int, default=6, help="steps between window origins")
     parser.add_argument("--windows", type=int, default=4, help="max windows per series")
@@ -76,19 +84,31 @@ def main() -> None:
     )
     parser.add_argument("--calibration", choices=["per_level", "paired"], default="paired")
     parser.add_argument("--no-freq", action="store_true", help="ingest without freq (detect)")
+    parser.add_argument(
+        "--development", action="store_true", help="test on the last h points of x instead"
+    )
     args = parser.parse_args()
 
     chosen = _series(args.dataset, args.kind, args.max_series)
     horizon = int(chosen[0].h)
     period = int(chosen[0].period)
+    history = [np.asarray(s.x, float) for s in chosen]  # what the pipeline sees
+    tests = [np.asarray(s.xx, float) for s in chosen]  # what it is scored on
+    if args.development:
+        short = [s.sn for s, x in zip(chosen, history, strict=True) if len(x) <= horizon + 1]
+        if short:
+            parser.error(f"--development needs more than h + 1 points of x; series {short}")
+        tests = [x[-horizon:] for x in history]
+        history = [x[:-horizon] for x in history]
+    holdout_name = "Development holdout (last h of x)" if args.development else "Official holdout"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "train.jsonl"
         with open(path, "w") as handle:
-            for series in chosen:
+            for series, values in zip(chosen, history, strict=True):
                 record = {
                     "series_id": f"{args.dataset}-{series.sn}",
-                    "sequence": list(map(float, series.x)),
+                    "sequence": list(map(float, values)),
                 }
                 if not args.no_freq:
                     record["freq"] = _FREQ[period]
@@ -124,8 +144,7 @@ def main() -> None:
         ids = [f"{args.dataset}-{s.sn}" for s in chosen]
         stored = load_series(store, ids)
         order = {sid: i for i, sid in enumerate(stored.series_id)}
-        actual = np.stack([np.asarray(s.xx, float) for s in chosen])
-        history = [np.asarray(s.x, float) for s in chosen]
+        actual = np.stack(tests)
         rows = query(
             store,
             "SELECT series_id, step, point, q05, q95 FROM forecasts WHERE run_id = $1",
@@ -163,7 +182,7 @@ def main() -> None:
             history,
             period,
         )
-    print(f"\nOfficial holdout ({actual.size} points; {missing} missing interval bounds):")
+    print(f"\n{holdout_name} ({actual.size} points; {missing} missing interval bounds):")
     print(f"{'intervals':<30}{'mase':>8}{'coverage_90':>13}{'width_90':>10}")
     for name, row in table.items():
         print(f"{name:<30}{row['mase']:>8.4f}{row['coverage_90']:>13.4f}{row['width_90']:>10.4f}")
