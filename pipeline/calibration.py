@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from moe.experts.base import QUANTILE_LEVELS
-from moe.intervals import IntervalModel, apply_factors, fit_conformal, residual_offsets
+from moe.intervals import (
+    IntervalModel,
+    apply_factors,
+    fit_conformal,
+    floor_nonnegative,
+    residual_offsets,
+)
 from moe.metrics import SeasonLength
 from moe.router import MoERouter
 from pipeline.backtest import Scores, score_models
@@ -101,14 +107,23 @@ def backtest_with_intervals(
         n_calibration=int(rows.size),
     )
     seasons: SeasonLength = season_length[rows]
+
+    # Scored as the forecasts table holds them: floored at 0 on never-negative windows, the
+    # experts too, so the promotion compares like with like (the factors are fitted before).
+    def floor(values: np.ndarray) -> np.ndarray:
+        return floor_nonnegative(values, held_context)
+
     scores = score_models(
         held_context,
         held_target,
         series_index[rows],
         list(names),
-        raw_points[rows],
-        filled,
-        {name: (point, calibrated), f"{name}_uncalibrated": (point, mixed)},
+        floor(raw_points[rows]),
+        floor(filled),
+        {
+            name: (floor(point), floor(calibrated)),
+            f"{name}_uncalibrated": (floor(point), floor(mixed)),
+        },
         seasons,
     )
     return scores, model

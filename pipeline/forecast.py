@@ -26,7 +26,7 @@ import torch
 from pandas.tseries.frequencies import to_offset
 
 from moe.experts.base import Expert
-from moe.intervals import IntervalModel, ResidualQuantileExpert
+from moe.intervals import IntervalModel, ResidualQuantileExpert, floor_nonnegative
 from moe.model_file import load_router
 from moe.precompute import experts_for_season, season_groups
 from moe.router import MoERouter
@@ -134,6 +134,7 @@ def route_by_season(
     ``indices`` ``(B, 2)`` and ``weights`` ``(B, 2)``. ``season_lengths`` ``(B,)``; None
     routes every row with the router's experts as they are. ``intervals`` (from the
     artifact): experts' missing levels are filled and the mixture's quantiles calibrated.
+    Rows whose observed context is never negative are floored at 0 (``floor_nonnegative``).
     """
     b, pred_length = contexts.shape[0], router.pred_length
     point = np.full((b, pred_length), np.nan)
@@ -154,7 +155,13 @@ def route_by_season(
             quantiles[rows] = intervals.apply(point[rows], quantiles[rows], contexts[rows])
         indices[rows] = output.routing.indices.numpy()
         weights[rows] = output.routing.weights.numpy()
-    return point, quantiles, indices, weights
+    # A series that was never negative gets no negative point or bound (moe.intervals).
+    return (
+        floor_nonnegative(point, contexts),
+        floor_nonnegative(quantiles, contexts),
+        indices,
+        weights,
+    )
 
 
 def forecast_rows(

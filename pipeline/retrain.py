@@ -23,7 +23,7 @@ from moe.constant_pair import best_constant_pair, constant_pair_gate
 from moe.data import Windows, newest_windows
 from moe.experts.base import Expert, ExpertConfig, legacy_cache_keys
 from moe.experts.registry import TRAINED_EXPERTS
-from moe.intervals import IntervalModel
+from moe.intervals import IntervalModel, floor_nonnegative
 from moe.metrics import mase
 from moe.model_file import build_artifact, load_router
 from moe.router import MoERouter
@@ -237,6 +237,7 @@ def _champion_mase(
     )
     assert quantiles is not None
     mixed, _ = mixture_on_cache(router, seen, points, quantiles)
+    mixed = floor_nonnegative(mixed, seen)  # as the batch forecast would give it
     score = mase(data.windows.target[holdout], mixed, context, _seasons(data)[holdout])
     return current.model_version, float(np.nanmean(score))
 

@@ -50,6 +50,7 @@ from moe.data import (
 )
 from moe.experts.base import Expert, ExpertConfig
 from moe.experts.registry import resolve_experts
+from moe.intervals import floor_nonnegative
 from moe.model_file import build_artifact, load_router
 from moe.precompute import experts_for_season, forecast_all
 from moe.seasonality import season_length_of
@@ -265,9 +266,10 @@ def predict_from_model(
     ``input_length`` must equal the model's. ``verbose=True`` prints the two chosen experts
     and their weights. A series shorter than ``input_length`` is NaN-padded on the left if
     it has at least the model's recorded ``min_context`` points (see the module docstring),
-    else raises ``ValueError``. A
-    model trained with per-series seasons takes this series' season from ``freq`` (else
-    detected from ``series``), as the batch forecast does.
+    else raises ``ValueError``. A model trained with per-series seasons takes this series'
+    season from ``freq`` (else detected from ``series``), as the batch forecast does; a
+    context that is never negative gets no negative forecast (``floor_nonnegative``), as
+    in the forecasts table.
     """
     artifact = load_artifact(model_path)
     if input_length != artifact.input_length:
@@ -291,6 +293,7 @@ def predict_from_model(
         newest = values[-input_length:]
         context[input_length - newest.shape[0] :] = newest
         output = router.route(context[None, :])  # (1, L) -> (1, H)
+    point = floor_nonnegative(output.point.cpu().numpy(), context[None, :].numpy())
     if verbose:
         print(output.routing.format())
-    return output.point.cpu()
+    return torch.from_numpy(point)

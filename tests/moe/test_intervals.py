@@ -16,7 +16,9 @@ from moe.intervals import (
     apply_factors,
     fill_quantiles,
     fit_conformal,
+    floor_nonnegative,
     interval_scale,
+    nonnegative_rows,
     residual_offsets,
 )
 from tests.experts.contract import assert_expert_contract
@@ -148,3 +150,22 @@ def test_paired_calibration_keeps_the_interval_asymmetry() -> None:
     per_level = fit_conformal(point, narrow, np.abs(target), context)
     paired = fit_conformal(point, narrow, np.abs(target), context, paired=True)
     assert per_level[0, Q05] < 0 < paired[0, Q05]  # per-level moves q05 above the point
+
+
+def test_floor_nonnegative_only_touches_never_negative_contexts() -> None:
+    """Guards the floor: rows whose observed context has no value below 0 get no negative
+    point or quantile; a row that was ever negative, or has nothing observed, is left as
+    it is; NaN stays NaN; the input is not modified."""
+    nan = np.nan
+    context = np.array(
+        [[nan, 0.0, 3.0], [2.0, -1.0, 4.0], [nan, nan, nan], [5.0, 6.0, 7.0]], np.float32
+    )
+    assert nonnegative_rows(context).tolist() == [True, False, False, True]
+    quantiles = np.full((4, 2, 3), -2.0)  # (N, H, Q)
+    quantiles[3, 1] = [nan, 1.0, 2.0]
+    floored = floor_nonnegative(quantiles, context)
+    assert (floored[0] == 0.0).all() and (floored[1] == -2.0).all() and (floored[2] == -2.0).all()
+    np.testing.assert_array_equal(floored[3, 1], [nan, 1.0, 2.0])
+    assert (quantiles[0] == -2.0).all()
+    points = np.array([[-1.0, 2.0]] * 4)  # (N, H)
+    assert floor_nonnegative(points, context)[:, 0].tolist() == [0.0, -1.0, -1.0, 0.0]

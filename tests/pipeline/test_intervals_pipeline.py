@@ -5,17 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+import pipeline.forecast
 from moe.artifact import load_artifact
 from moe.experts.base import ExpertForecast
 from moe.experts.fake import FakeForecaster
 from moe.intervals import IntervalModel
+from moe.model_file import load_router
 from pipeline.config import ForecastConfig, RetrainConfig
-from pipeline.forecast import batch_forecast
+from pipeline.forecast import batch_forecast, last_contexts, route_by_season
 from pipeline.retrain import retrain
-from storage import Store
+from storage import Store, ingest_jsonl
 from storage.schemas import QUANTILE_COLUMNS
+from storage.series import load_series
 from storage.sql import query
 
 
@@ -61,3 +65,55 @@ def test_every_row_gets_calibrated_intervals(store: Store, series_file: Path) ->
         "SELECT coverage_90 FROM backtest_metrics WHERE model = 'a' AND series_id IS NULL",
     ).column(0)
     assert per_expert[0].as_py() is not None  # filled from residuals, so measurable
+
+
+def test_never_negative_series_get_no_negative_forecasts(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards the floor at 0 (moe.intervals.floor_nonnegative) in the forecasts table: series
+    that were never negative get no negative point or bound, although the mixture without
+    the floor goes below 0 on them; a series with a negative value keeps its forecasts."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "near_zero.jsonl"
+    with open(path, "w") as handle:
+        for index in range(12):
+            values = 3.0 + np.abs(rng.standard_normal(48)) * (1 + index % 3)
+            if index == 0:
+                values[-10] = -1.0  # negative inside its context: never floored
+            handle.write(f'{{"series_id": "z{index:02d}", "sequence": {values.tolist()}}}\n')
+    ingest_jsonl(store, str(path))
+    experts = [_PointOnly("low", offset=-6.0), _PointOnly("high", offset=1.0)]
+    experts.append(_PointOnly("flat", factor=0.5))
+    config = RetrainConfig(
+        experts=["seasonal_naive", "autoets", "autotheta"],
+        input_length=24,
+        pred_length=6,
+        max_windows_per_series=4,
+        season_length=1,
+        forecast_after=False,
+        train={"epochs": 2, "batch_size": 32},  # type: ignore[arg-type]
+    )
+    result = retrain(store, config, experts=experts)
+    run = batch_forecast(store, ForecastConfig(), experts=experts)
+    rows = query(
+        store,
+        "SELECT series_id, step, point, q05 FROM forecasts WHERE run_id = $1 "
+        "ORDER BY series_id, step",
+        [run.run_id],
+    ).to_pydict()
+    point = np.asarray(rows["point"]).reshape(12, 6)
+    q05 = np.asarray(rows["q05"]).reshape(12, 6)
+    assert (point[1:] >= 0).all() and (q05[1:] >= 0).all()
+
+    artifact = load_artifact(result.artifact_path)
+    series = load_series(store)
+    assert list(series.series_id) == sorted(series.series_id)
+    contexts, _ = last_contexts(series, 24)
+    router = load_router(artifact, experts=experts)
+    intervals = IntervalModel.from_plain(artifact.intervals)
+    monkeypatch.setattr(pipeline.forecast, "floor_nonnegative", lambda values, _: values)
+    raw_point, raw_q, _, _ = route_by_season(router, contexts, None, "cpu", intervals)
+    assert (raw_q[1:, :, 0] < 0).any()  # without the floor these rows go below 0
+    # z00 (negative inside its context) is stored exactly as routed, unfloored.
+    np.testing.assert_allclose(point[0], raw_point[0], rtol=1e-6)
+    np.testing.assert_allclose(q05[0], raw_q[0, :, 0], rtol=1e-6)
