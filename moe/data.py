@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_MIN_CONTEXT",
     "Windows",
     "default_min_context",
+    "left_padded",
     "rolling_windows",
     "observed_windows",
     "newest_windows",
@@ -120,7 +121,7 @@ def rolling_windows(
         for rank in range(n_windows):  # rank 0 is the newest window
             end = len(values) - rank * step
             contexts.append(
-                _left_padded(values[max(end - width, 0) : end - pred_length], input_length)
+                left_padded(values[max(end - width, 0) : end - pred_length], input_length)
             )
             targets.append(values[end - pred_length : end])
             series_index.append(index)
@@ -165,7 +166,7 @@ def dense_windows(
     return observed_windows(windows)
 
 
-def _left_padded(values: np.ndarray, length: int) -> np.ndarray:
+def left_padded(values: np.ndarray, length: int) -> np.ndarray:
     """``values`` ``(n,)`` with ``n <= length``, NaN-padded on the left to ``(length,)``."""
     if len(values) == length:
         return values

@@ -44,6 +44,7 @@ from moe.artifact import ArtifactError, GateArtifact, load_artifact, save_artifa
 from moe.data import (
     Windows,
     default_min_context,
+    left_padded,
     newest_windows,
     observed_windows,
     rolling_windows,
@@ -143,7 +144,8 @@ def _random_validation(n_windows: int, config: TrainConfig) -> torch.Tensor:
 
 def _trained_min_context(train_config: dict[str, object], input_length: int) -> int:
     """The fewest points the model's training windows had before their target: the
-    ``min_context`` ``train_and_save`` records, else ``input_length`` (full windows)."""
+    ``min_context`` that ``train_and_save`` and ``moe retrain`` record, else
+    ``input_length`` (full windows)."""
     windows = train_config.get("windows")
     recorded = windows.get("min_context") if isinstance(windows, dict) else None
     if isinstance(recorded, int) and 1 <= recorded <= input_length:
@@ -289,11 +291,9 @@ def predict_from_model(
         season = season_length_of(freq, values.numpy(), artifact.season.get("forced"))
         router.experts = experts_for_season(router.experts, season)
     with torch.no_grad():
-        context = torch.full((input_length,), float("nan"))  # short series: NaN on the left
-        newest = values[-input_length:]
-        context[input_length - newest.shape[0] :] = newest
-        output = router.route(context[None, :])  # (1, L) -> (1, H)
-    point = floor_nonnegative(output.point.cpu().numpy(), context[None, :].numpy())
+        context = left_padded(values.numpy()[-input_length:], input_length)[None, :]  # (1, L)
+        output = router.route(torch.from_numpy(context))  # (1, L) -> (1, H)
+    point = floor_nonnegative(output.point.cpu().numpy(), context)
     if verbose:
         print(output.routing.format())
     return torch.from_numpy(point)
