@@ -21,6 +21,7 @@ local store, and the few operations that need a local folder say so for an ``s3:
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -702,12 +703,17 @@ class Store:
 
         ``for_reader``: list through the readers' filesystem (object storage), whose cache
         then answers DuckDB's look-ups of these parts; writers always list uncached.
+
+        Locally the listing uses ``glob.glob``, which skips a folder that vanishes while it
+        is being listed (a run dropped by retention or replaced by a rewrite); ``Path.glob``
+        on Python 3.11 raises FileNotFoundError there instead, failing a concurrent reader.
         """
         if self._root is None:
             fs = reader_filesystem() if for_reader else self.fs
             found = fs.glob(f"{folder}/{pattern}")
             return sorted("s3://" + str(path) for path in found)
-        return sorted(path.as_posix() for path in Path(folder).glob(pattern))
+        found = glob.glob(f"{glob.escape(folder)}/{pattern}", include_hidden=True)
+        return sorted(Path(path).as_posix() for path in found)
 
     def part_locations(
         self, table: str, partition: dict[str, str] | None = None, *, for_reader: bool = False

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,6 +105,29 @@ def test_readers_during_retention_never_fail(store: Store) -> None:
         reader.join()
     assert len(report.dropped) == 13 and not errors and counts
     assert all(c <= {4} for c in counts)  # every run seen had all of its 4 rows
+
+
+def test_listing_skips_a_run_dropped_while_it_is_listed(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Guards the race behind the reader test above, made certain: a run's folder renamed
+    away (as drop_partition does) after the table folder was read and before the run's
+    own folder is: the listing leaves that run out instead of raising FileNotFoundError,
+    and a query over it sees the other runs."""
+    victim = Path(store.table_location("forecasts", {"run_id": "old1"}))
+    real_scandir = os.scandir
+
+    def scandir_racing_a_writer(path: str = ".") -> Iterator[os.DirEntry[str]]:
+        if Path(path) == victim and victim.exists():
+            os.replace(victim, store.tmp_dir / "retired-by-the-test")
+        return real_scandir(path)
+
+    before = store.part_locations("forecasts")
+    monkeypatch.setattr(os, "scandir", scandir_racing_a_writer)
+    parts = store.part_locations("forecasts")
+    assert not victim.exists()  # the race happened
+    assert parts == [p for p in before if Path(p).parent != victim] and len(parts) < len(before)
+    assert _runs(store) == ["mid", "new", "old2"]
 
 
 def test_cli_retain(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
