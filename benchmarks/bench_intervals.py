@@ -33,7 +33,7 @@ import numpy as np
 from moe.artifact import load_artifact
 from moe.intervals import IntervalModel
 from moe.model_file import load_router
-from pipeline.config import ForecastConfig, RetrainConfig
+from pipeline.config import ForecastConfig, GlobalExpertConfig, RetrainConfig
 from pipeline.forecast import batch_forecast, last_contexts, route_by_season
 from pipeline.retrain import retrain
 from pipeline.seasons import series_season_lengths
@@ -87,7 +87,24 @@ def main() -> None:
     parser.add_argument(
         "--development", action="store_true", help="test on the last h points of x instead"
     )
+    parser.add_argument(
+        "--global-lookbacks",
+        default=None,
+        help="global_mlp members' lookbacks in multiples of h, e.g. 3 or 2,3,4 (default: "
+        "GlobalExpertConfig's)",
+    )
+    parser.add_argument(
+        "--global-max-seconds",
+        type=float,
+        default=None,
+        help="global_mlp time budget per network fit (default: GlobalExpertConfig's)",
+    )
     args = parser.parse_args()
+    global_settings: dict[str, object] = {}
+    if args.global_lookbacks is not None:
+        global_settings["lookbacks"] = tuple(int(k) for k in args.global_lookbacks.split(","))
+    if args.global_max_seconds is not None:
+        global_settings["max_seconds"] = args.global_max_seconds
 
     chosen = _series(args.dataset, args.kind, args.max_series)
     horizon = int(chosen[0].h)
@@ -125,6 +142,7 @@ def main() -> None:
             stride=args.stride,
             forecast_after=False,
             interval_calibration=args.calibration,
+            global_expert=GlobalExpertConfig.model_validate(global_settings),
         )
         result = retrain(store, config)
         overall = result.scores.overall()
