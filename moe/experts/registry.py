@@ -35,6 +35,7 @@ _BUILDERS: dict[str, str] = {
     "dynamic_theta": "moe.experts.statistical:build_dynamic_theta",
     "autoces": "moe.experts.statistical:build_autoces",
     "autoarima": "moe.experts.statistical:build_autoarima",
+    "stat_ensemble": "moe.experts.statistical:build_stat_ensemble",
     "fracast": "moe.experts.fracast_expert:build",
     "global_mlp": "moe.experts.global_mlp:build",
 }
@@ -45,7 +46,12 @@ FOUNDATION_EXPERTS: tuple[str, ...] = ("moirai", "timemoe", "timesfm")
 OFFLINE_EXPERTS: tuple[str, ...] = ("seasonal_naive", "autoets", "autotheta", "fracast")
 #: More statsforecast models, offline like the above, registered for a wider pool (not in
 #: the default pool; docs/ACCURACY.md measures them).
-EXTRA_STATISTICAL_EXPERTS: tuple[str, ...] = ("dynamic_theta", "autoces", "autoarima")
+EXTRA_STATISTICAL_EXPERTS: tuple[str, ...] = (
+    "dynamic_theta",
+    "autoces",
+    "autoarima",
+    "stat_ensemble",
+)
 #: Experts the retrain trains on the training windows (built from the checkpoint it saves).
 TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp",)
 #: Experts used by ``experts="auto"`` when the foundation experts cannot load.

@@ -101,7 +101,7 @@ def test_registry_names_and_targets() -> None:
     """Guards the explicit mapping: seed order, every name resolves to a callable builder."""
     assert FOUNDATION_EXPERTS == ("moirai", "timemoe", "timesfm")
     assert OFFLINE_EXPERTS == ("seasonal_naive", "autoets", "autotheta", "fracast")
-    assert EXTRA_STATISTICAL_EXPERTS == ("dynamic_theta", "autoces", "autoarima")
+    assert EXTRA_STATISTICAL_EXPERTS == ("dynamic_theta", "autoces", "autoarima", "stat_ensemble")
     assert EXPERT_NAMES == (
         FOUNDATION_EXPERTS + OFFLINE_EXPERTS + EXTRA_STATISTICAL_EXPERTS + ("global_mlp",)
     )

@@ -207,3 +207,46 @@ def test_bad_input_is_named(context: torch.Tensor, horizon: int, message: str) -
     """Guards the boundary: a malformed call raises ValueError saying what is wrong."""
     with pytest.raises(ValueError, match=message):
         build_expert("seasonal_naive").forecast(context, horizon)
+
+
+def test_stat_ensemble_is_the_mean_of_its_members() -> None:
+    """Guards the combination: point and every quantile level are the members' means, for
+    the ensemble's season, including the short-row (non-seasonal) and one-point paths."""
+    config = ExpertConfig(season_length=4)
+    ensemble = build_expert("stat_ensemble", config)
+    context = _seasonal_rows(3, 40)
+    context[1, :33] = float("nan")  # 7 observed points: shorter than 2 seasons -> plain fits
+    context[2, :39] = float("nan")  # one point: Naive, no spread
+    result = ensemble.forecast(context, 5)
+    members = [
+        build_expert(name, config).forecast(context, 5)
+        for name in ("autoets", "autotheta", "autoces")
+    ]
+    expected_point = torch.stack([m.point for m in members]).mean(0)
+    torch.testing.assert_close(result.point, expected_point)
+    assert result.quantiles is not None
+    expected_q = torch.stack([m.quantiles for m in members if m.quantiles is not None]).mean(0)
+    torch.testing.assert_close(result.quantiles, expected_q, equal_nan=True)
+    assert torch.isnan(result.quantiles[2]).all() and torch.isfinite(result.quantiles[:2]).all()
+    # Averaged sorted quantiles stay sorted.
+    assert (result.quantiles[:2].diff(dim=-1) >= 0).all()
+
+
+def test_stat_ensemble_cache_key_and_season_variants() -> None:
+    """Guards cache invalidation: the key names the library, every member and the season,
+    and a season variant fits every member with the new period."""
+    ensemble = build_expert("stat_ensemble", ExpertConfig(season_length=12))
+    key = ensemble.cache_key
+    assert key.startswith(f"stat_ensemble|statsforecast=={statsforecast.__version__}|")
+    assert "mean(AutoETS,AutoTheta,AutoCES)|season_length=12|" in key
+    variant = ensemble.with_season_length(4)  # type: ignore[attr-defined]
+    assert "season_length=4" in variant.cache_key and variant.cache_key != key
+    assert ensemble.with_season_length(12) is ensemble  # type: ignore[attr-defined]
+    context = _seasonal_rows(2, 40)
+    expected = torch.stack(
+        [
+            build_expert(n, ExpertConfig(season_length=4)).forecast(context, 3).point
+            for n in ("autoets", "autotheta", "autoces")
+        ]
+    ).mean(0)
+    torch.testing.assert_close(variant.forecast(context, 3).point, expected)
