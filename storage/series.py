@@ -10,10 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.sql import _is_vanished_part
+from storage.sql import _READ_RETRIES, _is_vanished_part, pause_before_relisting
 from storage.store import Store
-
-_READ_RETRIES = 8
 
 __all__ = ["StoredSeries", "load_series"]
 
@@ -69,6 +67,7 @@ def load_series(store: Store, series_ids: Sequence[str] | None = None) -> Stored
             # A compaction or retention deleted a listed part before it was read: list again.
             if attempt + 1 == _READ_RETRIES or not _is_vanished_part(error):
                 raise
+            pause_before_relisting(attempt)
     return StoredSeries(
         series_id=table.column("series_id").to_pylist(),
         content_hash=table.column("content_hash").to_pylist(),

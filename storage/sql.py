@@ -27,6 +27,7 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -57,7 +58,16 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 _SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog"})
 _LOCAL_CATALOGS = frozenset({"", "memory"})
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-_READ_RETRIES = 8  # a part renamed away or dropped between listing and reading: list again
+_READ_RETRIES = 10  # a part renamed away or dropped between listing and reading: list again
+
+
+def pause_before_relisting(attempt: int) -> None:
+    """Wait before listing the parts again, longer each attempt (10 ms doubling, at most
+    0.5 s; about 2 s over every retry). Why: a compaction or retention deletes its old
+    parts one by one, and a reader that re-lists at once can find another listed part gone
+    on every attempt until the writer is done (seen on a loaded 2-core machine)."""
+    time.sleep(min(0.5, 0.01 * 2**attempt))
+
 
 # Settings fixed when the connection is created (before ``lock_configuration``).
 _SANDBOX_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -298,6 +308,7 @@ def query(store: Store, sql: str, parameters: Sequence[object] | None = None) ->
             return connection.sql(sql, params=list(parameters or [])).to_arrow_table()
         except duckdb.PermissionException as error:
             if attempt + 1 < _READ_RETRIES and _is_vanished_listed_part(store, error):
+                pause_before_relisting(attempt)
                 continue  # a writer dropped or replaced a part after it was listed
             raise ReadOnlyViolation(f"refused: {error}") from error
         except (duckdb.Error, OSError) as error:
@@ -305,6 +316,7 @@ def query(store: Store, sql: str, parameters: Sequence[object] | None = None) ->
             # parts were listed: list them again.
             if attempt + 1 == _READ_RETRIES or not _is_vanished_part(error):
                 raise
+            pause_before_relisting(attempt)
         finally:
             if connection is not None:
                 connection.close()

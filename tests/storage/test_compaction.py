@@ -224,3 +224,44 @@ def test_cli_compact(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(store.part_files("series_versions")) == 9  # only the table asked for
     assert main(["--store", str(store.root), "store", "retain", "--keep-versions", "2"]) == 2
     assert "options of `moe store compact`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reader", ["query", "load_series"])
+def test_reader_outlasts_a_writer_deleting_listed_parts_for_a_second(
+    store: Store, monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    """Guards the re-list backoff: while a writer keeps deleting parts (here: every read
+    before one simulated second finds a listed part gone), a reader waits and lists again
+    instead of failing after a burst of immediate retries (CI failure on a loaded machine).
+    The clock advances only by the reader's pauses, so the test is deterministic."""
+    import duckdb
+
+    import storage.series
+    import storage.sql
+
+    clock = {"now": 0.0, "attempts": 0}
+    monkeypatch.setattr(
+        storage.sql.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s)
+    )
+    real_connection = storage.sql.readonly_connection
+
+    def vanishing(store_: Store) -> duckdb.DuckDBPyConnection:
+        clock["attempts"] += 1
+        if clock["now"] < 1.0:
+            raise duckdb.IOException('No files found that match the pattern "x.parquet"')
+        return real_connection(store_)
+
+    monkeypatch.setattr(storage.sql, "readonly_connection", vanishing)
+    monkeypatch.setattr(storage.series, "readonly_connection", vanishing, raising=False)
+    if reader == "query":
+        assert query(store, "SELECT count(*) AS n FROM series").column("n")[0].as_py() > 0
+    else:
+        original = storage.series._read_latest
+
+        def read_latest(store_: Store, ids: object) -> object:
+            vanishing(store_).close()  # the same simulated writer in front of the real read
+            return original(store_, ids)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(storage.series, "_read_latest", read_latest)
+        assert len(load_series(store).series_id) > 0
+    assert 1.0 <= clock["now"] < 3.0 and clock["attempts"] >= 7
