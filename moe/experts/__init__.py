@@ -14,6 +14,7 @@ from moe.experts.base import (
     MissingExtraError,
 )
 from moe.experts.registry import (
+    DEFAULT_POOL,
     EXPERT_NAMES,
     FOUNDATION_EXPERTS,
     OFFLINE_DEFAULT,
@@ -31,6 +32,7 @@ __all__ = [
     "ExpertForecast",
     "ExpertLoadError",
     "MissingExtraError",
+    "DEFAULT_POOL",
     "EXPERT_NAMES",
     "FOUNDATION_EXPERTS",
     "OFFLINE_EXPERTS",

@@ -20,6 +20,7 @@ __all__ = [
     "FOUNDATION_EXPERTS",
     "OFFLINE_EXPERTS",
     "OFFLINE_DEFAULT",
+    "DEFAULT_POOL",
     "TRAINED_EXPERTS",
     "build_expert",
     "resolve_experts",
@@ -54,6 +55,12 @@ EXTRA_STATISTICAL_EXPERTS: tuple[str, ...] = (
 )
 #: Experts the retrain trains on the training windows (built from the checkpoint it saves).
 TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp",)
+#: The retrain's default pool (``RetrainConfig.experts``): offline, and the pool with the
+#: lowest mean MASE against the better of AutoETS/AutoTheta on the development split of M3,
+#: Tourism and M1 monthly through ``moe retrain`` (docs/ACCURACY.md "accuracy10"): the
+#: combination ``stat_ensemble`` replaces AutoETS and sits beside AutoTheta, fracast and
+#: seasonal naive, so a routed pair can hold up to four statistical fits and fracast.
+DEFAULT_POOL: tuple[str, ...] = ("seasonal_naive", "autotheta", "fracast", "stat_ensemble")
 #: Experts used by ``experts="auto"`` when the foundation experts cannot load.
 OFFLINE_DEFAULT: tuple[str, ...] = ("seasonal_naive", "autoets", "autotheta")
 #: Every registered name.

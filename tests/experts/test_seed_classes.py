@@ -18,7 +18,7 @@ from moe.experts import (
     build_expert,
 )
 from moe.experts.fake import FakeForecaster
-from moe.experts.registry import _BUILDERS, EXTRA_STATISTICAL_EXPERTS
+from moe.experts.registry import _BUILDERS, DEFAULT_POOL, EXTRA_STATISTICAL_EXPERTS
 from moe.seed.experts import ExpertModule, MoiraiMoEExpert, TimeMoEExpert, TimesFMExpert
 
 SEED_CLASSES = {"moirai": MoiraiMoEExpert, "timemoe": TimeMoEExpert, "timesfm": TimesFMExpert}
@@ -109,6 +109,18 @@ def test_registry_names_and_targets() -> None:
     for name, target in _BUILDERS.items():
         module_name, function_name = target.split(":")
         assert callable(getattr(importlib.import_module(module_name), function_name)), name
+
+
+def test_default_pool_is_offline_and_the_retrain_default() -> None:
+    """Guards the measured default (docs/ACCURACY.md accuracy10): the retrain's pool needs no
+    download, and a config that names no experts gets exactly it."""
+    from pipeline.config import RetrainConfig
+
+    assert DEFAULT_POOL == ("seasonal_naive", "autotheta", "fracast", "stat_ensemble")
+    assert set(DEFAULT_POOL) <= set(OFFLINE_EXPERTS + EXTRA_STATISTICAL_EXPERTS)
+    assert RetrainConfig().experts == list(DEFAULT_POOL)
+    for name in DEFAULT_POOL:
+        assert build_expert(name).name == name
 
 
 @pytest.mark.parametrize("name", OFFLINE_EXPERTS)
