@@ -62,7 +62,9 @@ TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp",)
 #: seasonal naive, so a routed pair can hold up to four statistical fits and fracast.
 DEFAULT_POOL: tuple[str, ...] = ("seasonal_naive", "autotheta", "fracast", "stat_ensemble")
 #: Experts used by ``experts="auto"`` when the foundation experts cannot load.
-OFFLINE_DEFAULT: tuple[str, ...] = ("seasonal_naive", "autoets", "autotheta")
+#: The same pool as the retrain's default, so the seed's command line and ``moe retrain``
+#: choose among the same experts on a machine without foundation weights.
+OFFLINE_DEFAULT: tuple[str, ...] = DEFAULT_POOL
 #: Every registered name.
 EXPERT_NAMES: tuple[str, ...] = (
     FOUNDATION_EXPERTS + OFFLINE_EXPERTS + EXTRA_STATISTICAL_EXPERTS + TRAINED_EXPERTS

@@ -10,9 +10,9 @@ Predict (prints the ``(1, pred_length)`` forecast as a JSON list of lists)::
     python main.py --mode predict --save-path ./moe_model.pt --series '[1, 2, 3, 4, 5]'
 
 ``--experts`` defaults to ``auto``: the seed's foundation experts (moirai, timemoe, timesfm)
-when their weights are available locally, otherwise the offline statistical experts
-(seasonal_naive, autoets, autotheta), announced on stderr. Prediction always uses the
-experts stored in the model file. Errors go to stderr with exit status 1.
+when their weights are available locally, otherwise the retrain's offline default pool
+(seasonal_naive, autotheta, fracast, stat_ensemble), announced on stderr. Prediction always
+uses the experts stored in the model file. Errors go to stderr with exit status 1.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--experts",
         default="auto",
         help="train: comma-separated registry names, or 'auto' (foundation experts if "
-        "their weights are present, else seasonal_naive,autoets,autotheta)",
+        "their weights are present, else seasonal_naive,autotheta,fracast,stat_ensemble)",
     )
     parser.add_argument(
         "--series", help="predict: JSON list of numbers; the last input-length are used"

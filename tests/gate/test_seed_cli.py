@@ -63,9 +63,11 @@ def test_seed_train_command_works_as_written(
     folder, completed = seed_run
     assert completed.returncode == 0, completed.stderr
     assert (folder / "moe_model.pt").is_file()
-    assert "using offline experts seasonal_naive, autoets, autotheta" in completed.stderr
+    assert "using offline experts seasonal_naive, autotheta, fracast, stat_ensemble" in (
+        completed.stderr
+    )
     assert completed.stdout.startswith(
-        "saved ./moe_model.pt: experts seasonal_naive,autoets,autotheta"
+        "saved ./moe_model.pt: experts seasonal_naive,autotheta,fracast,stat_ensemble"
     )
 
 
