@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe.data import newest_windows, rolling_windows
+from moe.data import rolling_windows, validation_windows
 
 __all__ = [
     "DATASETS",
@@ -54,6 +54,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "m3": DatasetSpec("M3", "monthly", 126, "M3 monthly (1428 series, h=18)"),
     "tourism": DatasetSpec("Tourism", "monthly", 120, "Tourism monthly (366 series, h=24)"),
     "m1": DatasetSpec("M1", "monthly", 132, "M1 monthly (617 series, h=18)"),
+    # Short series (the adaptive min_context's case; L = the longest training series).
+    "m3_quarterly": DatasetSpec("M3", "quarterly", 64, "M3 quarterly (756 series, h=8)"),
+    "m3_yearly": DatasetSpec("M3", "yearly", 41, "M3 yearly (645 series, h=6)"),
+    "tourism_quarterly": DatasetSpec(
+        "Tourism", "quarterly", 122, "Tourism quarterly (427 series, h=8)"
+    ),
+    "tourism_yearly": DatasetSpec("Tourism", "yearly", 43, "Tourism yearly (518 series, h=4)"),
 }
 
 
@@ -187,7 +194,8 @@ def make_windows(
         min_context=1,
     )
     # Training windows: the production window maker (moe.data.rolling_windows) on the
-    # training part, newest first; the newest of each series with two or more validates.
+    # training part, newest first; the production validation split (the newest of each
+    # series with two or more, and a seeded share of the series with one).
     train = rolling_windows(
         data.train,
         input_length,
@@ -197,7 +205,7 @@ def make_windows(
         holdout=0,
         min_context=min_context,
     )
-    validation = newest_windows(train.series_index, train.origin)
+    validation = validation_windows(train.series_index, train.origin)
     n_test, n_train = len(tests), len(train)
     is_test = np.r_[np.ones(n_test, bool), np.zeros(n_train, bool)]
     series_index = np.r_[tests.series_index, train.series_index]

@@ -14,11 +14,16 @@ import numpy as np
 __all__ = [
     "DEFAULT_MIN_CONTEXT",
     "Windows",
+    "SHORTEST_CONTEXT",
+    "SINGLE_WINDOW_VALIDATION_SHARE",
     "default_min_context",
+    "series_min_context",
+    "shortest_context",
     "left_padded",
     "rolling_windows",
     "observed_windows",
     "newest_windows",
+    "validation_windows",
     "window_ranks",
 ]
 
@@ -26,6 +31,15 @@ __all__ = [
 #: ``moe retrain`` and the seed's ``train_and_save``). Three years of monthly data: short
 #: series keep their windows under a long ``input_length``, NaN-padded on the left.
 DEFAULT_MIN_CONTEXT = 36
+
+#: Under the default ``min_context`` a series too short for its windows at
+#: ``DEFAULT_MIN_CONTEXT`` points still gets them with fewer (``series_min_context``), but
+#: never fewer than this: AutoETS and AutoCES need 7 points to fit at all.
+SHORTEST_CONTEXT = 8
+
+#: Share of the series with a single training window that validate with it
+#: (``validation_windows``): what lets a store of short series (yearly, quarterly) validate.
+SINGLE_WINDOW_VALIDATION_SHARE = 0.2
 
 
 def default_min_context(input_length: int, min_context: int | None = None) -> int:
@@ -38,6 +52,49 @@ def default_min_context(input_length: int, min_context: int | None = None) -> in
             f"min_context must be between 1 and input_length ({input_length}), got {min_context}"
         )
     return min_context
+
+
+def shortest_context(input_length: int, min_context: int | None = None) -> int:
+    """The fewest points before any window's target: ``min_context`` when set, else
+    ``SHORTEST_CONTEXT`` (what ``series_min_context`` gives a short series at least), both
+    capped by ``default_min_context``. Model files record it, so a forecast accepts a
+    series as short as the shortest window the gate was trained on."""
+    most = default_min_context(input_length, min_context)
+    return most if min_context is not None else min(SHORTEST_CONTEXT, most)
+
+
+def series_min_context(
+    lengths: Sequence[int] | np.ndarray,
+    seasons: Sequence[int] | np.ndarray,
+    pred_length: int,
+    *,
+    stride: int,
+    windows: int,
+    most: int,
+) -> np.ndarray:
+    """``(S,)`` int64: each series' fewest points before a window's target, under the default
+    ``min_context`` (None).
+
+    ``most`` (``default_min_context``) where the series is long enough to keep its newest
+    ``windows`` windows with that much context; a shorter series gets what it has before the
+    ``windows``-th newest window's target, so that window still exists (e.g. one training
+    window before the backtest windows of a yearly series of 20 points). Never fewer than
+    ``max(SHORTEST_CONTEXT, 2 * season)`` points (capped at ``most``): a seasonal model fitted
+    on a window then sees two seasons, as it will on the series' whole history.
+    ``lengths`` and ``seasons`` are ``(S,)``; ``stride`` steps between window origins.
+    """
+    if stride < 1 or windows < 1 or pred_length < 1 or most < 1:
+        raise ValueError(
+            f"stride, windows, pred_length and most must be >= 1, got {stride}, {windows}, "
+            f"{pred_length}, {most}"
+        )
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
+    seasons = np.asarray(seasons, np.int64).reshape(-1)
+    if lengths.shape != seasons.shape:
+        raise ValueError(f"lengths {lengths.shape} and seasons {seasons.shape} must match")
+    available = lengths - (windows - 1) * stride - pred_length
+    floor = np.minimum(most, np.maximum(SHORTEST_CONTEXT, 2 * seasons))
+    return np.clip(available, floor, most)
 
 
 @dataclass(frozen=True)
@@ -83,7 +140,7 @@ def rolling_windows(
     stride: int | None = None,
     max_windows_per_series: int | None = None,
     holdout: int = 1,
-    min_context: int | None = None,
+    min_context: int | Sequence[int] | np.ndarray | None = None,
 ) -> Windows:
     """Rolling-origin windows over each series, newest first when capped.
 
@@ -91,8 +148,9 @@ def rolling_windows(
     so the last window always ends at the last observation. ``max_windows_per_series``
     keeps the newest ones. The newest ``holdout`` windows of each series are flagged for
     validation/backtests; the others are for training. ``min_context`` (default
-    ``input_length``): fewest points a window needs before its target; contexts shorter
-    than ``input_length`` are NaN-padded on the left (missing, as experts and gates read NaN).
+    ``input_length``): fewest points a window needs before its target, one number or one
+    per series (``series_min_context``); contexts shorter than ``input_length`` are
+    NaN-padded on the left (missing, as experts and gates read NaN).
     """
     if input_length < 1 or pred_length < 1:
         raise ValueError(
@@ -103,9 +161,12 @@ def rolling_windows(
         raise ValueError(f"stride must be >= 1, got {step}")
     if holdout < 0:
         raise ValueError(f"holdout must be >= 0, got {holdout}")
-    shortest = input_length if min_context is None else min_context
-    if shortest < 1:
-        raise ValueError(f"min_context must be >= 1, got {min_context}")
+    shortest_of = np.broadcast_to(
+        np.asarray(input_length if min_context is None else min_context, np.int64),
+        (len(sequences),),
+    )
+    if shortest_of.size and shortest_of.min() < 1:
+        raise ValueError(f"min_context must be >= 1, got {int(shortest_of.min())}")
     width = input_length + pred_length
     contexts: list[np.ndarray] = []
     targets: list[np.ndarray] = []
@@ -114,7 +175,7 @@ def rolling_windows(
     holdout_flags: list[bool] = []
     for index, raw in enumerate(sequences):
         values = np.asarray(raw, dtype=np.float32)
-        usable = len(values) - pred_length - shortest
+        usable = len(values) - pred_length - int(shortest_of[index])
         n_windows = 0 if usable < 0 else usable // step + 1
         if max_windows_per_series is not None:
             n_windows = min(n_windows, max_windows_per_series)
@@ -214,3 +275,30 @@ def newest_windows(series_index: np.ndarray, origin: np.ndarray) -> np.ndarray:
         return rank.astype(bool)
     counts = np.bincount(series_index)
     return (rank == 0) & (counts[series_index] >= 2)
+
+
+def validation_windows(
+    series_index: np.ndarray,
+    origin: np.ndarray,
+    *,
+    seed: int = 0,
+    single_share: float = SINGLE_WINDOW_VALIDATION_SHARE,
+) -> np.ndarray:
+    """``(N,)`` bool: the gate's validation windows among training windows ``(N,)``.
+
+    Each series' newest window where it has two or more (``newest_windows``: temporal, so
+    overlapping windows of one series never straddle the split), and the only window of a
+    seeded ``single_share`` of the series that have one (at least one such series when two
+    or more have one): an across-series split, which cannot leak through overlap, so a
+    store of short series (one training window each) still validates.
+    """
+    mask = newest_windows(series_index, origin)
+    if mask.size == 0:
+        return mask
+    counts = np.bincount(series_index)
+    single = np.flatnonzero(counts == 1)
+    if single.size >= 2 and single_share > 0:
+        chosen = max(1, round(single_share * single.size))
+        picked = np.random.default_rng(seed).choice(single, size=chosen, replace=False)
+        mask |= np.isin(series_index, picked)
+    return mask

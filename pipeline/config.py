@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import JsonDict, JsonValue
 
-from moe.data import DEFAULT_MIN_CONTEXT, default_min_context
+from moe.data import (
+    DEFAULT_MIN_CONTEXT,
+    SHORTEST_CONTEXT,
+    default_min_context,
+    shortest_context,
+)
 from moe.experts.registry import (
     DEFAULT_POOL,
     EXPERT_NAMES,
@@ -182,7 +187,9 @@ class RetrainConfig(BaseModel):
         le=4096,
         description="Fewest points a window needs before its target, so short series keep "
         f"their windows under a long input_length. None: the smaller of {DEFAULT_MIN_CONTEXT} "
-        "and input_length.",
+        "and input_length, and for a series too short to keep one training window with "
+        f"that, what it has (at least {SHORTEST_CONTEXT} points and two seasons), so yearly "
+        "and quarterly stores train.",
     )
     pred_length: int = Field(default=18, ge=1, le=1024, description="Forecast horizon (steps).")
     season_length: int | None = Field(
@@ -272,8 +279,15 @@ class RetrainConfig(BaseModel):
 
     @property
     def window_min_context(self) -> int:
-        """Fewest points before a window's target: ``min_context``, or its default."""
+        """Fewest points before a window's target: ``min_context``, or its default (the
+        most a series is asked for: shorter series get less, ``shortest_window_context``)."""
         return default_min_context(self.input_length, self.min_context)
+
+    @property
+    def shortest_window_context(self) -> int:
+        """The fewest points before any window's target: ``min_context`` when set, else
+        ``moe.data.SHORTEST_CONTEXT`` (what a short series gets at least; capped by L)."""
+        return shortest_context(self.input_length, self.min_context)
 
 
 class ForecastConfig(BaseModel):

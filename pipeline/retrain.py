@@ -20,7 +20,7 @@ import torch
 
 from moe.artifact import GateArtifact, save_artifact
 from moe.constant_pair import best_constant_pair, constant_pair_gate
-from moe.data import Windows, newest_windows
+from moe.data import Windows, validation_windows
 from moe.experts.base import Expert, ExpertConfig, legacy_cache_keys
 from moe.experts.registry import TRAINED_EXPERTS
 from moe.intervals import IntervalModel, floor_nonnegative
@@ -117,7 +117,9 @@ def train_and_backtest(
     context = torch.from_numpy(data.windows.context)
     target = torch.from_numpy(data.windows.target)
     windows = data.windows
-    validation = newest_windows(windows.series_index[train], windows.origin[train])
+    validation = validation_windows(
+        windows.series_index[train], windows.origin[train], seed=config.train.seed
+    )
     # The production fit is the benchmarked fit (moe.selection.fit_gate); config.train
     # still gives the seed. The MASE-unit loss takes each training window's own period.
     fit = fit_gate(
@@ -161,7 +163,7 @@ def window_record(config: RetrainConfig) -> dict[str, object]:
         "windowing": "rolling",
         "stride": config.stride,
         "max_windows_per_series": config.max_windows_per_series,
-        "min_context": config.window_min_context,
+        "min_context": config.shortest_window_context,
     }
 
 

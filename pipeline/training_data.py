@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from moe.data import Windows, observed_windows
+from moe.data import Windows, observed_windows, rolling_windows, series_min_context
 from moe.experts.base import Expert, ExpertConfig
 from moe.experts.global_mlp import save_global_mlp
 from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
@@ -29,8 +29,7 @@ from pipeline.global_expert import (
 )
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.seasons import series_season_lengths
-from pipeline.windows import windows_from_store
-from storage.series import StoredSeries
+from storage.series import StoredSeries, load_series
 from storage.store import Store
 
 _log = logging.getLogger(__name__)
@@ -125,27 +124,40 @@ def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, 
 
     Each window carries its series' season length (``windows.season_length`` ``(N,)``):
     ``config.season_length`` when set, else from the series' freq, else detected on the
-    series without its backtest targets.
+    series without its backtest targets. Under the default ``min_context`` (None) a series
+    too short for one training window at 36 points gets it with fewer
+    (``moe.data.series_min_context``), so a store of yearly or quarterly series trains.
     """
-    series, windows = windows_from_store(
-        store,
+    series = load_series(store)
+    stride = config.stride or config.pred_length
+    backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
+    seasons = series_season_lengths(series, config.season_length, exclude_last=backtest_points)
+    min_context: int | np.ndarray = config.window_min_context
+    if config.min_context is None:
+        min_context = series_min_context(
+            [len(values) for values in series.values],
+            seasons,
+            config.pred_length,
+            stride=stride,
+            windows=config.backtest_windows + 1,  # the backtest windows and one to train on
+            most=config.window_min_context,
+        )
+    windows = rolling_windows(
+        series.values,
         config.input_length,
         config.pred_length,
         stride=config.stride,
         max_windows_per_series=config.max_windows_per_series,
         holdout=config.backtest_windows,
-        min_context=config.window_min_context,
+        min_context=min_context,
     )
-    stride = config.stride or config.pred_length
-    backtest_points = (config.backtest_windows - 1) * stride + config.pred_length
-    seasons = series_season_lengths(series, config.season_length, exclude_last=backtest_points)
     windows = observed_windows(replace(windows, season_length=seasons[windows.series_index]))
     if len(windows) == 0 or windows.is_holdout.all():
         raise ValueError(
             f"no training windows: {len(series)} stored series, none long enough for "
-            f"min_context={config.window_min_context} + "
-            f"pred_length={config.pred_length} with {config.backtest_windows} backtest "
-            "window(s); ingest longer series or lower min_context"
+            f"min_context={config.shortest_window_context} + pred_length={config.pred_length} "
+            f"with {config.backtest_windows} backtest window(s) of stride {stride} before it; "
+            "ingest longer series, or lower min_context, pred_length or backtest_windows"
         )
     return series, windows
 

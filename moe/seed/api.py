@@ -13,12 +13,14 @@ Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 * ``"rolling"`` (default): rolling origins stepping back from each series' end by
   ``stride`` (default ``pred_length``), at most ``max_windows_per_series`` per series, each
   with at least ``min_context`` points before its target (default: the smaller of 36 and
-  ``input_length``, as ``moe retrain``; shorter contexts are NaN-padded on the left). The
-  newest window of every series that has two or more windows is held out for validation
-  (a temporal split, as the retrain's; with ``moe.selection.VALIDATION_FOLDS`` > 1 the
-  validated fit also holds out next-older windows in further folds); when that leaves no
-  training or no validation window, a seeded random ``val_fraction`` of the windows is
-  held out instead.
+  ``input_length``, and for a series too short for a window with that, what it has, at
+  least 8 points and two seasons: ``moe.data.series_min_context``, as ``moe retrain``;
+  shorter contexts are NaN-padded on the left). The newest window of every series that has
+  two or more windows is held out for validation (a temporal split, as the retrain's; with
+  ``moe.selection.VALIDATION_FOLDS`` > 1 the validated fit also holds out next-older
+  windows in further folds), and so is the only window of a seeded fifth of the series
+  that have one (``moe.data.validation_windows``); when that leaves no training or no
+  validation window, a seeded random ``val_fraction`` of the windows is held out instead.
 * ``"seed"``: the seed's one window per series (``TimeSeriesDataset``: ``seq[:L]`` ->
   ``seq[L:L+H]``), validated on a seeded random ``val_fraction``.
 
@@ -45,9 +47,11 @@ from moe.data import (
     Windows,
     default_min_context,
     left_padded,
-    newest_windows,
     observed_windows,
     rolling_windows,
+    series_min_context,
+    shortest_context,
+    validation_windows,
 )
 from moe.experts.base import Expert, ExpertConfig
 from moe.experts.registry import resolve_experts
@@ -93,27 +97,17 @@ def make_windows(
     pred_length: int,
     config: WindowConfig,
     season_length: int | None = None,
+    seed: int = 0,
 ) -> tuple[Windows, torch.Tensor | None]:
     """Usable windows with each window's season, and a validation mask ``(N,)`` or None.
 
     ``windows.season_length`` ``(N,)``: ``season_length`` when given, else the series'
-    ``freq``, else detected from the series. The mask is None when the temporal split
-    leaves no training or no validation window (see the module docstring).
+    ``freq``, else detected from the series. Under the default ``min_context`` a series too
+    short for a window at 36 points gets one with fewer (``moe.data.series_min_context``,
+    as ``moe retrain``). The mask (``moe.data.validation_windows``, seeded by ``seed``) is
+    None when it leaves no training or no validation window (see the module docstring).
     """
     shortest = window_min_context(config, input_length)
-    if config.windowing == "seed":
-        windows = _seed_windows(sequences, input_length, pred_length)
-    else:
-        windows = rolling_windows(
-            sequences,
-            input_length,
-            pred_length,
-            stride=config.stride,
-            max_windows_per_series=config.max_windows_per_series,
-            holdout=0,
-            min_context=shortest,
-        )
-        windows = replace(windows, is_holdout=newest_windows(windows.series_index, windows.origin))
     seasons = np.asarray(
         [
             season_length_of(freq, seq, season_length)
@@ -121,6 +115,32 @@ def make_windows(
         ],
         np.int64,
     )
+    if config.windowing == "seed":
+        windows = _seed_windows(sequences, input_length, pred_length)
+    else:
+        min_context: int | np.ndarray = shortest
+        if config.min_context is None:
+            min_context = series_min_context(
+                [len(seq) for seq in sequences],
+                seasons,
+                pred_length,
+                stride=config.stride or pred_length,
+                windows=1,
+                most=shortest,
+            )
+            shortest = int(min_context.min(initial=shortest))
+        windows = rolling_windows(
+            sequences,
+            input_length,
+            pred_length,
+            stride=config.stride,
+            max_windows_per_series=config.max_windows_per_series,
+            holdout=0,
+            min_context=min_context,
+        )
+        windows = replace(
+            windows, is_holdout=validation_windows(windows.series_index, windows.origin, seed=seed)
+        )
     windows = observed_windows(replace(windows, season_length=seasons[windows.series_index]))
     if len(windows) == 0:
         longest = max((len(seq) for seq in sequences), default=0)
@@ -202,7 +222,7 @@ def train_and_save(
     window_config = windows or WindowConfig()
     sequences, freqs = read_records(jsonl_path)
     cut, validation = make_windows(
-        sequences, freqs, input_length, pred_length, window_config, season_length
+        sequences, freqs, input_length, pred_length, window_config, season_length, config.seed
     )
     assert cut.season_length is not None  # make_windows always sets it
     # Per-series seasons: the experts are built non-seasonal (or with the forced season) and
@@ -245,7 +265,11 @@ def train_and_save(
     # The resolved min_context, not None: predict_from_model reads it to accept short series.
     artifact.train_config["windows"] = {
         **window_config.model_dump(),
-        "min_context": window_min_context(window_config, input_length),
+        "min_context": (
+            input_length
+            if window_config.windowing == "seed"
+            else shortest_context(input_length, window_config.min_context)
+        ),
     }
     if selection is not None:
         artifact.metrics["selection"] = selection

@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-context",
         type=int,
         help="rolling windows: fewest points before a window's target (shorter histories "
-        "NaN-padded; default: the smaller of 36 and --input-length, as moe retrain)",
+        "NaN-padded; default: the smaller of 36 and --input-length, and for a series too "
+        "short for a window with that what it has, at least 8 points and two seasons, as "
+        "moe retrain)",
     )
     parser.add_argument(
         "--season-length",

@@ -164,6 +164,8 @@ class WindowConfig(BaseModel):
         ge=1,
         description="Rolling windows: fewest points before a window's target; shorter "
         "histories are NaN-padded on the left, and the model then forecasts series of at "
-        "least this many points. None: the smaller of 36 and input_length, as moe retrain. "
+        "least this many points. None: the smaller of 36 and input_length, and for a series "
+        "too short for a window with that, what it has (at least 8 points and two seasons), "
+        "as moe retrain. "
         "Ignored by 'seed' windowing (full windows only).",
     )

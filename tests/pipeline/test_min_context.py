@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_min_context_keeps_short_series_with_padded_contexts(store: Store, tmp_p
     """Guards that min_context admits windows shorter than input_length, NaN-padded on the
     left with exactly the points before the target, and that without it they are dropped."""
     _mixed_lengths(store, tmp_path)
-    series, full_only = prepare_windows(store, _config())
+    series, full_only = prepare_windows(store, _config(min_context=36))
     assert not any(series.series_id[i].startswith("short") for i in full_only.series_index)
 
     series, windows = prepare_windows(store, _config(min_context=18))
@@ -59,6 +60,22 @@ def test_min_context_keeps_short_series_with_padded_contexts(store: Store, tmp_p
         assert np.isnan(context[: 60 - origin]).all()
         np.testing.assert_array_equal(context[60 - origin :], history[:origin])
         np.testing.assert_array_equal(windows.target[row], history[origin : origin + 6])
+
+
+def test_default_min_context_gives_short_series_one_training_window(
+    store: Store, tmp_path: Path
+) -> None:
+    """Guards the adaptive default: a 36-point series, too short for a training window at
+    36 points before the backtest window, gets one with the 24 it has; long series keep
+    windows of at least 36 points."""
+    _mixed_lengths(store, tmp_path)
+    series, windows = prepare_windows(store, _config())
+    is_short = np.array([series.series_id[i].startswith("short") for i in windows.series_index])
+    short = windows.select(is_short)
+    assert len(short) == 12 * 2 and short.is_holdout.sum() == 12  # one train, one backtest
+    assert sorted(set(short.origin.tolist())) == [24, 30]  # 24 points before the older
+    long = windows.select(~is_short)
+    assert (long.origin >= 36).all() and len(long) == 12 * 4
 
 
 def test_retrain_and_forecast_with_padded_contexts(store: Store, tmp_path: Path) -> None:
@@ -87,8 +104,63 @@ def test_min_context_longer_than_input_length_is_refused() -> None:
 
 
 def test_default_min_context_is_capped_by_input_length() -> None:
-    """Guards the defaults: a long context, windows from 36 points, never more than L."""
+    """Guards the defaults: a long context, windows from 36 points (8 for a short series),
+    never more than L; a min_context that is set is used as it is."""
     assert RetrainConfig().input_length == 120
     assert RetrainConfig().window_min_context == 36
+    assert RetrainConfig().shortest_window_context == 8
     assert RetrainConfig(input_length=24).window_min_context == 24
-    assert RetrainConfig(input_length=60, min_context=12).window_min_context == 12
+    assert RetrainConfig(input_length=6).shortest_window_context == 6
+    config = RetrainConfig(input_length=60, min_context=12)
+    assert config.window_min_context == config.shortest_window_context == 12
+
+
+def _yearly(path: Path, n_series: int = 40) -> Path:
+    """Short yearly series (13-30 points, freq YS), as in M3 or Tourism yearly."""
+    rng = np.random.default_rng(7)
+    with open(path, "w") as handle:
+        for index in range(n_series):
+            length = int(rng.integers(13, 31))
+            trend = rng.normal(0.03, 0.02)
+            values = 100 * np.exp(trend * np.arange(length) + 0.05 * rng.standard_normal(length))
+            record = {"series_id": f"y{index:03d}", "start": "1980-01-01", "freq": "YS"}
+            handle.write(json.dumps({**record, "sequence": values.round(3).tolist()}) + "\n")
+    return path
+
+
+def test_a_store_of_short_yearly_series_retrains_and_forecasts_at_the_defaults(
+    store: Store, tmp_path: Path
+) -> None:
+    """Guards the short-series path end to end at the default windowing (input_length 120,
+    min_context None): before the adaptive default no series had a training window and
+    the retrain refused the store. Every series is forecast, and the seed path trains on
+    the same file."""
+    path = _yearly(tmp_path / "yearly.jsonl")
+    config = RetrainConfig(
+        jsonl_paths=[str(path)],
+        experts=["seasonal_naive", "autoets", "autotheta"],
+        pred_length=4,
+        forecast_after=False,
+    )
+    assert config.input_length == 120 and config.min_context is None
+    ingest_jsonl(store, str(path))
+    series, windows = prepare_windows(store, config)
+    trained = windows.select(~windows.is_holdout)
+    assert len(set(trained.series_index.tolist())) >= 30  # 13 + 4 + 4 = 21+ points train
+    assert windows.season_length is not None and set(windows.season_length.tolist()) == {1}
+    result = retrain(store, config)
+    assert result.artifact_path and np.isfinite(result.scores.overall()["mixture"]["mase"])
+    run = batch_forecast(store, ForecastConfig())
+    assert run.n_series == 40 and run.n_rows == 40 * 4
+    points = query(store, "SELECT point FROM forecasts WHERE run_id = $1", [run.run_id])
+    assert np.isfinite(np.asarray(points.column(0).to_pylist(), float)).all()
+    assert load_artifact(Path(result.artifact_path)).train_config["windows"]["min_context"] == 8
+
+    from moe.seed.api import train_and_save
+
+    artifact = train_and_save(
+        path, 120, 4, tmp_path / "seed.pt", experts=["seasonal_naive", "autoets", "autotheta"]
+    )
+    assert artifact.train_config["windows"]["min_context"] == 8
+    forecast = predict_from_model(tmp_path / "seed.pt", series.values[0], 120)
+    assert forecast.shape == (1, 4) and torch.isfinite(forecast).all()

@@ -114,7 +114,7 @@ def test_kill_during_ingest_then_rerun(tmp_path: Path) -> None:
 
 def test_windows_from_store_holdout_and_cap(store: Store, tmp_path: Path) -> None:
     """Store windows: newest first, capped per series, last one flagged as holdout."""
-    from pipeline.windows import windows_from_store
+    from storage.series import load_series
 
     path = tmp_path / "d.jsonl"
     path.write_text(
@@ -124,7 +124,8 @@ def test_windows_from_store_holdout_and_cap(store: Store, tmp_path: Path) -> Non
         + "\n"
     )
     ingest_jsonl(store, path)
-    series, windows = windows_from_store(store, 4, 2, stride=1, max_windows_per_series=3)
+    series = load_series(store)
+    windows = rolling_windows(series.values, 4, 2, stride=1, max_windows_per_series=3)
     assert series.series_id == ["a", "b"]
     assert windows.series_index.tolist() == [0, 0, 0, 1]
     assert windows.target[0].tolist() == [8.0, 9.0]  # newest window of "a" ends at the end
