@@ -210,26 +210,53 @@ def test_bad_input_is_named(context: torch.Tensor, horizon: int, message: str) -
 
 
 def test_stat_ensemble_is_the_mean_of_its_members() -> None:
-    """Guards the combination: point and every quantile level are the members' means, for
-    the ensemble's season, including the short-row (non-seasonal) and one-point paths."""
+    """Guards the combination: the point is the members' mean and each quantile level the
+    ensemble's point plus the mean offset of AutoETS's and AutoTheta's own quantiles (AutoCES
+    gives a point only), for the ensemble's season, including the short-row (non-seasonal)
+    and one-point paths."""
     config = ExpertConfig(season_length=4)
     ensemble = build_expert("stat_ensemble", config)
     context = _seasonal_rows(3, 40)
     context[1, :33] = float("nan")  # 7 observed points: shorter than 2 seasons -> plain fits
     context[2, :39] = float("nan")  # one point: Naive, no spread
     result = ensemble.forecast(context, 5)
-    members = [
-        build_expert(name, config).forecast(context, 5)
+    members = {
+        name: build_expert(name, config).forecast(context, 5)
         for name in ("autoets", "autotheta", "autoces")
-    ]
-    expected_point = torch.stack([m.point for m in members]).mean(0)
+    }
+    expected_point = torch.stack([m.point for m in members.values()]).mean(0)
     torch.testing.assert_close(result.point, expected_point)
     assert result.quantiles is not None
-    expected_q = torch.stack([m.quantiles for m in members if m.quantiles is not None]).mean(0)
+    offsets = [
+        out.quantiles - out.point[..., None]
+        for name, out in members.items()
+        if name != "autoces" and out.quantiles is not None
+    ]
+    expected_q = expected_point[..., None] + torch.stack(offsets).mean(0)
     torch.testing.assert_close(result.quantiles, expected_q, equal_nan=True)
+    median = QUANTILE_LEVELS.index(0.5)
+    # (up to the members' sorting of rare crossings)
+    torch.testing.assert_close(result.quantiles[:2, :, median], result.point[:2], rtol=1e-3, atol=0)
     assert torch.isnan(result.quantiles[2]).all() and torch.isfinite(result.quantiles[:2]).all()
-    # Averaged sorted quantiles stay sorted.
+    # Averaged sorted offsets stay sorted.
     assert (result.quantiles[:2].diff(dim=-1) >= 0).all()
+
+
+def test_a_point_only_member_skips_the_intervals_and_says_so_in_its_key() -> None:
+    """Guards the ensemble's fast member: the same point as with intervals, no quantiles,
+    no quantile levels advertised, and a cache key of its own."""
+    from moe.experts.statistical import _build
+
+    config = ExpertConfig(season_length=4)
+    full = _build("autoces", "AutoCES", config)
+    point_only = _build("autoces", "AutoCES", config, intervals=False)
+    context = _seasonal_rows(2, 40)
+    with_intervals, without = full.forecast(context, 5), point_only.forecast(context, 5)
+    torch.testing.assert_close(without.point, with_intervals.point)
+    assert without.quantiles is None and point_only.capabilities.quantile_levels == ()
+    assert point_only.cache_key == full.cache_key + "|point_only"
+    variant = point_only.with_season_length(1)
+    assert variant.forecast(context, 3).quantiles is None
 
 
 def test_stat_ensemble_cache_key_and_season_variants() -> None:
@@ -238,7 +265,7 @@ def test_stat_ensemble_cache_key_and_season_variants() -> None:
     ensemble = build_expert("stat_ensemble", ExpertConfig(season_length=12))
     key = ensemble.cache_key
     assert key.startswith(f"stat_ensemble|statsforecast=={statsforecast.__version__}|")
-    assert "mean(AutoETS,AutoTheta,AutoCES)|season_length=12|" in key
+    assert "mean(AutoETS,AutoTheta,AutoCES)|spread(AutoETS,AutoTheta)|season_length=12|" in key
     variant = ensemble.with_season_length(4)  # type: ignore[attr-defined]
     assert "season_length=4" in variant.cache_key and variant.cache_key != key
     assert ensemble.with_season_length(12) is ensemble  # type: ignore[attr-defined]
