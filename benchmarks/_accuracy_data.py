@@ -61,6 +61,8 @@ DATASETS: dict[str, DatasetSpec] = {
         "Tourism", "quarterly", 122, "Tourism quarterly (427 series, h=8)"
     ),
     "tourism_yearly": DatasetSpec("Tourism", "yearly", 43, "Tourism yearly (518 series, h=4)"),
+    "m1_quarterly": DatasetSpec("M1", "quarterly", 106, "M1 quarterly (203 series, h=8)"),
+    "m1_yearly": DatasetSpec("M1", "yearly", 52, "M1 yearly (181 series, h=6)"),
 }
 
 

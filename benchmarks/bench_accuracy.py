@@ -496,7 +496,9 @@ def run_dataset(
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", default="m3,tourism", help="comma list of m3, tourism, m1")
+    parser.add_argument(
+        "--datasets", default="m3,tourism", help="comma list of " + ", ".join(DATASETS)
+    )
     parser.add_argument("--experts", default=",".join(OFFLINE_EXPERTS), help="comma list")
     parser.add_argument(
         "--gates",
