@@ -54,10 +54,15 @@ def _series(dataset: str, kind: str, max_series: int | None) -> list:
     return chosen[:max_series] if max_series else chosen
 
 
-def _scores(point, lower, upper, actual, history, period) -> dict[str, float]:
-    scale = np.array(
+def _mase_scales(history, period) -> np.ndarray:
+    """``(S,)`` each series' in-sample seasonal-naive MAE (the MASE denominator)."""
+    return np.array(
         [np.mean(np.abs(h[period:] - h[:-period])) if len(h) > period else np.nan for h in history]
     )
+
+
+def _scores(point, lower, upper, actual, history, period) -> dict[str, float]:
+    scale = _mase_scales(history, period)
     inside = (actual >= lower) & (actual <= upper)
     return {
         "coverage_90": float(np.mean(inside)),
@@ -68,10 +73,7 @@ def _scores(point, lower, upper, actual, history, period) -> dict[str, float]:
 
 def _series_mase(point, actual, history, period) -> np.ndarray:
     """``(S,)`` each series' MASE over its holdout (scaled by its history's seasonal naive)."""
-    scale = np.array(
-        [np.mean(np.abs(h[period:] - h[:-period])) if len(h) > period else np.nan for h in history]
-    )
-    return np.mean(np.abs(actual - point), axis=1) / scale
+    return np.mean(np.abs(actual - point), axis=1) / _mase_scales(history, period)
 
 
 def _against_singles(registered, singles, names, actual, history, period) -> list[str]:
