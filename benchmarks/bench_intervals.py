@@ -115,6 +115,12 @@ def main() -> None:
         "--backtest-windows", type=int, default=1, help="newest windows per series held out"
     )
     parser.add_argument("--calibration", choices=["per_level", "paired"], default="paired")
+    parser.add_argument(
+        "--calibrate-on",
+        choices=["backtest", "all"],
+        default=None,
+        help="windows the conformal factors are fitted on (default: RetrainConfig's)",
+    )
     parser.add_argument("--no-freq", action="store_true", help="ingest without freq (detect)")
     parser.add_argument(
         "--development", action="store_true", help="test on the last h points of x instead"
@@ -174,6 +180,7 @@ def main() -> None:
             stride=args.stride,
             forecast_after=False,
             interval_calibration=args.calibration,
+            **({"interval_calibration_windows": args.calibrate_on} if args.calibrate_on else {}),
             global_expert=GlobalExpertConfig.model_validate(global_settings),
         )
         result = retrain(store, config)

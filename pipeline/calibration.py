@@ -2,15 +2,22 @@
 
 * Experts' missing quantile levels are filled from their residuals on the *training*
   windows (never the backtest ones).
-* The mixture's quantiles are conformally calibrated on the backtest windows. The factors
-  stored in the artifact use every backtest window; the coverage and width reported for
-  the mixture are cross-fitted (series split in two folds, each fold calibrated on the
-  other), so the reported numbers are on points the calibration did not see.
+* The mixture's quantiles are conformally calibrated on the backtest windows, and with
+  ``calibrate_on="all"`` on the training windows too: one window per series is a small
+  and recent sample, and whether that window was calmer or rougher than the next horizon
+  decides the factor; windows from several origins average that out. On training windows
+  the experts' missing levels are filled with offsets from the *other* fold of series, so
+  no fill is in-sample. The factors stored in the artifact use every calibration window;
+  the coverage and width reported for the mixture are cross-fitted (series split in two
+  folds, each fold's backtest windows calibrated on the other fold's windows), so the
+  reported numbers are on points the calibration did not see.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,7 +34,58 @@ from moe.metrics import SeasonLength
 from moe.router import MoERouter
 from pipeline.backtest import Scores, score_models
 
-__all__ = ["backtest_with_intervals", "cross_fitted_calibration"]
+__all__ = [
+    "CalibrationWindows",
+    "backtest_with_intervals",
+    "cross_fitted_calibration",
+    "training_mixture",
+]
+
+CalibrateOn = Literal["backtest", "all"]
+
+
+@dataclass(frozen=True)
+class CalibrationWindows:
+    """Mixture forecasts on windows with known targets: ``point`` ``(N, H)``, ``quantiles``
+    ``(N, H, Q)``, ``target`` ``(N, H)``, ``context`` ``(N, L)``, ``series_index`` ``(N,)``."""
+
+    point: np.ndarray
+    quantiles: np.ndarray
+    target: np.ndarray
+    context: np.ndarray
+    series_index: np.ndarray
+
+    def where(self, mask: np.ndarray) -> CalibrationWindows:
+        return CalibrationWindows(
+            self.point[mask],
+            self.quantiles[mask],
+            self.target[mask],
+            self.context[mask],
+            self.series_index[mask],
+        )
+
+    def plus(self, other: CalibrationWindows | None) -> CalibrationWindows:
+        if other is None:
+            return self
+        return CalibrationWindows(
+            *(
+                np.concatenate([mine, theirs])
+                for mine, theirs in zip(
+                    (self.point, self.quantiles, self.target, self.context, self.series_index),
+                    (other.point, other.quantiles, other.target, other.context, other.series_index),
+                    strict=True,
+                )
+            )
+        )
+
+    def factors(self, paired: bool) -> np.ndarray:
+        """Conformal factors ``(H, Q)`` fitted on these windows (``fit_conformal``)."""
+        return fit_conformal(self.point, self.quantiles, self.target, self.context, paired=paired)
+
+
+def _folds(series_index: np.ndarray) -> np.ndarray:
+    """``(N,)`` bool: the series fold of each window (series index parity)."""
+    return np.asarray(series_index) % 2 == 1
 
 
 def cross_fitted_calibration(
@@ -37,21 +95,67 @@ def cross_fitted_calibration(
     context: np.ndarray,
     series_index: np.ndarray,
     paired: bool = False,
+    extra: CalibrationWindows | None = None,
 ) -> np.ndarray:
     """Calibrated quantiles ``(N, H, Q)`` where each window's factors were fitted on the
-    other fold of series (folds: series index parity). With one fold only, in-sample."""
-    fold = series_index % 2 == 1
+    other fold of series (folds: series index parity), that fold's ``extra`` calibration
+    windows included. With one fold only, in-sample."""
+    held_out = CalibrationWindows(point, quantiles, target, context, series_index)
+    everything = held_out.plus(extra)
+    fold = _folds(series_index)
     if fold.all() or not fold.any():
-        factors = fit_conformal(point, quantiles, target, context, paired=paired)
-        return apply_factors(point, quantiles, context, factors)
+        return apply_factors(point, quantiles, context, everything.factors(paired))
     calibrated = np.empty_like(quantiles, dtype=np.float64)
-    for held in (fold, ~fold):
-        fit = ~held
-        factors = fit_conformal(
-            point[fit], quantiles[fit], target[fit], context[fit], paired=paired
-        )
+    every_fold = _folds(everything.series_index)
+    for held, fit in ((fold, ~every_fold), (~fold, every_fold)):
+        factors = everything.where(fit).factors(paired)
         calibrated[held] = apply_factors(point[held], quantiles[held], context[held], factors)
     return calibrated
+
+
+def training_mixture(
+    router: MoERouter,
+    names: Sequence[str],
+    context: np.ndarray,
+    target: np.ndarray,
+    series_index: np.ndarray,
+    points: np.ndarray,
+    quantiles: np.ndarray,
+) -> CalibrationWindows:
+    """The router's mixture on (training) windows, for calibration.
+
+    ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``series_index`` ``(N,)``, ``points``
+    ``(N, E, H)``, ``quantiles`` ``(N, E, H, Q)`` (raw cache). Missing expert levels are
+    filled with residual offsets fitted on the other fold of series (never in-sample); a
+    single fold fills from itself.
+    """
+    filled = np.empty(quantiles.shape, dtype=np.float64)
+    fold = _folds(series_index)
+    everything = np.ones_like(fold)
+    two_folds = 0 < fold.sum() < fold.size
+    pairs = [(fold, ~fold), (~fold, fold)] if two_folds else [(everything, everything)]
+    for held, fit in pairs:
+        offsets = residual_offsets(target[fit], points[fit], context[fit])  # (E, H, Q)
+        model = IntervalModel(
+            expert_offsets=dict(zip(names, offsets, strict=True)),
+            factors=np.ones((target.shape[1], quantiles.shape[-1])),
+            levels=QUANTILE_LEVELS,
+            n_calibration=0,
+        )
+        filled[held] = model.fill(names, points[held], quantiles[held], context[held])
+    output = router.route_cached(
+        torch.from_numpy(np.ascontiguousarray(context)),
+        torch.from_numpy(np.ascontiguousarray(points, np.float32)),
+        torch.from_numpy(filled.astype(np.float32)),
+    )
+    assert output.quantiles is not None
+    return CalibrationWindows(
+        output.point.numpy().astype(np.float64),
+        output.quantiles.numpy().astype(np.float64),
+        np.asarray(target, np.float64),
+        context,
+        np.asarray(series_index),
+    )
 
 
 def backtest_with_intervals(
@@ -66,6 +170,7 @@ def backtest_with_intervals(
     holdout: np.ndarray,
     name: str = "mixture",
     paired: bool = False,
+    calibrate_on: CalibrateOn = "backtest",
 ) -> tuple[Scores, IntervalModel]:
     """Score experts and the router's mixture on the ``holdout`` windows, with intervals.
 
@@ -74,6 +179,8 @@ def backtest_with_intervals(
     ``holdout`` ``(N,)`` bool. Returns the scores (the mixture's quantiles cross-fitted)
     and the interval model for the artifact (factors fitted on every holdout window).
     ``paired``: one factor per interval (levels q and 1 - q), see ``fit_conformal``.
+    ``calibrate_on``: "backtest" fits the factors on the ``holdout`` windows only, "all" on
+    the training windows too (module docstring).
     """
     train = ~holdout
     raw_points = points.numpy().astype(np.float64)
@@ -96,15 +203,29 @@ def backtest_with_intervals(
     point = output.point.numpy().astype(np.float64)  # (n, H)
     mixed = output.quantiles.numpy().astype(np.float64)  # (n, H, Q)
     held_target = target[rows]
-    factors = fit_conformal(point, mixed, held_target, held_context, paired=paired)
+    extra = None
+    if calibrate_on == "all" and train.any():
+        extra = training_mixture(
+            router,
+            names,
+            context[train],
+            target[train],
+            series_index[train],
+            raw_points[train],
+            quantiles[train].numpy(),
+        )
+    backtest_windows = CalibrationWindows(
+        point, mixed, held_target, held_context, series_index[rows]
+    )
+    calibration = backtest_windows.plus(extra)
     calibrated = cross_fitted_calibration(
-        point, mixed, held_target, held_context, series_index[rows], paired
+        point, mixed, held_target, held_context, series_index[rows], paired, extra
     )
     model = IntervalModel(
         expert_offsets=model.expert_offsets,
-        factors=factors,
+        factors=calibration.factors(paired),
         levels=QUANTILE_LEVELS,
-        n_calibration=int(rows.size),
+        n_calibration=int(calibration.point.shape[0]),
     )
     seasons: SeasonLength = season_length[rows]
 

@@ -199,6 +199,7 @@ def _backtest(
         data.quantiles,
         data.windows.is_holdout,
         paired=config.interval_calibration == "paired",
+        calibrate_on=config.interval_calibration_windows,
     )
 
 

@@ -46,7 +46,9 @@ def test_every_row_gets_calibrated_intervals(store: Store, series_file: Path) ->
     result = retrain(store, config, experts=experts)
     artifact = load_artifact(result.artifact_path)
     intervals = IntervalModel.from_plain(artifact.intervals)
-    assert intervals is not None and intervals.n_calibration == 24
+    assert intervals is not None
+    # calibrated on every window with a target: the 24 backtest windows and the training ones
+    assert intervals.n_calibration == 24 + artifact.metrics["n_train"]
     assert set(intervals.expert_offsets) == {"a", "b", "c"}
     run = batch_forecast(store, ForecastConfig(), experts=experts)
     columns = ", ".join(QUANTILE_COLUMNS)
