@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 CalibrateOn = Literal["backtest", "all"]
+#: Training windows filled and routed at once when they join the calibration.
+CHUNK_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -120,41 +122,65 @@ def training_mixture(
     target: np.ndarray,
     series_index: np.ndarray,
     points: np.ndarray,
-    quantiles: np.ndarray,
+    quantiles: np.ndarray | torch.Tensor,
+    rows: np.ndarray | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> CalibrationWindows:
-    """The router's mixture on (training) windows, for calibration.
+    """The router's mixture on the (training) windows ``rows`` (default: all), for calibration.
 
     ``context`` ``(N, L)``, ``target`` ``(N, H)``, ``series_index`` ``(N,)``, ``points``
     ``(N, E, H)``, ``quantiles`` ``(N, E, H, Q)`` (raw cache). Missing expert levels are
     filled with residual offsets fitted on the other fold of series (never in-sample); a
-    single fold fills from itself.
+    single fold fills from itself. Filled and routed ``chunk_rows`` windows at a time, so the
+    extra memory is one chunk's, not a copy of every window's expert quantiles.
     """
-    filled = np.empty(quantiles.shape, dtype=np.float64)
-    fold = _folds(series_index)
-    everything = np.ones_like(fold)
-    two_folds = 0 < fold.sum() < fold.size
-    pairs = [(fold, ~fold), (~fold, fold)] if two_folds else [(everything, everything)]
-    for held, fit in pairs:
-        offsets = residual_offsets(target[fit], points[fit], context[fit])  # (E, H, Q)
-        model = IntervalModel(
-            expert_offsets=dict(zip(names, offsets, strict=True)),
-            factors=np.ones((target.shape[1], quantiles.shape[-1])),
+    rows = np.arange(len(target)) if rows is None else np.asarray(rows)
+    pred_length, n_levels = target.shape[1], len(QUANTILE_LEVELS)
+    if rows.size == 0:
+        empty = np.empty((0, pred_length))
+        return CalibrationWindows(
+            empty, np.empty((0, pred_length, n_levels)), empty, context[rows], series_index[rows]
+        )
+    fold = _folds(series_index[rows])
+    if 0 < fold.sum() < fold.size:  # each fold filled by offsets fitted on the other
+        fitted_on = {True: rows[~fold], False: rows[fold]}
+    else:
+        fitted_on = {bool(fold[0]): rows}
+    models = {
+        side: IntervalModel(
+            expert_offsets=dict(
+                zip(names, residual_offsets(target[fit], points[fit], context[fit]), strict=True)
+            ),  # (E, H, Q) per name
+            factors=np.ones((pred_length, n_levels)),
             levels=QUANTILE_LEVELS,
             n_calibration=0,
         )
-        filled[held] = model.fill(names, points[held], quantiles[held], context[held])
-    output = router.route_cached(
-        torch.from_numpy(np.ascontiguousarray(context)),
-        torch.from_numpy(np.ascontiguousarray(points, np.float32)),
-        torch.from_numpy(filled.astype(np.float32)),
-    )
-    assert output.quantiles is not None
+        for side, fit in fitted_on.items()
+    }
+    mixed_points, mixed_quantiles = [], []
+    for start in range(0, rows.size, chunk_rows):
+        chunk = rows[start : start + chunk_rows]
+        chunk_fold = fold[start : start + chunk_rows]
+        raw = quantiles[chunk]
+        raw = raw.numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        filled = np.empty(raw.shape, dtype=np.float32)
+        for side, model in models.items():
+            mine = chunk_fold == side
+            filled[mine] = model.fill(names, points[chunk[mine]], raw[mine], context[chunk[mine]])
+        output = router.route_cached(
+            torch.from_numpy(np.ascontiguousarray(context[chunk])),
+            torch.from_numpy(np.ascontiguousarray(points[chunk], np.float32)),
+            torch.from_numpy(filled),
+        )
+        assert output.quantiles is not None
+        mixed_points.append(output.point.numpy().astype(np.float64))
+        mixed_quantiles.append(output.quantiles.numpy().astype(np.float64))
     return CalibrationWindows(
-        output.point.numpy().astype(np.float64),
-        output.quantiles.numpy().astype(np.float64),
-        np.asarray(target, np.float64),
-        context,
-        np.asarray(series_index),
+        np.concatenate(mixed_points),
+        np.concatenate(mixed_quantiles),
+        np.asarray(target[rows], np.float64),
+        context[rows],
+        np.asarray(series_index[rows]),
     )
 
 
@@ -208,11 +234,12 @@ def backtest_with_intervals(
         extra = training_mixture(
             router,
             names,
-            context[train],
-            target[train],
-            series_index[train],
-            raw_points[train],
-            quantiles[train].numpy(),
+            context,
+            target,
+            series_index,
+            raw_points,
+            quantiles,
+            rows=np.flatnonzero(train),
         )
     backtest_windows = CalibrationWindows(
         point, mixed, held_target, held_context, series_index[rows]

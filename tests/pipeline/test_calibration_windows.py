@@ -120,3 +120,26 @@ def test_training_windows_are_filled_from_the_other_fold() -> None:
     np.testing.assert_array_equal(moved.quantiles[odd], base.quantiles[odd])
     assert np.abs(moved.quantiles[~odd] - base.quantiles[~odd]).max() > 0.5
     assert np.isfinite(base.quantiles).all()
+
+
+def test_training_mixture_in_chunks_equals_one_pass_over_a_subset_of_rows() -> None:
+    """Chunked filling and routing (bounded memory) gives the one-pass result, and ``rows``
+    picks windows without copying the rest."""
+    torch.manual_seed(1)
+    experts = [FakeForecaster(name, factor=f) for name, f in (("a", 1.0), ("b", 0.9), ("c", 1.1))]
+    n, horizon, length = 50, 3, 12
+    router = MoERouter(length, horizon, "cpu", experts=experts)
+    context = 10 + _RNG.standard_normal((n, length))
+    points = 10 + 0.5 * _RNG.standard_normal((n, 3, horizon))
+    quantiles = torch.full((n, 3, horizon, len(QUANTILE_LEVELS)), float("nan"))
+    target = 10 + _RNG.standard_normal((n, horizon))
+    series, names = np.arange(n) // 2, ["a", "b", "c"]
+    rows = np.flatnonzero(np.arange(n) % 5 != 0)
+    whole = training_mixture(router, names, context, target, series, points, quantiles, rows)
+    chunked = training_mixture(
+        router, names, context, target, series, points, quantiles, rows, chunk_rows=7
+    )
+    np.testing.assert_allclose(chunked.quantiles, whole.quantiles, rtol=1e-6)
+    np.testing.assert_array_equal(chunked.point, whole.point)
+    np.testing.assert_array_equal(whole.target, target[rows])
+    assert whole.quantiles.shape == (rows.size, horizon, len(QUANTILE_LEVELS))
