@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import warnings
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,24 @@ def test_bad_start_and_freq(store: Store, tmp_path: Path) -> None:
     )
     assert [(r.line_number, r.field) for r in report.rejects] == [(1, "start"), (2, "freq")]
     assert report.accepted == 1
+
+
+def test_freq_checks_say_nothing_on_stderr(store: Store, tmp_path: Path) -> None:
+    """Older pandas aliases ('H', 'Q', 'A') are still accepted and a word that is no alias
+    ('false') is rejected on its field, without pandas' deprecation warnings leaking out of
+    the check (the reject record is what tells the user)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = _ingest(
+            store,
+            tmp_path,
+            b'{"series_id": "h", "sequence": [1.0], "freq": "H"}',
+            b'{"series_id": "q", "sequence": [1.0], "freq": "Q"}',
+            b'{"series_id": "a", "sequence": [1.0], "freq": "A"}',
+            b'{"series_id": "f", "sequence": [1.0], "freq": "false"}',
+        )
+    assert [(r.line_number, r.field) for r in report.rejects] == [(4, "freq")]
+    assert report.accepted == 3
 
 
 def test_blank_lines_are_counted_not_rejected(store: Store, tmp_path: Path) -> None:
