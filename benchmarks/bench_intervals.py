@@ -220,7 +220,9 @@ def main() -> None:
         }
 
         # The same model with conformal factors 1: what the calibration changes.
-        artifact = load_artifact(champion(store).artifact_path)
+        current = champion(store)
+        assert current is not None, "the retrain promoted no model in a fresh store"
+        artifact = load_artifact(current.artifact_path)
         router = load_router(artifact, "cpu")
         intervals = IntervalModel.from_plain(artifact.intervals)
         assert intervals is not None
