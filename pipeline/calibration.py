@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -57,28 +57,17 @@ class CalibrationWindows:
     context: np.ndarray
     series_index: np.ndarray
 
+    def _arrays(self) -> list[np.ndarray]:
+        return [getattr(self, field.name) for field in fields(self)]
+
     def where(self, mask: np.ndarray) -> CalibrationWindows:
-        return CalibrationWindows(
-            self.point[mask],
-            self.quantiles[mask],
-            self.target[mask],
-            self.context[mask],
-            self.series_index[mask],
-        )
+        return CalibrationWindows(*(array[mask] for array in self._arrays()))
 
     def plus(self, other: CalibrationWindows | None) -> CalibrationWindows:
         if other is None:
             return self
-        return CalibrationWindows(
-            *(
-                np.concatenate([mine, theirs])
-                for mine, theirs in zip(
-                    (self.point, self.quantiles, self.target, self.context, self.series_index),
-                    (other.point, other.quantiles, other.target, other.context, other.series_index),
-                    strict=True,
-                )
-            )
-        )
+        pairs = zip(self._arrays(), other._arrays(), strict=True)
+        return CalibrationWindows(*(np.concatenate(pair) for pair in pairs))
 
     def factors(self, paired: bool) -> np.ndarray:
         """Conformal factors ``(H, Q)`` fitted on these windows (``fit_conformal``)."""

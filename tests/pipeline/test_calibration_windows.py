@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from moe.artifact import load_artifact
-from moe.experts.base import QUANTILE_LEVELS, ExpertForecast
+from moe.experts.base import QUANTILE_LEVELS
 from moe.experts.fake import FakeForecaster
-from moe.intervals import IntervalModel
 from moe.router import MoERouter
 from pipeline.calibration import CalibrationWindows, cross_fitted_calibration, training_mixture
-from pipeline.config import RetrainConfig
-from pipeline.retrain import retrain
-from storage import Store
 
 _RNG = np.random.default_rng(7)
 
@@ -66,56 +61,43 @@ def test_extra_windows_set_the_factor_when_they_outnumber_the_backtest() -> None
     assert both - calm_factor < rough_factor - both
 
 
-class _PointOnly(FakeForecaster):
-    def forecast(self, context: torch.Tensor, horizon: int) -> ExpertForecast:
-        return ExpertForecast(point=super().forecast(context, horizon).point, quantiles=None)
+class _Training(NamedTuple):
+    """Inputs of ``training_mixture``: a 3-expert router and cached forecasts of ``n``
+    windows with no native quantile levels (every level is filled)."""
+
+    router: MoERouter
+    names: list[str]
+    context: np.ndarray  # (n, 12)
+    target: np.ndarray  # (n, 3)
+    points: np.ndarray  # (n, 3, 3)
+    quantiles: torch.Tensor  # (n, 3, 3, Q), all NaN
 
 
-def test_retrain_calibrates_on_every_window_when_asked(store: Store, series_file: Path) -> None:
-    """``interval_calibration_windows='all'``: the artifact's factors come from the training
-    windows too (more calibration windows, other factors), the forecasts keep their points."""
-    experts = [_PointOnly("a", factor=1.0), _PointOnly("b", factor=0.9, offset=1.0)]
-    experts.append(_PointOnly("c", factor=1.1))
-    results = {}
-    for windows in ("backtest", "all"):
-        config = RetrainConfig(
-            jsonl_paths=[str(series_file)],
-            experts=["seasonal_naive", "autoets", "autotheta"],
-            input_length=24,
-            pred_length=6,
-            max_windows_per_series=4,
-            train={"epochs": 2, "batch_size": 32},  # type: ignore[arg-type]
-            interval_calibration_windows=windows,  # type: ignore[arg-type]
-        )
-        result = retrain(store, config, experts=experts)
-        intervals = IntervalModel.from_plain(load_artifact(result.artifact_path).intervals)
-        assert intervals is not None
-        results[windows] = (result, intervals)
-    backtest, everything = results["backtest"][1], results["all"][1]
-    assert backtest.n_calibration == 24
-    assert everything.n_calibration > 24 * 2  # 24 series, up to 3 training windows each
-    assert not np.allclose(backtest.factors, everything.factors)
-    scores = [results[w][0].scores.overall()["mixture"]["mase"] for w in ("backtest", "all")]
-    assert scores[0] == scores[1]  # intervals only: the points are the same
+def _training(n: int, seed: int) -> _Training:
+    torch.manual_seed(seed)
+    names, horizon, length = ["a", "b", "c"], 3, 12
+    experts = [
+        FakeForecaster(name, factor=f) for name, f in zip(names, (1.0, 0.9, 1.1), strict=True)
+    ]
+    return _Training(
+        MoERouter(length, horizon, "cpu", experts=experts),
+        names,
+        10 + _RNG.standard_normal((n, length)),
+        10 + _RNG.standard_normal((n, horizon)),
+        10 + 0.5 * _RNG.standard_normal((n, 3, horizon)),
+        torch.full((n, 3, horizon, len(QUANTILE_LEVELS)), float("nan")),
+    )
 
 
 def test_training_windows_are_filled_from_the_other_fold() -> None:
     """Experts' missing levels on training windows come from the other fold's residuals:
     making one fold's targets wilder moves the other fold's quantiles, never its own."""
-    torch.manual_seed(0)
-    experts = [FakeForecaster(name, factor=f) for name, f in (("a", 1.0), ("b", 0.9), ("c", 1.1))]
-    n, horizon, length = 80, 3, 12
-    router = MoERouter(length, horizon, "cpu", experts=experts)
-    context = 10 + _RNG.standard_normal((n, length))
-    points = 10 + 0.5 * _RNG.standard_normal((n, 3, horizon))
-    quantiles = np.full((n, 3, horizon, len(QUANTILE_LEVELS)), np.nan)  # no native levels
-    target = 10 + _RNG.standard_normal((n, horizon))
-    series = np.arange(n)
-    names = ["a", "b", "c"]
-    base = training_mixture(router, names, context, target, series, points, quantiles)
+    t = _training(80, seed=0)
+    series = np.arange(80)
+    base = training_mixture(t.router, t.names, t.context, t.target, series, t.points, t.quantiles)
     odd = series % 2 == 1
-    wild = np.where(odd[:, None], 10 + 8 * (target - 10), target)
-    moved = training_mixture(router, names, context, wild, series, points, quantiles)
+    wild = np.where(odd[:, None], 10 + 8 * (t.target - 10), t.target)
+    moved = training_mixture(t.router, t.names, t.context, wild, series, t.points, t.quantiles)
     np.testing.assert_array_equal(moved.point, base.point)
     np.testing.assert_array_equal(moved.quantiles[odd], base.quantiles[odd])
     assert np.abs(moved.quantiles[~odd] - base.quantiles[~odd]).max() > 0.5
@@ -125,21 +107,13 @@ def test_training_windows_are_filled_from_the_other_fold() -> None:
 def test_training_mixture_in_chunks_equals_one_pass_over_a_subset_of_rows() -> None:
     """Chunked filling and routing (bounded memory) gives the one-pass result, and ``rows``
     picks windows without copying the rest."""
-    torch.manual_seed(1)
-    experts = [FakeForecaster(name, factor=f) for name, f in (("a", 1.0), ("b", 0.9), ("c", 1.1))]
-    n, horizon, length = 50, 3, 12
-    router = MoERouter(length, horizon, "cpu", experts=experts)
-    context = 10 + _RNG.standard_normal((n, length))
-    points = 10 + 0.5 * _RNG.standard_normal((n, 3, horizon))
-    quantiles = torch.full((n, 3, horizon, len(QUANTILE_LEVELS)), float("nan"))
-    target = 10 + _RNG.standard_normal((n, horizon))
-    series, names = np.arange(n) // 2, ["a", "b", "c"]
-    rows = np.flatnonzero(np.arange(n) % 5 != 0)
-    whole = training_mixture(router, names, context, target, series, points, quantiles, rows)
-    chunked = training_mixture(
-        router, names, context, target, series, points, quantiles, rows, chunk_rows=7
-    )
+    t = _training(50, seed=1)
+    series = np.arange(50) // 2
+    rows = np.flatnonzero(np.arange(50) % 5 != 0)
+    inputs = (t.router, t.names, t.context, t.target, series, t.points, t.quantiles, rows)
+    whole = training_mixture(*inputs)
+    chunked = training_mixture(*inputs, chunk_rows=7)
     np.testing.assert_allclose(chunked.quantiles, whole.quantiles, rtol=1e-6)
     np.testing.assert_array_equal(chunked.point, whole.point)
-    np.testing.assert_array_equal(whole.target, target[rows])
-    assert whole.quantiles.shape == (rows.size, horizon, len(QUANTILE_LEVELS))
+    np.testing.assert_array_equal(whole.target, t.target[rows])
+    assert whole.quantiles.shape == (rows.size, 3, len(QUANTILE_LEVELS))

@@ -30,20 +30,32 @@ class _PointOnly(FakeForecaster):
         return ExpertForecast(point=super().forecast(context, horizon).point, quantiles=None)
 
 
+def _point_only_experts() -> list[FakeForecaster]:
+    return [
+        _PointOnly("a", factor=1.0),
+        _PointOnly("b", factor=0.9, offset=1.0),
+        _PointOnly("c", factor=1.1),
+    ]
+
+
+def _config(series_file: Path, **overrides: object) -> RetrainConfig:
+    """24 series, 6-step horizon, up to 4 windows each (1 backtest), a quick gate fit."""
+    settings: dict[str, object] = {
+        "jsonl_paths": [str(series_file)],
+        "experts": ["seasonal_naive", "autoets", "autotheta"],
+        "input_length": 24,
+        "pred_length": 6,
+        "max_windows_per_series": 4,
+        "train": {"epochs": 2, "batch_size": 32},
+    }
+    return RetrainConfig.model_validate({**settings, **overrides})
+
+
 def test_every_row_gets_calibrated_intervals(store: Store, series_file: Path) -> None:
     """Guards item 7: experts without quantiles still give q05..q95 on every forecast row,
     the artifact carries the calibration, the leaderboard reports coverage and width."""
-    experts = [_PointOnly("a", factor=1.0), _PointOnly("b", factor=0.9, offset=1.0)]
-    experts.append(_PointOnly("c", factor=1.1))
-    config = RetrainConfig(
-        jsonl_paths=[str(series_file)],
-        experts=["seasonal_naive", "autoets", "autotheta"],
-        input_length=24,
-        pred_length=6,
-        max_windows_per_series=4,
-        train={"epochs": 2, "batch_size": 32},  # type: ignore[arg-type]
-    )
-    result = retrain(store, config, experts=experts)
+    experts = _point_only_experts()
+    result = retrain(store, _config(series_file), experts=experts)
     artifact = load_artifact(result.artifact_path)
     intervals = IntervalModel.from_plain(artifact.intervals)
     assert intervals is not None
@@ -119,3 +131,21 @@ def test_never_negative_series_get_no_negative_forecasts(
     # z00 (negative inside its context) is stored exactly as routed, unfloored.
     np.testing.assert_allclose(point[0], raw_point[0], rtol=1e-6)
     np.testing.assert_allclose(q05[0], raw_q[0, :, 0], rtol=1e-6)
+
+
+def test_retrain_calibrates_on_every_window_when_asked(store: Store, series_file: Path) -> None:
+    """``interval_calibration_windows='all'``: the artifact's factors come from the training
+    windows too (more calibration windows, other factors), the forecasts keep their points."""
+    results = {}
+    for windows in ("backtest", "all"):
+        config = _config(series_file, interval_calibration_windows=windows)
+        result = retrain(store, config, experts=_point_only_experts())
+        intervals = IntervalModel.from_plain(load_artifact(result.artifact_path).intervals)
+        assert intervals is not None
+        results[windows] = (result, intervals)
+    backtest, everything = results["backtest"][1], results["all"][1]
+    assert backtest.n_calibration == 24
+    assert everything.n_calibration > 24 * 2  # 24 series, up to 3 training windows each
+    assert not np.allclose(backtest.factors, everything.factors)
+    scores = [results[w][0].scores.overall()["mixture"]["mase"] for w in ("backtest", "all")]
+    assert scores[0] == scores[1]  # intervals only: the points are the same
