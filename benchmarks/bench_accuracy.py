@@ -114,7 +114,7 @@ def _print_table(title: str, scores: Scores, expert_names: list[str]) -> None:
     each with its paired standard error over series (in percent of the reference)."""
     overall = scores.overall()
     best_single = min(expert_names, key=lambda name: overall[name]["mase"])
-    statistical = [name for name in ("autoets", "autotheta") if name in overall]
+    statistical: list[str] = [name for name in ("autoets", "autotheta") if name in overall]
     standard = min(statistical, key=lambda name: overall[name]["mase"]) if statistical else None
 
     def change(model: str, reference: str | None) -> str:

@@ -57,7 +57,7 @@ def _sample(n_series: int, directory: Path) -> tuple[Path, list[list[float]]]:
     return path, [json.loads(line)["sequence"] for line in lines]
 
 
-def _start(store: Path) -> tuple[subprocess.Popen[str], str]:
+def _start(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     command = [sys.executable, "-m", "cli", "--store", str(store), "api"]
     process = subprocess.Popen(

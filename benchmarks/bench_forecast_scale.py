@@ -28,7 +28,9 @@ sys.path.insert(0, str(REPO))
 
 def _setup(root: Path, n_series: int) -> None:
     """Ingest ``n_series`` series and register a gate trained on the fake experts."""
+    from moe.experts.base import Expert
     from moe.experts.fake import fake_trio
+    from moe.training import TrainConfig
     from pipeline.config import RetrainConfig
     from pipeline.retrain import retrain
     from storage import Store, ingest_jsonl
@@ -47,14 +49,16 @@ def _setup(root: Path, n_series: int) -> None:
         pred_length=12,
         max_windows_per_series=2,
         forecast_after=False,
-        train={"epochs": 1, "batch_size": 256},
+        train=TrainConfig(epochs=1, batch_size=256),
     )
-    retrain(store, config, experts=fake_trio())
+    experts: list[Expert] = [*fake_trio()]
+    retrain(store, config, experts=experts)
     print(json.dumps({}))
 
 
 def _forecast(root: Path, chunk: int) -> None:
     """The measured part, in its own process: batch forecast over every stored series."""
+    from moe.experts.base import Expert
     from moe.experts.fake import fake_trio
     from pipeline.config import ForecastConfig
     from pipeline.forecast import batch_forecast
@@ -62,9 +66,9 @@ def _forecast(root: Path, chunk: int) -> None:
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    run = batch_forecast(
-        Store.open(root / "store"), ForecastConfig(chunk_size=chunk), experts=fake_trio()
-    )
+    experts: list[Expert] = [*fake_trio()]
+    config = ForecastConfig(chunk_size=chunk)
+    run = batch_forecast(Store.open(root / "store"), config, experts=experts)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -61,7 +61,9 @@ def _worker(tool: str, data: Path, scratch: Path) -> None:
             "CREATE TABLE series AS SELECT * FROM read_json($1, format='newline_delimited')",
             [str(data)],
         )
-        rows = connection.execute("SELECT count(*) FROM series").fetchone()[0]
+        counted = connection.execute("SELECT count(*) FROM series").fetchone()
+        assert counted is not None  # count(*) always returns one row
+        rows = counted[0]
         connection.close()
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -71,7 +73,12 @@ def _worker(tool: str, data: Path, scratch: Path) -> None:
 def _measure(tool: str, data: Path, baseline: Path | None = None) -> dict[str, float]:
     """One run of ``tool`` (``baseline``: ours from that source tree) in a fresh process."""
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-{tool}-"))
-    script = __file__ if tool != "baseline" else str(baseline / "benchmarks" / "bench_ingest.py")
+    if tool == "baseline":
+        if baseline is None:
+            raise ValueError("tool 'baseline' needs the baseline source tree")
+        script = str(baseline / "benchmarks" / "bench_ingest.py")
+    else:
+        script = __file__
     worker_tool = "ours" if tool == "baseline" else tool
     try:
         out = subprocess.run(

@@ -90,7 +90,8 @@ def _forecast(root: Path, dask: dict | None, run_id: str) -> tuple[float, int]:
     from storage import Store
 
     started = time.perf_counter()
-    run = batch_forecast(Store.open(root), ForecastConfig(run_id=run_id, dask=dask))
+    config = ForecastConfig.model_validate({"run_id": run_id, "dask": dask})
+    run = batch_forecast(Store.open(root), config)
     return time.perf_counter() - started, run.n_series
 
 

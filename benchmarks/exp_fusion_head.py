@@ -68,9 +68,10 @@ def run(name: str, store: Store, max_series: int | None, seed: int) -> None:
     inputs = torch.cat([(features - mean) / std, f_i.clamp(-20, 20) / 5, f_j.clamp(-20, 20) / 5], 1)
     horizon = data.horizon
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(inputs.shape[1], 32), nn.GELU(), nn.Linear(32, 2 * horizon))
-    nn.init.zeros_(net[-1].weight)  # starts as the plain equal-weight pair
-    nn.init.zeros_(net[-1].bias)
+    head = nn.Linear(32, 2 * horizon)
+    net = nn.Sequential(nn.Linear(inputs.shape[1], 32), nn.GELU(), head)
+    nn.init.zeros_(head.weight)  # starts as the plain equal-weight pair
+    nn.init.zeros_(head.bias)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
 
     def fused(rows: torch.Tensor) -> torch.Tensor:

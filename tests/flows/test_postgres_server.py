@@ -202,7 +202,7 @@ def _final_state(run: UUID, log: Background) -> str:
         while True:
             state = client.read_flow_run(run).state
             if state is not None and state.is_final():
-                return state.name
+                return str(state.name)
             assert time.monotonic() < deadline, f"run {run} not final: {state}\n{log.tail()}"
             time.sleep(2)
 
