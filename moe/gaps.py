@@ -54,5 +54,7 @@ def fill_row(row: np.ndarray, trailing: Literal["hold", "drop"] = "hold") -> np.
     values = values[first:last]
     if not np.isnan(values).any():
         return values.copy()
-    filled, _ = fill_gaps(torch.from_numpy(values)[None, :])
+    # A copy: ``row`` may be a read-only view (an Arrow column), which torch.from_numpy
+    # takes with a warning about undefined behaviour on stderr.
+    filled, _ = fill_gaps(torch.from_numpy(values.copy())[None, :])
     return filled[0].numpy()

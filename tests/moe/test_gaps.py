@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,3 +34,26 @@ def test_fill_row_holds_or_drops_the_tail_and_drops_the_head() -> None:
     clean = np.array([1.0, 2.0])
     out = fill_row(clean)
     assert out.tolist() == [1.0, 2.0] and out is not clean  # a copy, never the caller's array
+
+
+def test_fill_row_takes_a_read_only_row_silently() -> None:
+    """Guards the copy in fill_row: a read-only row with gaps (an Arrow column's view) gives
+    no torch 'non-writable' warning on stderr. In a fresh interpreter, because torch warns
+    only once per process and another test may already have triggered it."""
+    script = (
+        "import numpy as np\n"
+        "from moe.gaps import fill_row\n"
+        "row = np.array([1.0, np.nan, 3.0, np.nan, 5.0])\n"
+        "row.setflags(write=False)\n"
+        "assert fill_row(row).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
