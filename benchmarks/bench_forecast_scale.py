@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO))
 
 def _setup(root: Path, n_series: int) -> None:
     """Ingest ``n_series`` series and register a gate trained on the fake experts."""
-    from moe.experts.base import Expert
     from moe.experts.fake import fake_trio
     from moe.training import TrainConfig
     from pipeline.config import RetrainConfig
@@ -51,14 +50,12 @@ def _setup(root: Path, n_series: int) -> None:
         forecast_after=False,
         train=TrainConfig(epochs=1, batch_size=256),
     )
-    experts: list[Expert] = [*fake_trio()]
-    retrain(store, config, experts=experts)
+    retrain(store, config, experts=fake_trio())
     print(json.dumps({}))
 
 
 def _forecast(root: Path, chunk: int) -> None:
     """The measured part, in its own process: batch forecast over every stored series."""
-    from moe.experts.base import Expert
     from moe.experts.fake import fake_trio
     from pipeline.config import ForecastConfig
     from pipeline.forecast import batch_forecast
@@ -66,9 +63,8 @@ def _forecast(root: Path, chunk: int) -> None:
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
-    experts: list[Expert] = [*fake_trio()]
     config = ForecastConfig(chunk_size=chunk)
-    run = batch_forecast(Store.open(root / "store"), config, experts=experts)
+    run = batch_forecast(Store.open(root / "store"), config, experts=fake_trio())
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from moe.experts.base import QUANTILE_LEVELS, ExpertCapabilities, ExpertForecast
+from moe.experts.base import QUANTILE_LEVELS, Expert, ExpertCapabilities, ExpertForecast
 
 __all__ = ["FakeForecaster", "fake_trio"]
 
@@ -48,7 +48,7 @@ class FakeForecaster:
         return ExpertForecast(point=point.float(), quantiles=quantiles.float())
 
 
-def fake_trio() -> list[FakeForecaster]:
+def fake_trio() -> list[Expert]:
     """Three distinguishable fakes named like the seed's experts."""
     return [
         FakeForecaster("moirai", factor=1.0),

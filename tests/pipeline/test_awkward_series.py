@@ -86,9 +86,7 @@ def test_default_pool_forecasts_awkward_series(store: Store, tmp_path: Path) -> 
     q05, q95 = levels[0], levels[-1]
     assert ((q05 <= point + 1e-6 * np.abs(point)) & (point <= q95 + 1e-6 * np.abs(point))).all()
 
-    by_id = {series_id: row for row, series_id in enumerate(ids)}
-    for series_id in ids:
-        row = by_id[series_id]
+    for row, series_id in enumerate(ids):
         values = np.asarray(series[series_id]["sequence"], float)
         observed = values[~np.isnan(values)]
         if series_id.startswith("constant"):
