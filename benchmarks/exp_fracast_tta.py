@@ -42,12 +42,13 @@ from benchmarks._accuracy_data import (  # noqa: E402
     BenchSeries,
     development_split,
     load_series,
+    make_windows,
 )
 from moe.experts.base import Expert, ExpertConfig  # noqa: E402
 from moe.experts.registry import build_expert  # noqa: E402
 from moe.metrics import naive_scale  # noqa: E402
 
-TRIMS: tuple[int | None, ...] = (None, 96, 72, 48)
+TRIMS = ("all", "96", "72", "48")  # pass names: the whole window, then its last n points
 STATISTICAL = ("autoets", "autotheta", "autoces")
 SEASON = 12
 
@@ -55,9 +56,9 @@ SEASON = 12
 VARIANTS: dict[str, tuple[str, ...]] = {
     "fracast": ("all",),
     "ctx2": ("all", "72"),
-    "ctx4": ("all", "96", "72", "48"),
+    "ctx4": TRIMS,
     "flip": ("all", "all_flip"),
-    "ctx4xflip": tuple(f"{t}{s}" for t in ("all", "96", "72", "48") for s in ("", "_flip")),
+    "ctx4xflip": tuple(f"{trim}{flip}" for trim in TRIMS for flip in ("", "_flip")),
     "log": ("log",),
     "log+raw": ("log", "all"),
 }
@@ -66,15 +67,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 def _split(name: str, split: str) -> BenchSeries:
     data = load_series(name)
     return development_split(data) if split == "development" else data
-
-
-def _contexts(data: BenchSeries, length: int) -> np.ndarray:
-    """The last ``length`` training points of each series, NaN-padded: ``(S, L)``."""
-    rows = np.full((len(data.train), length), np.nan)
-    for index, values in enumerate(data.train):
-        tail = values[-length:]
-        rows[index, length - tail.size :] = tail
-    return rows
 
 
 def _pass_input(context: np.ndarray, name: str) -> tuple[np.ndarray, float]:
@@ -100,10 +92,12 @@ def _log_pass(fracast: Expert, context: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
-def cached_forecasts(name: str, split: str, store: Path, passes: set[str]) -> dict[str, np.ndarray]:
+def cached_forecasts(
+    name: str, split: str, data: BenchSeries, store: Path, passes: set[str]
+) -> dict[str, np.ndarray]:
     """Point forecasts ``(S, H)`` of every pass and statistical model, computed once."""
-    data = _split(name, split)
-    context = _contexts(data, DATASETS[name].input_length)
+    # each series' test window: its last L training points, NaN-padded on the left (S, L)
+    context = make_windows(data, DATASETS[name].input_length, 0).context.astype(np.float64)
     config = ExpertConfig(season_length=SEASON)
     fracast: Expert | None = None
     out: dict[str, np.ndarray] = {}
@@ -128,10 +122,9 @@ def cached_forecasts(name: str, split: str, store: Path, passes: set[str]) -> di
     return out
 
 
-def _mase(forecast: np.ndarray, data: BenchSeries) -> np.ndarray:
+def _mase(forecast: np.ndarray, target: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Per-series MASE ``(S,)``; NaN where the scale is not positive."""
-    scale = np.array([naive_scale(values[None, :], SEASON)[0] for values in data.train])
-    errors = np.mean(np.abs(forecast - data.test), axis=1)
+    errors = np.mean(np.abs(forecast - target), axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(scale > 0, errors / scale, np.nan)
 
@@ -144,12 +137,19 @@ def _versus(values: np.ndarray, reference: np.ndarray) -> str:
     return f"{100 * diff.mean() / base:+5.1f}% ± {100 * se / base:.1f}"
 
 
-def score(name: str, split: str, forecasts: dict[str, np.ndarray], variants: list[str]) -> None:
-    data = _split(name, split)
+def score(
+    name: str, split: str, data: BenchSeries, forecasts: dict[str, np.ndarray], variants: list[str]
+) -> None:
+    # each series' whole training part sets its scale (lag 1 where it is one season or less)
+    scale = np.array([naive_scale(values[None, :], SEASON)[0] for values in data.train])
+
+    def mase(forecast: np.ndarray) -> np.ndarray:
+        return _mase(forecast, data.test, scale)
+
     statistical = [forecasts[key] for key in STATISTICAL]
-    plain = _mase(forecasts["all"], data)
-    plain_mean = _mase(np.mean([*statistical, forecasts["all"]], axis=0), data)
-    aeat = min(np.nanmean(_mase(forecasts[key], data)) for key in ("autoets", "autotheta"))
+    plain = mase(forecasts["all"])
+    plain_mean = mase(np.mean([*statistical, forecasts["all"]], axis=0))
+    aeat = min(np.nanmean(mase(forecasts[key])) for key in ("autoets", "autotheta"))
     print(f"\n{DATASETS[name].description}, {split} split ({len(data.ids)} series)")
     print(
         f"{'variant':10s} {'passes':>6s} {'alone':>8s} {'vs fracast':>16s} "
@@ -158,13 +158,13 @@ def score(name: str, split: str, forecasts: dict[str, np.ndarray], variants: lis
     for variant in variants:
         passes = VARIANTS[variant]
         point = np.mean([forecasts[key] for key in passes], axis=0)
-        alone = _mase(point, data)
-        mixed = _mase(np.mean([*statistical, point], axis=0), data)
+        alone = mase(point)
+        mixed = mase(np.mean([*statistical, point], axis=0))
         print(
             f"{variant:10s} {len(passes):6d} {np.nanmean(alone):8.4f} {_versus(alone, plain):>16s} "
             f"{np.nanmean(mixed):18.4f} {_versus(mixed, plain_mean):>16s}"
         )
-    ensemble = np.nanmean(_mase(np.mean(statistical, axis=0), data))
+    ensemble = np.nanmean(mase(np.mean(statistical, axis=0)))
     print(f"stat_ensemble mean(AE,AT,CES) {ensemble:.4f}; better of AutoETS/AutoTheta {aeat:.4f}")
 
 
@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown variants {unknown}; expected some of {', '.join(VARIANTS)}")
     passes = {key for variant in variants for key in VARIANTS[variant]}
     for name in args.datasets.split(","):
-        forecasts = cached_forecasts(name, args.split, args.store, passes)
-        score(name, args.split, forecasts, variants)
+        data = _split(name, args.split)
+        forecasts = cached_forecasts(name, args.split, data, args.store, passes)
+        score(name, args.split, data, forecasts, variants)
 
 
 if __name__ == "__main__":
