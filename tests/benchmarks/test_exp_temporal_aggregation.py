@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks._accuracy_data import BenchSeries
 from benchmarks.exp_temporal_aggregation import (
     aggregate,
     is_seasonal,
+    pair_in_hindsight,
     seasonal_indices,
     temporal_aggregation,
 )
@@ -55,3 +57,15 @@ def test_levels_are_averaged_and_the_season_put_back() -> None:
     np.testing.assert_allclose(point[0], [np.mean([24.0, 23.5, 23.0, 22.5, 21.5])] * 5)
     # seasonal: adjusted to a constant 10, so the forecast continues the pattern from January
     np.testing.assert_allclose(point[1], 10.0 * PATTERN[:5], rtol=1e-6)
+
+
+def test_pair_in_hindsight_returns_the_mixture_it_names() -> None:
+    rng = np.random.default_rng(1)
+    train = [rng.normal(10.0, 1.0, size=30) for _ in range(3)]
+    test = rng.normal(10.0, 1.0, size=(3, 4))
+    data = BenchSeries("toy", ["a", "b", "c"], train, test, horizon=4, period=12, total=3)
+    pool = {"far": test + 5.0, "near": test + 1.0, "below": test - 4.0}
+    mixed, label = pair_in_hindsight(pool, data, np.stack(train))
+    # 0.8 near + 0.2 below is the exact target, the best any pair can do
+    assert label == "near*0.8+below*0.2"
+    np.testing.assert_allclose(mixed, test)
