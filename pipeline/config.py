@@ -120,7 +120,8 @@ _DASK_DESCRIPTION = (
 
 
 class GlobalExpertConfig(BaseModel):
-    """How the retrain trains the global expert ('global_mlp'), when it is in the pool."""
+    """How the retrain trains the global experts ('global_mlp', 'global_trees'), when they
+    are in the pool. 'folds' applies to both; 'tree_*' to the trees, the rest to the MLP."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -155,6 +156,18 @@ class GlobalExpertConfig(BaseModel):
         "a fit fits it (fewer epochs, still annealed; a warning says so, and then the weights "
         "depend on the machine's speed).",
     )
+    tree_rounds: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="global_trees: boosting rounds per forecast step (its cost is linear in it).",
+    )
+    tree_max_windows: int = Field(
+        default=300_000,
+        ge=100,
+        le=10_000_000,
+        description="global_trees: larger stores train on a seeded sample of this many windows.",
+    )
 
 
 class RetrainConfig(BaseModel):
@@ -171,8 +184,8 @@ class RetrainConfig(BaseModel):
         min_length=2,
         json_schema_extra={"uniqueItems": True},  # the form refuses a repeat before a run
         description="Experts the gate chooses from (top-2 per window). Foundation experts "
-        "need their weights downloaded once (see README); 'global_mlp' is trained by the "
-        "retrain on its training windows.",
+        "need their weights downloaded once (see README); 'global_mlp' and 'global_trees' "
+        "are trained by the retrain on its training windows.",
     )
     input_length: int = Field(
         default=DEFAULT_INPUT_LENGTH,
@@ -238,8 +251,9 @@ class RetrainConfig(BaseModel):
     )
     global_expert: GlobalExpertConfig = Field(
         default_factory=GlobalExpertConfig,
-        description="Training of the global expert 'global_mlp' (only read when it is in "
-        "'experts'): on every series' points before its backtest windows, one window per step.",
+        description="Training of the global experts 'global_mlp' and 'global_trees' (only "
+        "read when one is in 'experts'): on every series' points before its backtest windows, "
+        "one window per step.",
     )
     interval_calibration: Literal["per_level", "paired"] = Field(
         default="paired",

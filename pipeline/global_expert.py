@@ -1,27 +1,40 @@
-"""The global expert inside the retrain: its training windows, its fits, and the
-cross-fitted forecasts the gate learns from.
+"""The global experts inside the retrain (``global_mlp``, ``global_trees``): their training
+windows, their fits, and the cross-fitted forecasts the gate learns from.
 
-The network is trained on every series' points before its first backtest target, one
-window per step (dense: these windows cost no expert run), so backtest targets are never
-seen. The gate, though, trains on windows inside that same history; an expert forecasting
-windows it was trained on looks far better there than on new data, and the gate would
-learn to over-trust it. So the gate's training windows get **cross-fitted** forecasts:
-series are split into seeded folds and each fold's windows are forecast by a network
-trained without that fold's series. The backtest and every later forecast use the network
-trained on all series (the one saved and cached), exactly as the accuracy benchmark does.
+Each is trained on every series' points before its first backtest target, one window per
+step (dense: these windows cost no expert run), so backtest targets are never seen. The
+gate, though, trains on windows inside that same history; an expert forecasting windows it
+was trained on looks far better there than on new data, and the gate would learn to
+over-trust it. So the gate's training windows get **cross-fitted** forecasts: series are
+split into seeded folds and each fold's windows are forecast by a model trained without
+that fold's series. The backtest and every later forecast use the model trained on all
+series (the one saved and cached), exactly as the accuracy benchmark does.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from moe.data import Windows, dense_windows
 from moe.experts.base import Expert
-from moe.experts.global_mlp import GlobalMLPConfig, GlobalMLPForecaster, train_global_mlp
+from moe.experts.global_mlp import (
+    GlobalMLPConfig,
+    GlobalMLPForecaster,
+    save_global_mlp,
+    train_global_mlp,
+)
+from moe.experts.global_trees import (
+    GlobalTreesConfig,
+    GlobalTreesForecaster,
+    save_global_trees,
+    train_global_trees,
+)
 from pipeline.config import RetrainConfig
 from storage.series import StoredSeries
 
@@ -30,7 +43,16 @@ _log = logging.getLogger(__name__)
 #: Fewest observed points before a training window's target (shorter contexts are padded).
 MIN_CONTEXT = 12
 
-__all__ = ["GlobalTrainingWindows", "global_training_windows", "fit_global_expert", "cross_fit"]
+__all__ = [
+    "GlobalTrainingWindows",
+    "global_training_windows",
+    "fit_global_expert",
+    "save_trained_expert",
+    "cross_fit",
+]
+
+#: A trained global expert (each is also an ``Expert``).
+TrainedExpert = GlobalMLPForecaster | GlobalTreesForecaster
 
 
 @dataclass(frozen=True)
@@ -101,16 +123,45 @@ def _mlp_config(config: RetrainConfig) -> GlobalMLPConfig:
     )
 
 
-def fit_global_expert(
-    training: GlobalTrainingWindows, config: RetrainConfig
-) -> GlobalMLPForecaster:
-    """The network on every series' training windows (the one saved, cached and served)."""
-    expert, report = train_global_mlp(
-        training.context, training.target, _mlp_config(config), training.season
+def _trees_config(config: RetrainConfig) -> GlobalTreesConfig:
+    return GlobalTreesConfig(
+        input_points=min(GlobalTreesConfig.input_points, config.input_length),
+        max_iter=config.global_expert.tree_rounds,
+        max_windows=config.global_expert.tree_max_windows,
+        seed=config.train.seed,
     )
-    _log.info("global_mlp trained on all series: %s", report)
-    _warn_if_cut(report, config)
+
+
+def _train(
+    name: str, training: GlobalTrainingWindows, config: RetrainConfig
+) -> tuple[TrainedExpert, dict[str, Any]]:
+    """Train global expert ``name`` on ``training``; returns it and its training report."""
+    if name == "global_mlp":
+        mlp, report = train_global_mlp(
+            training.context, training.target, _mlp_config(config), training.season
+        )
+        _warn_if_cut(report, config)
+        return mlp, report
+    if name == "global_trees":
+        return train_global_trees(training.context, training.target, _trees_config(config))
+    raise ValueError(f"{name!r} is not a trained global expert")
+
+
+def fit_global_expert(
+    name: str, training: GlobalTrainingWindows, config: RetrainConfig
+) -> TrainedExpert:
+    """Expert ``name`` on every series' training windows (the one saved, cached and served)."""
+    expert, report = _train(name, training, config)
+    _log.info("%s trained on all series: %s", name, report)
     return expert
+
+
+def save_trained_expert(expert: TrainedExpert, directory: Path) -> Path:
+    """Save under ``<directory>/<name>-<fingerprint>.pt`` (the store's ``experts/``)."""
+    path = directory / f"{expert.name}-{expert.fingerprint}.pt"
+    if isinstance(expert, GlobalMLPForecaster):
+        return save_global_mlp(expert, path)
+    return save_global_trees(expert, path)
 
 
 def _warn_if_cut(report: dict[str, object], config: RetrainConfig) -> None:
@@ -128,14 +179,17 @@ def _warn_if_cut(report: dict[str, object], config: RetrainConfig) -> None:
 
 
 def cross_fit(
-    training: GlobalTrainingWindows, windows: Windows, n_series: int, config: RetrainConfig
+    name: str,
+    training: GlobalTrainingWindows,
+    windows: Windows,
+    n_series: int,
+    config: RetrainConfig,
 ) -> np.ndarray:
-    """``(N, H)`` float32 forecasts of the retrain's non-backtest ``windows``, each by a
-    network trained without its series' fold (NaN on backtest windows)."""
+    """``(N, H)`` float32 forecasts of the retrain's non-backtest ``windows``, each by
+    expert ``name`` trained without its series' fold (NaN on backtest windows)."""
     folds = config.global_expert.folds
     fold_of = np.random.default_rng(config.train.seed).integers(0, folds, size=n_series)
     forecasts = np.full(windows.target.shape, np.nan, np.float32)
-    mlp_config = _mlp_config(config)
     for fold in range(folds):
         keep = fold_of[training.owner] != fold
         rows = ~windows.is_holdout & (fold_of[windows.series_index] == fold)
@@ -143,15 +197,13 @@ def cross_fit(
             continue
         if not keep.any():
             raise ValueError(
-                f"global_mlp cross-fit: fold {fold} holds every series' training windows; "
+                f"{name} cross-fit: fold {fold} holds every series' training windows; "
                 "store more series or lower global_expert.folds"
             )
-        part = training.select(keep)
-        network, report = train_global_mlp(part.context, part.target, mlp_config, part.season)
-        _log.info("global_mlp fold %d of %d: %s", fold + 1, folds, report)
-        _warn_if_cut(report, config)
+        model, report = _train(name, training.select(keep), config)
+        _log.info("%s fold %d of %d: %s", name, fold + 1, folds, report)
         context = torch.from_numpy(np.ascontiguousarray(windows.context[rows]))
-        forecasts[rows] = network.forecast(context, windows.target.shape[1]).point.numpy()
+        forecasts[rows] = model.forecast(context, windows.target.shape[1]).point.numpy()
     return forecasts
 
 

@@ -17,7 +17,6 @@ import torch
 
 from moe.data import Windows, observed_windows, rolling_windows, series_min_context
 from moe.experts.base import Expert, ExpertConfig
-from moe.experts.global_mlp import save_global_mlp
 from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
 from moe.precompute import experts_for_season
 from pipeline.config import RetrainConfig
@@ -25,6 +24,7 @@ from pipeline.global_expert import (
     cross_fit,
     fit_global_expert,
     global_training_windows,
+    save_trained_expert,
     with_cross_fitted,
 )
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
@@ -103,19 +103,23 @@ def add_trained_experts(
     """Train the config's trained experts on every series' history before its backtest
     windows, save each under ``<store>/experts/`` and load it back through the registry
     (the path a forecast job takes); cross-fit their forecasts of the gate's windows."""
-    if not any(name in TRAINED_EXPERTS for name in config.experts):
+    names = [name for name in config.experts if name in TRAINED_EXPERTS]
+    if not names:
         return TrainedExperts(experts, {})
     training = global_training_windows(series, windows, config.input_length, config.pred_length)
-    expert = fit_global_expert(training, config)
-    path = save_global_mlp(expert, store.root / "experts" / f"global_mlp-{expert.fingerprint}.pt")
-    loaded = build_expert(
-        "global_mlp",
-        ExpertConfig(
-            checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
-        ),
-    )
-    out_of_fold = {"global_mlp": cross_fit(training, windows, len(series), config)}
-    by_name = {e.name: e for e in [*experts, loaded]}
+    by_name = {e.name: e for e in experts}
+    out_of_fold: dict[str, np.ndarray] = {}
+    for name in names:
+        path = save_trained_expert(
+            fit_global_expert(name, training, config), store.root / "experts"
+        )
+        by_name[name] = build_expert(
+            name,
+            ExpertConfig(
+                checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
+            ),
+        )
+        out_of_fold[name] = cross_fit(name, training, windows, len(series), config)
     return TrainedExperts([by_name[name] for name in config.experts], out_of_fold)
 
 

@@ -39,6 +39,7 @@ _BUILDERS: dict[str, str] = {
     "stat_ensemble": "moe.experts.statistical:build_stat_ensemble",
     "fracast": "moe.experts.fracast_expert:build",
     "global_mlp": "moe.experts.global_mlp:build",
+    "global_trees": "moe.experts.global_trees:build",
 }
 
 #: The seed's pretrained foundation models, in the seed's ``expert_keys`` order.
@@ -54,7 +55,7 @@ EXTRA_STATISTICAL_EXPERTS: tuple[str, ...] = (
     "stat_ensemble",
 )
 #: Experts the retrain trains on the training windows (built from the checkpoint it saves).
-TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp",)
+TRAINED_EXPERTS: tuple[str, ...] = ("global_mlp", "global_trees")
 #: The retrain's default pool (``RetrainConfig.experts``): offline, and the pool with the
 #: lowest mean MASE against the better of AutoETS/AutoTheta on the development split of M3,
 #: Tourism and M1 monthly through ``moe retrain`` (docs/ACCURACY.md "accuracy10"): the

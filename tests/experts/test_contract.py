@@ -27,12 +27,27 @@ def _tiny_global_mlp(directory: Path) -> Expert:
     return build_expert("global_mlp", ExpertConfig(checkpoint=str(path)))
 
 
+def _tiny_global_trees(directory: Path) -> Expert:
+    """Global trees trained briefly on sine windows, saved and loaded via the registry."""
+    from moe.experts.base import ExpertConfig
+    from moe.experts.global_trees import GlobalTreesConfig, save_global_trees, train_global_trees
+
+    steps = np.arange(20)[None, :] + np.arange(64)[:, None]  # (64, 20)
+    values = 10 + 3 * np.sin(2 * np.pi * steps / 6)
+    small = GlobalTreesConfig(input_points=16, max_iter=5, max_leaf_nodes=4)
+    expert, _ = train_global_trees(values[:, :16], values[:, 16:], small)
+    path = save_global_trees(expert, directory / "global_trees.pt")
+    return build_expert("global_trees", ExpertConfig(checkpoint=str(path)))
+
+
 def _factory(name: str) -> Callable[[Path], Expert]:
     """How the contract test gets expert ``name``: tiny real architectures for foundation ones."""
     if name == "fake":
         return lambda _: FakeForecaster("fake", factor=1.5, offset=0.5)
     if name == "global_mlp":
         return _tiny_global_mlp
+    if name == "global_trees":
+        return _tiny_global_trees
     if name in FOUNDATION_EXPERTS:
         # Weights cannot be downloaded here: build a tiny random instance of the real
         # architecture, saved and reloaded through the expert's own loading path.

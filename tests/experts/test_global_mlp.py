@@ -194,8 +194,9 @@ def test_global_expert_never_sees_backtest_targets() -> None:
     assert np.nanmax(np.abs(dense.target)) < 100  # no shifted point inside a target
 
 
-def test_gate_windows_get_out_of_fold_forecasts() -> None:
-    """Guards the cross-fit: a window is forecast by a network trained without its series,
+@pytest.mark.parametrize("name", ["global_mlp", "global_trees"])
+def test_gate_windows_get_out_of_fold_forecasts(name: str) -> None:
+    """Guards the cross-fit: a window is forecast by a model trained without its series,
     so changing one series moves no forecast of the other series in its fold."""
     rng = np.random.default_rng(1)
     t = np.arange(60)
@@ -204,15 +205,15 @@ def test_gate_windows_get_out_of_fold_forecasts() -> None:
         for _ in range(10)
     ]
     config = RetrainConfig(
-        experts=["seasonal_naive", "global_mlp"],
+        experts=["seasonal_naive", name],
         input_length=24,
         pred_length=6,
         max_windows_per_series=4,
-        global_expert={"width": 16, "depth": 1, "epochs": 2, "min_steps": 5},  # type: ignore[arg-type]
+        global_expert={"width": 16, "depth": 1, "epochs": 2, "min_steps": 5, "tree_rounds": 20},  # type: ignore[arg-type]
     )
     windows = rolling_windows(values, 24, 6, max_windows_per_series=4, holdout=1)
     training = global_training_windows(_stored(values), windows, 24, 6)
-    before = cross_fit(training, windows, len(values), config)
+    before = cross_fit(name, training, windows, len(values), config)
     assert np.isnan(before[windows.is_holdout]).all()
     assert np.isfinite(before[~windows.is_holdout]).all()
     fold_of = np.random.default_rng(config.train.seed).integers(0, 2, size=len(values))
@@ -222,7 +223,7 @@ def test_gate_windows_get_out_of_fold_forecasts() -> None:
     changed = [v.copy() for v in values]
     changed[0] = changed[0] * 3.0 + 40.0
     training = global_training_windows(_stored(changed), windows, 24, 6)
-    after = cross_fit(training, windows, len(values), config)
+    after = cross_fit(name, training, windows, len(values), config)
     same_fold = np.isin(windows.series_index, mates) & ~windows.is_holdout
     other_fold = np.isin(windows.series_index, others) & ~windows.is_holdout
     np.testing.assert_array_equal(before[same_fold], after[same_fold])
@@ -277,5 +278,5 @@ def test_retrain_warns_when_the_time_budget_cuts_epochs(caplog: pytest.LogCaptur
         )
         caplog.clear()
         with caplog.at_level("WARNING", logger="pipeline.global_expert"):
-            fit_global_expert(training, config)
+            fit_global_expert("global_mlp", training, config)
         assert any("max_seconds" in r.getMessage() for r in caplog.records) is warned
