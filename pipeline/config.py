@@ -162,6 +162,13 @@ class GlobalExpertConfig(BaseModel):
         le=10_000,
         description="global_trees: boosting rounds per forecast step (its cost is linear in it).",
     )
+    tree_threads: int | None = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="global_trees: OpenMP threads per fit (null: every core). One by default: "
+        "more threads than free cores made fits over 5x slower (docs/RETRAIN.md).",
+    )
     tree_max_windows: int = Field(
         default=300_000,
         ge=100,

@@ -128,6 +128,7 @@ def _trees_config(config: RetrainConfig) -> GlobalTreesConfig:
         input_points=min(GlobalTreesConfig.input_points, config.input_length),
         max_iter=config.global_expert.tree_rounds,
         max_windows=config.global_expert.tree_max_windows,
+        threads=config.global_expert.tree_threads,
         seed=config.train.seed,
     )
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from moe.experts._loading import check_inputs
 from moe.experts.base import ExpertCapabilities, ExpertConfig, ExpertForecast, ExpertLoadError
@@ -64,6 +65,10 @@ class GlobalTreesConfig:
     max_leaf_nodes: int = 31
     #: Larger stores train on a seeded sample of this many windows (the cost is linear in it).
     max_windows: int = 300_000
+    #: OpenMP threads of a fit (None: every core). One by default: with more threads than
+    #: free cores (two retrains, or a retrain beside other work) scikit-learn's spinning
+    #: threads made fits over 5x slower here (docs/RETRAIN.md).
+    threads: int | None = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +81,8 @@ class GlobalTreesConfig:
             raise ValueError(
                 f"GlobalTreesConfig.max_leaf_nodes must be >= 2, got {self.max_leaf_nodes}"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"GlobalTreesConfig.threads must be >= 1 or None, got {self.threads}")
         if not 0 < self.learning_rate <= 1:
             raise ValueError(
                 f"GlobalTreesConfig.learning_rate must be in (0, 1], got {self.learning_rate}"
@@ -267,8 +274,6 @@ def train_global_trees(
     Deterministic for the same windows and config (seeded sample and trees, no early
     stopping), so a retrain on the same data gives the same ``cache_key``.
     """
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     if context.ndim != 2 or target.ndim != 2 or context.shape[0] != target.shape[0]:
         raise ValueError(
             f"context (N, L) and target (N, H) must share N, got {context.shape}, {target.shape}"
@@ -281,6 +286,26 @@ def train_global_trees(
         rows = np.sort(np.random.default_rng(config.seed).choice(rows, config.max_windows, False))
     inputs, level = _inputs(context[rows], config.input_points, config.level_points)
     goal = np.asarray(target[rows], np.float64) / level[:, None]
+    with threadpool_limits(limits=config.threads, user_api="openmp"):
+        models = _fit_steps(inputs, goal, config)
+    expert = GlobalTreesForecaster(
+        arrays_from_sklearn(models), config.input_points, config.level_points
+    )
+    report = {
+        "windows": int(rows.size),
+        "windows_available": int(context.shape[0]),
+        "steps": len(models),
+        "nodes": int(expert.trees.leaf.size),
+        "seconds": time.perf_counter() - started,
+        "fingerprint": expert.fingerprint,
+    }
+    return expert, report
+
+
+def _fit_steps(inputs: np.ndarray, goal: np.ndarray, config: GlobalTreesConfig) -> list[Any]:
+    """One fitted model per column of ``goal`` ``(N, H)`` on the rows where it is observed."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
     models = []
     for step in range(goal.shape[1]):
         observed = np.isfinite(goal[:, step])
@@ -295,18 +320,7 @@ def train_global_trees(
             random_state=config.seed,
         )
         models.append(model.fit(inputs[observed], goal[observed, step]))
-    expert = GlobalTreesForecaster(
-        arrays_from_sklearn(models), config.input_points, config.level_points
-    )
-    report = {
-        "windows": int(rows.size),
-        "windows_available": int(context.shape[0]),
-        "steps": len(models),
-        "nodes": int(expert.trees.leaf.size),
-        "seconds": time.perf_counter() - started,
-        "fingerprint": expert.fingerprint,
-    }
-    return expert, report
+    return models
 
 
 def save_global_trees(expert: GlobalTreesForecaster, path: str | Path) -> Path:

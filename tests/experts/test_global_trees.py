@@ -165,3 +165,24 @@ def test_retrain_trains_saves_and_forecasts_with_the_trees(store: Store, tmp_pat
     assert run.n_series == 12 and run.n_rows == 72
     again = retrain(store, config)
     assert all(stats.computed == 0 for stats in again.precompute)
+
+
+def test_fits_run_on_the_configured_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards the thread cap that keeps a fit from spinning against other work."""
+    import sklearn.ensemble  # noqa: F401 - loads the OpenMP runtime threadpoolctl reports
+    from threadpoolctl import threadpool_info
+
+    from moe.experts import global_trees
+
+    seen: list[list[int]] = []
+    fit_steps = global_trees._fit_steps
+
+    def spy(inputs: np.ndarray, goal: np.ndarray, config: GlobalTreesConfig) -> list[object]:
+        seen.append(
+            [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp"]
+        )
+        return fit_steps(inputs, goal, config)
+
+    monkeypatch.setattr(global_trees, "_fit_steps", spy)
+    train_global_trees(*_sine_windows(50, 0), replace(SMALL, max_iter=2, threads=1))
+    assert seen and seen[0] and set(seen[0]) == {1}

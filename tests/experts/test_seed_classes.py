@@ -103,7 +103,10 @@ def test_registry_names_and_targets() -> None:
     assert OFFLINE_EXPERTS == ("seasonal_naive", "autoets", "autotheta", "fracast")
     assert EXTRA_STATISTICAL_EXPERTS == ("dynamic_theta", "autoces", "autoarima", "stat_ensemble")
     assert EXPERT_NAMES == (
-        FOUNDATION_EXPERTS + OFFLINE_EXPERTS + EXTRA_STATISTICAL_EXPERTS + ("global_mlp",)
+        FOUNDATION_EXPERTS
+        + OFFLINE_EXPERTS
+        + EXTRA_STATISTICAL_EXPERTS
+        + ("global_mlp", "global_trees")
     )
     assert set(_BUILDERS) == set(EXPERT_NAMES)
     for name, target in _BUILDERS.items():
