@@ -52,7 +52,9 @@ __all__ = [
     "how_to_provide",
     "import_extra",
     "load_weights",
+    "read_trained_checkpoint",
     "resolve_weights",
+    "write_checkpoint",
 ]
 
 _log = logging.getLogger(__name__)
@@ -334,3 +336,45 @@ def _check_directory(spec: WeightsSpec, directory: Path) -> None:
 def _looks_like_path(checkpoint: str) -> bool:
     """Hub ids are ``name`` or ``owner/name``; anything else is meant as a directory."""
     return checkpoint.startswith((".", "~", "/")) or "\\" in checkpoint or checkpoint.count("/") > 1
+
+
+def read_trained_checkpoint(
+    config: ExpertConfig, name: str, version: int
+) -> tuple[dict[str, Any], Path]:
+    """The checkpoint a retrain saved for trained expert ``name``: its payload and path.
+
+    ``torch.load(weights_only=True)`` (tensors and plain data only); refuses, as
+    ``ExpertLoadError``, no checkpoint given, a missing or unreadable file, another expert's
+    file and another ``version`` (with the advice to retrain). The caller checks the rest.
+    """
+    if config.checkpoint is None:
+        raise ExpertLoadError(
+            f"expert {name!r} is trained by the retrain; build it from its checkpoint "
+            f"(ExpertConfig(checkpoint='<store>/experts/{name}-<fingerprint>.pt'))"
+        )
+    path = Path(config.checkpoint)
+    if not path.is_file():
+        raise ExpertLoadError(f"expert {name!r}: checkpoint {str(path)!r} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ExpertLoadError(f"expert {name!r}: cannot read {str(path)!r}: {error}") from error
+    if not isinstance(raw, dict) or raw.get("name") != name:
+        raise ExpertLoadError(f"expert {name!r}: {str(path)!r} is not a {name} checkpoint")
+    if raw.get("version") != version:
+        raise ExpertLoadError(
+            f"expert {name!r}: {str(path)!r} is a version-{raw.get('version')} checkpoint; this "
+            f"code reads version {version}: run a retrain to train it again"
+        )
+    return raw, path
+
+
+def write_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Save a trained expert's ``payload`` (tensors and plain data) at ``path``: written to a
+    temporary file, then renamed into place, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+    return path

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe.experts._loading import check_inputs
+from moe.experts._loading import check_inputs, read_trained_checkpoint, write_checkpoint
 from moe.experts.base import ExpertCapabilities, ExpertConfig, ExpertForecast, ExpertLoadError
 from moe.metrics import positive_scale
 
@@ -418,8 +418,6 @@ def train_global_mlp(
 
 def save_global_mlp(expert: GlobalMLPForecaster, path: str | Path) -> Path:
     """Write the checkpoint (plain data and tensors) via a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": NAME,
         "version": VERSION,
@@ -438,33 +436,12 @@ def save_global_mlp(expert: GlobalMLPForecaster, path: str | Path) -> Path:
         ],
         "fingerprint": expert.fingerprint,
     }
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)
-    return path
+    return write_checkpoint(payload, path)
 
 
 def build(config: ExpertConfig) -> GlobalMLPForecaster:
     """Load the trained expert from ``config.checkpoint`` (a ``.pt`` from ``save_global_mlp``)."""
-    if config.checkpoint is None:
-        raise ExpertLoadError(
-            f"expert {NAME!r} is trained by the retrain; build it from its checkpoint "
-            "(ExpertConfig(checkpoint='<store>/experts/global_mlp-<fingerprint>.pt'))"
-        )
-    path = Path(config.checkpoint)
-    if not path.is_file():
-        raise ExpertLoadError(f"expert {NAME!r}: checkpoint {str(path)!r} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ExpertLoadError(f"expert {NAME!r}: cannot read {str(path)!r}: {error}") from error
-    if not isinstance(raw, dict) or raw.get("name") != NAME:
-        raise ExpertLoadError(f"expert {NAME!r}: {str(path)!r} is not a {NAME} checkpoint")
-    if raw.get("version") != VERSION:
-        raise ExpertLoadError(
-            f"expert {NAME!r}: {str(path)!r} is a version-{raw.get('version')} checkpoint; this "
-            f"code reads version {VERSION} (the network changed): run a retrain to train it again"
-        )
+    raw, path = read_trained_checkpoint(config, NAME, VERSION)
     try:
         shape = {k: int(raw[k]) for k in ("horizon", "width", "depth", "level_points")}
         # Checkpoints written before ensembles hold one network at the top level.

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from moe.experts._loading import check_inputs
+from moe.experts._loading import check_inputs, read_trained_checkpoint, write_checkpoint
 from moe.experts.base import ExpertCapabilities, ExpertConfig, ExpertForecast, ExpertLoadError
 from moe.experts.global_mlp import window_level
 
@@ -325,8 +325,6 @@ def _fit_steps(inputs: np.ndarray, goal: np.ndarray, config: GlobalTreesConfig) 
 
 def save_global_trees(expert: GlobalTreesForecaster, path: str | Path) -> Path:
     """Write the checkpoint (plain data and tensors) via a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "name": NAME,
         "version": VERSION,
@@ -338,33 +336,12 @@ def save_global_trees(expert: GlobalTreesForecaster, path: str | Path) -> Path:
         },
         "fingerprint": expert.fingerprint,
     }
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)
-    return path
+    return write_checkpoint(payload, path)
 
 
 def build(config: ExpertConfig) -> GlobalTreesForecaster:
     """Load the trained expert from ``config.checkpoint`` (a ``.pt`` from ``save_global_trees``)."""
-    if config.checkpoint is None:
-        raise ExpertLoadError(
-            f"expert {NAME!r} is trained by the retrain; build it from its checkpoint "
-            f"(ExpertConfig(checkpoint='<store>/experts/{NAME}-<fingerprint>.pt'))"
-        )
-    path = Path(config.checkpoint)
-    if not path.is_file():
-        raise ExpertLoadError(f"expert {NAME!r}: checkpoint {str(path)!r} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ExpertLoadError(f"expert {NAME!r}: cannot read {str(path)!r}: {error}") from error
-    if not isinstance(raw, dict) or raw.get("name") != NAME:
-        raise ExpertLoadError(f"expert {NAME!r}: {str(path)!r} is not a {NAME} checkpoint")
-    if raw.get("version") != VERSION:
-        raise ExpertLoadError(
-            f"expert {NAME!r}: {str(path)!r} is a version-{raw.get('version')} checkpoint; this "
-            f"code reads version {VERSION}: run a retrain to train it again"
-        )
+    raw, path = read_trained_checkpoint(config, NAME, VERSION)
     try:
         trees = TreeArrays(**{field: raw["trees"][field].numpy() for field in TreeArrays.FIELDS})
         expert = GlobalTreesForecaster(trees, int(raw["input_points"]), int(raw["level_points"]))
