@@ -122,6 +122,29 @@ class TreeArrays:
         "baseline",
     )
 
+    def __post_init__(self) -> None:
+        """A checkpoint is data from disk: refuse arrays that could index out of range or
+        send a row round in circles, rather than fail (or hang) while forecasting."""
+        size = self.leaf.shape
+        if any(getattr(self, name).shape != size for name in self.FIELDS[:7]):
+            raise ValueError(f"tree node arrays differ in length: expected {size}")
+        if self.roots.ndim != 2 or self.baseline.shape != (self.roots.shape[0],):
+            raise ValueError(
+                f"roots (H, T) and baseline (H,) disagree: {self.roots.shape}, "
+                f"{self.baseline.shape}"
+            )
+        count = size[0]
+        for name in ("left", "right", "roots"):
+            indices = getattr(self, name)
+            if indices.size and (indices.min() < 0 or indices.max() >= count):
+                raise ValueError(f"tree {name} point outside the {count} nodes")
+        inner = ~self.leaf
+        own = np.arange(count)
+        if (self.feature[inner] < 0).any() or (
+            (self.left[inner] <= own[inner]) | (self.right[inner] <= own[inner])
+        ).any():
+            raise ValueError("tree nodes must point to later nodes and name a feature >= 0")
+
     def predict(self, inputs: np.ndarray, chunk: int = 256) -> np.ndarray:
         """``inputs`` ``(B, F)`` float64 (NaN = missing) -> ``(B, H)``: per step, the
         baseline plus the leaf each tree sends the row to. ``chunk`` rows at a time (the
@@ -218,6 +241,9 @@ class GlobalTreesForecaster:
     name = NAME
 
     def __init__(self, trees: TreeArrays, input_points: int, level_points: int) -> None:
+        used = trees.feature[~trees.leaf]
+        if used.size and used.max() >= input_points:
+            raise ValueError(f"trees read feature {used.max()} of {input_points} inputs")
         self.trees = trees
         self.horizon = int(trees.roots.shape[0])
         self.input_points = input_points

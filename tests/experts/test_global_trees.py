@@ -130,6 +130,12 @@ def test_bad_or_missing_checkpoints_are_refused(tmp_path: Path) -> None:
     torch.save(raw, path)
     with pytest.raises(ExpertLoadError, match="fingerprint"):
         build_expert("global_trees", ExpertConfig(checkpoint=str(path)))
+    raw["trees"]["value"] = raw["trees"]["value"] - 1.0
+    loop = {**raw, "trees": {**raw["trees"], "left": raw["trees"]["left"].clone()}}
+    loop["trees"]["left"][0] = 0  # the root sends rows to itself: a walk that never ends
+    torch.save(loop, path)
+    with pytest.raises(ExpertLoadError, match="not a complete global_trees checkpoint.*later"):
+        build_expert("global_trees", ExpertConfig(checkpoint=str(path)))
     del raw["trees"]["roots"]
     torch.save(raw, path)
     with pytest.raises(ExpertLoadError, match="not a complete global_trees checkpoint"):
