@@ -147,6 +147,19 @@ def score(name: str, split: str, data: BenchSeries, forecasts: dict[str, np.ndar
         f"{label}; + trees {np.nanmean(mase(mixed)):.4f} {_versus(mase(mixed), mase(default))} "
         f"{with_label}"
     )
+    ensemble = mase(pool["stat_ensemble"])
+    combinations = {  # accuracy17: the trees inside a combination expert
+        "combo5 mean(AE,AT,CES,fracast,trees)": np.mean([*statistical, fracast, trees], axis=0),
+        "combo4 mean(AE,AT,CES,trees)": np.mean([*statistical, trees], axis=0),
+    }
+    for combo_label, combo in combinations.items():
+        paired, paired_label = pair_in_hindsight({**pool, "combo": combo}, data, context)
+        print(
+            f"{combo_label} {np.nanmean(mase(combo)):.4f} vs stat_ensemble "
+            f"{_versus(mase(combo), ensemble)}; best constant pair with it "
+            f"{np.nanmean(mase(paired)):.4f} {_versus(mase(paired), mase(default))} "
+            f"{paired_label}"
+        )
     members = {"AE": "autoets", "AT": "autotheta", "CES": "autoces", "fracast": "all"}
     errors = [mase(forecasts[key]) for key in members.values()]
     mine = mase(trees)
