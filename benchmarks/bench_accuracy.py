@@ -79,6 +79,7 @@ from moe.experts.global_mlp import (  # noqa: E402
 )
 from moe.experts.global_mlp import build as build_global_mlp  # noqa: E402
 from moe.experts.registry import OFFLINE_EXPERTS, build_expert  # noqa: E402
+from moe.experts.trained import MIN_CONTEXT as GLOBAL_MIN_CONTEXT  # noqa: E402
 from moe.feature_gate import past_expert_mase  # noqa: E402
 from moe.model_file import build_artifact, load_router  # noqa: E402
 from moe.scaling import mase_scales  # noqa: E402
@@ -91,7 +92,6 @@ from moe.selection import (  # noqa: E402
     fit_gate,
 )  # noqa: E402
 from pipeline.backtest import Scores, score_models  # noqa: E402
-from pipeline.global_expert import MIN_CONTEXT as GLOBAL_MIN_CONTEXT  # noqa: E402
 from pipeline.precompute import load_cached, precompute_cache  # noqa: E402
 from storage.store import Store  # noqa: E402
 

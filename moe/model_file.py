@@ -29,7 +29,7 @@ from moe.experts.base import (
     MissingExtraError,
     legacy_cache_keys,
 )
-from moe.experts.registry import build_expert
+from moe.experts.registry import TRAINED_EXPERTS, build_expert
 from moe.router import MoERouter
 from moe.training import TrainResult
 
@@ -38,6 +38,15 @@ __all__ = ["MissingExpertError", "build_artifact", "load_router"]
 
 class MissingExpertError(ArtifactError):
     """An expert named in a model file cannot be built here; the message says which and why."""
+
+
+def _entry(expert: Expert, config: dict[str, object] | None) -> dict[str, object]:
+    """An expert's artifact entry; a trained expert's config points at its checkpoint, so
+    the artifact rebuilds that very model."""
+    checkpoint = getattr(expert, "checkpoint", None)
+    if expert.name in TRAINED_EXPERTS and checkpoint:
+        config = {**(config or {}), "checkpoint": checkpoint}
+    return {"name": expert.name, "cache_key": expert.cache_key, "config": config}
 
 
 def build_artifact(
@@ -78,10 +87,7 @@ def build_artifact(
         input_length=int(context.shape[1]),
         pred_length=int(target.shape[1]),
         gate=dict(result.gate.hyperparameters()),
-        experts=[
-            {"name": expert.name, "cache_key": expert.cache_key, "config": config_dump}
-            for expert in experts
-        ],
+        experts=[_entry(expert, config_dump) for expert in experts],
         scaling={"method": result.config.scaling},
         quantile_levels=list(QUANTILE_LEVELS),
         train_config=result.config.model_dump(),

@@ -6,7 +6,7 @@ copying (``config.model_copy(update=...)``), never in place.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import JsonDict, JsonValue
@@ -23,6 +23,7 @@ from moe.experts.registry import (
     FOUNDATION_EXPERTS,
     OFFLINE_EXPERTS,
 )
+from moe.experts.trained import GlobalExpertConfig
 from moe.training import TrainConfig
 
 __all__ = [
@@ -117,64 +118,6 @@ _DASK_DESCRIPTION = (
     "Shard this job's expensive step by series over a Dask cluster (pip install "
     "moe-forecast[dask]); null (default): run it in this process."
 )
-
-
-class GlobalExpertConfig(BaseModel):
-    """How the retrain trains the global experts ('global_mlp', 'global_trees'), when they
-    are in the pool. 'folds' applies to both; 'tree_*' to the trees, the rest to the MLP."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    width: int = Field(default=512, ge=1, le=8192, description="Units per hidden layer.")
-    depth: int = Field(default=3, ge=1, le=16, description="Hidden layers.")
-    epochs: int = Field(default=10, ge=1, le=10_000, description="Passes over its windows.")
-    min_steps: int = Field(
-        default=2000,
-        ge=1,
-        le=1_000_000,
-        description="At least this many optimiser steps (small stores get more epochs).",
-    )
-    lookbacks: tuple[Annotated[int, Field(ge=1, le=16)], ...] = Field(
-        default=(2, 3, 4),
-        min_length=1,
-        max_length=8,
-        description="One network per lookback, in multiples of pred_length (capped at "
-        "input_length); their forecasts are averaged. Each costs one more fit.",
-    )
-    folds: int = Field(
-        default=2,
-        ge=2,
-        le=10,
-        description="Series folds for the cross-fitted forecasts the gate learns from: each "
-        "fold's training windows are forecast by a network trained without its series, so the "
-        "gate sees the expert's out-of-sample error (as at forecast time).",
-    )
-    max_seconds: float = Field(
-        default=600.0,
-        gt=0,
-        description="Time budget per network fit: epochs are planned from a timed probe so "
-        "a fit fits it (fewer epochs, still annealed; a warning says so, and then the weights "
-        "depend on the machine's speed).",
-    )
-    tree_rounds: int = Field(
-        default=200,
-        ge=1,
-        le=10_000,
-        description="global_trees: boosting rounds per forecast step (its cost is linear in it).",
-    )
-    tree_threads: int | None = Field(
-        default=1,
-        ge=1,
-        le=1024,
-        description="global_trees: OpenMP threads per fit (null: every core). One by default: "
-        "more threads than free cores made fits over 5x slower (docs/RETRAIN.md).",
-    )
-    tree_max_windows: int = Field(
-        default=300_000,
-        ge=100,
-        le=10_000_000,
-        description="global_trees: larger stores train on a seeded sample of this many windows.",
-    )
 
 
 class RetrainConfig(BaseModel):

@@ -22,7 +22,6 @@ from moe.artifact import GateArtifact, save_artifact
 from moe.constant_pair import best_constant_pair, constant_pair_gate
 from moe.data import Windows, validation_windows
 from moe.experts.base import Expert, ExpertConfig, legacy_cache_keys
-from moe.experts.registry import TRAINED_EXPERTS
 from moe.intervals import IntervalModel, floor_nonnegative
 from moe.metrics import mase
 from moe.model_file import build_artifact, load_router
@@ -89,17 +88,6 @@ def run_directly(step: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
-def _record_checkpoints(artifact: GateArtifact, experts: list[Expert]) -> GateArtifact:
-    """Point each trained expert's entry at its checkpoint, so the artifact rebuilds it."""
-    entries = []
-    for entry, expert in zip(artifact.experts, experts, strict=True):
-        checkpoint = getattr(expert, "checkpoint", None)
-        if expert.name in TRAINED_EXPERTS and checkpoint:
-            entry = {**entry, "config": {**(entry.get("config") or {}), "checkpoint": checkpoint}}
-        entries.append(entry)
-    return replace(artifact, experts=entries)
-
-
 def mixture_on_cache(
     router: MoERouter, context: np.ndarray, points: torch.Tensor, quantiles: torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +128,7 @@ def train_and_backtest(
     artifact = build_artifact(
         result, experts, context[train], target[train], data.points[train], expert_config
     )
-    artifact = _packaged(artifact, experts, config)
+    artifact = _packaged(artifact, config)
     artifact.metrics["selection"] = fit.summary()
     router = load_router(artifact, "cpu", experts=experts)
     scores, intervals = _backtest(router, experts, data, config)
@@ -149,9 +137,9 @@ def train_and_backtest(
     return artifact, scores
 
 
-def _packaged(artifact: GateArtifact, experts: list[Expert], config: RetrainConfig) -> GateArtifact:
+def _packaged(artifact: GateArtifact, config: RetrainConfig) -> GateArtifact:
     """The artifact with its checkpoints, season policy and how its windows were cut."""
-    artifact = replace(_record_checkpoints(artifact, experts), season=season_policy(config))
+    artifact = replace(artifact, season=season_policy(config))
     artifact.train_config["windows"] = window_record(config)
     return artifact
 
@@ -280,7 +268,7 @@ def _constant_pair_candidate(
         "weights": [pair.weight, 1 - pair.weight],
         "train_mase": pair.train_mase,
     }
-    artifact = _packaged(artifact, experts, config)
+    artifact = _packaged(artifact, config)
     router = load_router(artifact, "cpu", experts=experts)
     scores, intervals = _backtest(router, experts, data, config)
     artifact = replace(artifact, intervals=intervals.to_plain())

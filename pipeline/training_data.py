@@ -18,15 +18,9 @@ import torch
 from moe.data import Windows, observed_windows, rolling_windows, series_min_context
 from moe.experts.base import Expert, ExpertConfig
 from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
+from moe.experts.trained import TrainedExperts, train_pool_experts, with_cross_fitted
 from moe.precompute import experts_for_season
 from pipeline.config import RetrainConfig
-from pipeline.global_expert import (
-    cross_fit,
-    fit_global_expert,
-    global_training_windows,
-    save_trained_expert,
-    with_cross_fitted,
-)
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.seasons import series_season_lengths
 from storage.series import StoredSeries, load_series
@@ -83,16 +77,6 @@ def build_experts_for(config: RetrainConfig) -> list[Expert]:
     return [build_expert(name, expert_config) for name in names]
 
 
-@dataclass
-class TrainedExperts:
-    """The retrain's experts in ``config.experts`` order, and for each trained one its
-    cross-fitted forecasts ``(N, H)`` of the non-backtest windows (what the gate learns
-    from; ``pipeline.global_expert``)."""
-
-    experts: list[Expert]
-    out_of_fold: dict[str, np.ndarray]
-
-
 def add_trained_experts(
     store: Store,
     experts: list[Expert],
@@ -100,27 +84,21 @@ def add_trained_experts(
     windows: Windows,
     config: RetrainConfig,
 ) -> TrainedExperts:
-    """Train the config's trained experts on every series' history before its backtest
-    windows, save each under ``<store>/experts/`` and load it back through the registry
-    (the path a forecast job takes); cross-fit their forecasts of the gate's windows."""
-    names = [name for name in config.experts if name in TRAINED_EXPERTS]
-    if not names:
-        return TrainedExperts(experts, {})
-    training = global_training_windows(series, windows, config.input_length, config.pred_length)
-    by_name = {e.name: e for e in experts}
-    out_of_fold: dict[str, np.ndarray] = {}
-    for name in names:
-        path = save_trained_expert(
-            fit_global_expert(name, training, config), store.root / "experts"
-        )
-        by_name[name] = build_expert(
-            name,
-            ExpertConfig(
-                checkpoint=str(path), device=config.device, batch_size=config.expert_batch_size
-            ),
-        )
-        out_of_fold[name] = cross_fit(name, training, windows, len(series), config)
-    return TrainedExperts([by_name[name] for name in config.experts], out_of_fold)
+    """The config's experts in order: ``experts`` (its pretrained ones) and its trained ones,
+    trained on every series' history before its backtest windows, saved under
+    ``<store>/experts/`` and loaded back through the registry (the path a forecast job
+    takes), with their cross-fitted forecasts of the gate's windows
+    (``moe.experts.trained.train_pool_experts``)."""
+    return train_pool_experts(
+        config.experts,
+        experts,
+        series.values,
+        windows,
+        config.global_expert,
+        config.train.seed,
+        store.root / "experts",
+        ExpertConfig(device=config.device, batch_size=config.expert_batch_size),
+    )
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:

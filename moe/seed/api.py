@@ -6,7 +6,10 @@ per-series season (``moe.seasonality.season_length_of``: forced, else ``freq``, 
 detected), the same resolver (``moe.experts.registry.resolve_experts``), the same per-season
 expert runs (``moe.precompute.forecast_all``), the same validated fit
 (``moe.selection.fit_gate``) and the same packaging (``moe.model_file.build_artifact``).
-Only the expert cache differs: here it is the in-memory tensor, there the store.
+Only the expert cache differs: here it is the in-memory tensor, there the store. Trained
+experts named in the pool (``global_mlp``, ``global_trees``) are trained by the retrain's
+own step (``moe.experts.trained.train_pool_experts``) on every point of the file's series,
+and saved under ``experts/`` beside the model file.
 
 Windows (``WindowConfig.windowing``; training settings are ``TrainConfig``):
 
@@ -54,7 +57,8 @@ from moe.data import (
     validation_windows,
 )
 from moe.experts.base import Expert, ExpertConfig
-from moe.experts.registry import resolve_experts
+from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
+from moe.experts.trained import GlobalExpertConfig, train_pool_experts, with_cross_fitted
 from moe.intervals import floor_nonnegative
 from moe.model_file import build_artifact, load_router
 from moe.precompute import experts_for_season, forecast_all
@@ -178,6 +182,27 @@ def _commonest(seasons: np.ndarray) -> int:
     return int(values[np.argmax(counts)]) if values.size else 1
 
 
+def _to_train(
+    experts: Literal["auto"] | Sequence[str | Expert] | None, expert_config: ExpertConfig
+) -> list[str]:
+    """The trained experts (``global_mlp``, ``global_trees``) named in ``experts`` that this
+    run trains: all of them, unless ``expert_config.checkpoint`` names a saved one."""
+    if experts is None or experts == "auto" or expert_config.checkpoint:
+        return []
+    names = [e for e in experts if isinstance(e, str)]
+    if len(names) != len(experts):  # objects and names mixed: built as given
+        return []
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"need at least two experts with distinct names, got {names}")
+    return [name for name in names if name in TRAINED_EXPERTS]
+
+
+def _build_named(names: Sequence[str], device: str, expert_config: ExpertConfig) -> list[Expert]:
+    """The pretrained experts ``names`` (``resolve_experts`` would ask for two of them)."""
+    config = expert_config.model_copy(update={"device": str(device)})
+    return [build_expert(name, config) for name in names]
+
+
 def train_and_save(
     jsonl_path: str | Path,
     input_length: int,
@@ -191,6 +216,7 @@ def train_and_save(
     gate_fit: Literal["validated", "fixed"] | None = None,
     season_length: int | None = None,
     windows: WindowConfig | None = None,
+    global_expert: GlobalExpertConfig | None = None,
 ) -> GateArtifact:
     """Train a gate on ``jsonl_path`` and write it to ``save_path`` (the seed's entry point).
 
@@ -213,6 +239,12 @@ def train_and_save(
         season_length: one season for every series; None: per series, from its ``freq``,
             else detected from its values (as ``moe retrain`` does).
         windows: how windows are cut (``WindowConfig()``; kept in ``train_config["windows"]``).
+        global_expert: how named trained experts (``global_mlp``, ``global_trees``) are
+            trained (``GlobalExpertConfig()``, as ``moe retrain``'s ``global_expert``). Each
+            is trained on every point of every line, saved as
+            ``<save_path's folder>/experts/<name>-<fingerprint>.pt`` (the model file names
+            it), and cross-fitted for the gate's windows; an ``expert_config.checkpoint``
+            builds a saved one instead.
 
     Returns:
         The saved artifact (weights, metrics, provenance).
@@ -230,13 +262,32 @@ def train_and_save(
     expert_config = (expert_config or ExpertConfig()).model_copy(
         update={"season_length": season_length or 1}
     )
-    built = resolve_experts(experts, device, expert_config)
     from_names = experts is None or experts == "auto" or all(isinstance(e, str) for e in experts)
+    to_train = _to_train(experts, expert_config)
+    out_of_fold: dict[str, np.ndarray] = {}
+    if to_train:
+        names = [str(name) for name in experts or ()]
+        trained = train_pool_experts(
+            names,
+            _build_named([n for n in names if n not in to_train], device, expert_config),
+            [np.asarray(seq, np.float32) for seq in sequences],
+            cut,
+            global_expert or GlobalExpertConfig(),
+            config.seed,
+            Path(save_path).parent / "experts",
+            expert_config.model_copy(update={"device": str(device), "season_length": 1}),
+        )
+        built, out_of_fold = trained.experts, trained.out_of_fold
+    else:
+        built = resolve_experts(experts, device, expert_config)
     context = torch.from_numpy(cut.context)
     target = torch.from_numpy(cut.target)
     points, _ = forecast_all(
         built, context, pred_length, expert_config.batch_size, device, cut.season_length
     )
+    # A trained expert forecasts each window by a model trained without that window's
+    # series (cross-fitted), as in moe retrain: the gate learns its out-of-sample error.
+    points = with_cross_fitted(points, built, out_of_fold)
     selection = None
     if fit_mode == "validated":
         from moe.selection import VALIDATION_FOLDS, fit_gate  # lazy: keeps the import light

@@ -12,7 +12,10 @@ Predict (prints the ``(1, pred_length)`` forecast as a JSON list of lists)::
 ``--experts`` defaults to ``auto``: the seed's foundation experts (moirai, timemoe, timesfm)
 when their weights are available locally, otherwise the retrain's offline default pool
 (seasonal_naive, autotheta, fracast, stat_ensemble), announced on stderr. Prediction always
-uses the experts stored in the model file. Errors go to stderr with exit status 1.
+uses the experts stored in the model file. Trained experts named in ``--experts``
+(``global_mlp``, ``global_trees``) are trained on the file's series as ``moe retrain`` trains
+them (``--global-expert`` sets how) and saved under ``experts/`` beside the model file.
+Errors go to stderr with exit status 1.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: seasonal period (default: from the lines' freq, else 12 as in moe retrain)",
     )
     parser.add_argument(
+        "--global-expert",
+        metavar="JSON",
+        help="train: how trained experts in --experts (global_mlp, global_trees) are trained, "
+        "as moe retrain's global_expert settings, e.g. '{\"tree_rounds\": 100}'; each is "
+        "saved under experts/ beside --save-path",
+    )
+    parser.add_argument(
         "--gate-fit",
         choices=("validated", "fixed"),
         help="train: 'validated' = the production fit (moe.selection.fit_gate, as moe retrain); "
@@ -109,6 +119,17 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     gate_fit: Literal["validated", "fixed"] = args.gate_fit or (
         "fixed" if any(v is not None for v in hyper) else "validated"
     )
+    global_expert = None
+    if args.global_expert is not None:
+        from moe.experts.trained import GlobalExpertConfig
+
+        try:
+            settings = json.loads(args.global_expert)
+        except json.JSONDecodeError as error:
+            parser.error(f"--global-expert is not valid JSON: {error}")
+        if not isinstance(settings, dict):
+            parser.error("--global-expert must be a JSON object, e.g. '{\"tree_rounds\": 100}'")
+        global_expert = GlobalExpertConfig.model_validate(settings)  # a ValueError names a field
     experts = (
         "auto"
         if args.experts == "auto"
@@ -125,6 +146,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         gate_fit=gate_fit,
         season_length=args.season_length,
         windows=windows,
+        global_expert=global_expert,
     )
     final = artifact.metrics["final"] or {"train_loss": float("nan"), "val_loss": None}
     print(

@@ -21,12 +21,11 @@ from moe.experts.global_mlp import (
     train_global_mlp,
 )
 from moe.experts.registry import build_expert
+from moe.experts.trained import GlobalExpertConfig, cross_fit, fit_global_expert, history_windows
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
-from pipeline.global_expert import cross_fit, fit_global_expert, global_training_windows
 from pipeline.retrain import retrain
 from storage import Store
-from storage.series import StoredSeries
 
 
 def _sine_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,11 +169,6 @@ def test_single_network_checkpoints_still_load(tmp_path: Path) -> None:
     assert "|L=18|" in loaded.cache_key
 
 
-def _stored(values: list[np.ndarray]) -> StoredSeries:
-    n = len(values)
-    return StoredSeries([f"s{i}" for i in range(n)], ["h"] * n, [None] * n, ["MS"] * n, values)
-
-
 def test_global_expert_never_sees_backtest_targets() -> None:
     """Guards the training rows: every dense window's target ends before its series' first
     backtest target, and changing the backtest points changes no training window."""
@@ -183,12 +177,12 @@ def test_global_expert_never_sees_backtest_targets() -> None:
     windows = rolling_windows(values, 8, 4, stride=2, max_windows_per_series=5, holdout=2)
     backtest = windows.is_holdout
     first = {i: windows.origin[backtest & (windows.series_index == i)].min() for i in (0, 1)}
-    dense = global_training_windows(_stored(values), windows, 8, 4)
+    dense = history_windows(values, windows, 8, 4)
     assert len(dense.owner) > 20
     changed = [v.copy() for v in values]
     for i in (0, 1):
         changed[i][first[i] :] += 1000.0  # every backtest target point
-    again = global_training_windows(_stored(changed), windows, 8, 4)
+    again = history_windows(changed, windows, 8, 4)
     np.testing.assert_array_equal(dense.context, again.context)
     np.testing.assert_array_equal(dense.target, again.target)
     assert np.nanmax(np.abs(dense.target)) < 100  # no shifted point inside a target
@@ -204,26 +198,21 @@ def test_gate_windows_get_out_of_fold_forecasts(name: str) -> None:
         50 + 5 * np.sin(2 * np.pi * (t + rng.integers(12)) / 12) + rng.normal(size=60)
         for _ in range(10)
     ]
-    config = RetrainConfig(
-        experts=["seasonal_naive", name],
-        input_length=24,
-        pred_length=6,
-        max_windows_per_series=4,
-        global_expert={"width": 16, "depth": 1, "epochs": 2, "min_steps": 5, "tree_rounds": 20},  # type: ignore[arg-type]
-    )
+    settings = GlobalExpertConfig(width=16, depth=1, epochs=2, min_steps=5, tree_rounds=20)
+    seed = 0
     windows = rolling_windows(values, 24, 6, max_windows_per_series=4, holdout=1)
-    training = global_training_windows(_stored(values), windows, 24, 6)
-    before = cross_fit(name, training, windows, len(values), config)
+    training = history_windows(values, windows, 24, 6)
+    before = cross_fit(name, training, windows, len(values), settings, seed)
     assert np.isnan(before[windows.is_holdout]).all()
     assert np.isfinite(before[~windows.is_holdout]).all()
-    fold_of = np.random.default_rng(config.train.seed).integers(0, 2, size=len(values))
+    fold_of = np.random.default_rng(seed).integers(0, 2, size=len(values))
     mates = [i for i in range(1, 10) if fold_of[i] == fold_of[0]]
     others = [i for i in range(1, 10) if fold_of[i] != fold_of[0]]
     assert mates and others
     changed = [v.copy() for v in values]
     changed[0] = changed[0] * 3.0 + 40.0
-    training = global_training_windows(_stored(changed), windows, 24, 6)
-    after = cross_fit(name, training, windows, len(values), config)
+    training = history_windows(changed, windows, 24, 6)
+    after = cross_fit(name, training, windows, len(values), settings, seed)
     same_fold = np.isin(windows.series_index, mates) & ~windows.is_holdout
     other_fold = np.isin(windows.series_index, others) & ~windows.is_holdout
     np.testing.assert_array_equal(before[same_fold], after[same_fold])
@@ -268,15 +257,10 @@ def test_retrain_warns_when_the_time_budget_cuts_epochs(caplog: pytest.LogCaptur
     values = [50 + 5 * np.sin(2 * np.pi * np.arange(60) / 12) + i for i in range(4)]
     settings = {"width": 8, "depth": 1, "epochs": 3, "min_steps": 1, "lookbacks": [2]}
     windows = rolling_windows(values, 24, 6, max_windows_per_series=4, holdout=1)
-    training = global_training_windows(_stored(values), windows, 24, 6)
+    training = history_windows(values, windows, 24, 6)
     for seconds, warned in ((600.0, False), (1e-9, True)):
-        config = RetrainConfig(
-            experts=["seasonal_naive", "global_mlp"],
-            input_length=24,
-            pred_length=6,
-            global_expert={**settings, "max_seconds": seconds},  # type: ignore[arg-type]
-        )
+        config = GlobalExpertConfig.model_validate({**settings, "max_seconds": seconds})
         caplog.clear()
-        with caplog.at_level("WARNING", logger="pipeline.global_expert"):
-            fit_global_expert("global_mlp", training, config)
+        with caplog.at_level("WARNING", logger="moe.experts.trained"):
+            fit_global_expert("global_mlp", training, config, input_length=24, seed=0)
         assert any("max_seconds" in r.getMessage() for r in caplog.records) is warned

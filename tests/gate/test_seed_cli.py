@@ -143,7 +143,8 @@ def test_explicit_experts_and_verbose_prediction(
 
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Guards CLI errors: bad expert, short series, wrong length and missing flags are named."""
+    """Guards CLI errors: bad expert, short series, wrong length, missing flags and bad
+    trained-expert settings are named."""
     _write_dados(tmp_path / "dados.jsonl")
     model = str(tmp_path / "m.pt")
     base = [
@@ -188,6 +189,16 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "--min-context must be between 1 and --input-length (4), got 5" in (
         capsys.readouterr().err
     )
+    trees = [*base, "--experts", "seasonal_naive,global_trees", "--global-expert"]
+    assert run([*trees, '{"tree_round": 5}']) == 1  # misspelt: refused, not ignored
+    assert "tree_round" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run([*trees, "tree_rounds=5"])
+    assert exit_info.value.code == 2
+    assert "--global-expert is not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run([*trees, "[5]"])
+    assert "--global-expert must be a JSON object" in capsys.readouterr().err
 
 
 def test_min_context_flag_trains_and_predicts_short_series(
