@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,19 @@ TREE_PARAMS = {
 }
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How the trees see a window (accuracy18): ``inputs`` points, and whether targets are
+    taken relative to the seasonal naive forecast (``seasonal``: the trees predict
+    ``(y[t+k] - x[t+k-12*ceil(k/12)]) / level`` and the forecast adds the reference back)."""
+
+    inputs: int = INPUT
+    seasonal: bool = False
+
+
+RECIPES = {"base": Recipe(), "long": Recipe(inputs=60), "seasonal": Recipe(seasonal=True)}
+
+
 def window_scale(inputs: np.ndarray) -> np.ndarray:
     """``(N,)`` mean absolute value of each row's last ``SCALE_POINTS`` points.
 
@@ -54,35 +68,56 @@ def window_scale(inputs: np.ndarray) -> np.ndarray:
     return np.nanmean(np.abs(inputs[:, -SCALE_POINTS:]), axis=1)
 
 
-def last_inputs(values: np.ndarray) -> np.ndarray:
-    """The last ``INPUT`` points of a 1-D series ``(INPUT,)``, NaN-padded on the left."""
-    padded = np.concatenate([np.full(INPUT, np.nan), values])
-    return padded[-INPUT:]
+def seasonal_reference(inputs: np.ndarray, horizon: int) -> np.ndarray:
+    """``(N, horizon)`` the seasonal naive forecast of each row of ``inputs`` ``(N, I)``:
+    step k repeats the point one season (``SEASON``) before it; a missing one (a series
+    with less than a season) is replaced by the row's last point."""
+    reference = inputs[:, -SEASON:][:, np.arange(horizon) % SEASON]
+    return np.where(np.isnan(reference), inputs[:, -1:], reference)
 
 
-def training_windows(train: list[np.ndarray], horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of every series: inputs ``(N, INPUT)`` and targets ``(N, horizon)``,
-    both divided by the window's scale; windows whose scale is not positive are dropped."""
+def last_inputs(values: np.ndarray, inputs: int = INPUT) -> np.ndarray:
+    """The last ``inputs`` points of a 1-D series ``(inputs,)``, NaN-padded on the left."""
+    padded = np.concatenate([np.full(inputs, np.nan), values])
+    return padded[-inputs:]
+
+
+def training_windows(
+    train: list[np.ndarray], horizon: int, recipe: Recipe = Recipe()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of every series: inputs ``(N, recipe.inputs)`` and targets
+    ``(N, horizon)`` (minus the seasonal reference under ``recipe.seasonal``), both divided
+    by the window's scale; windows whose scale is not positive are dropped."""
+    size = recipe.inputs
     inputs, targets = [], []
     for values in train:
-        padded = np.concatenate([np.full(INPUT, np.nan), values])
+        padded = np.concatenate([np.full(size, np.nan), values])
         for origin in range(SCALE_POINTS, values.size - horizon + 1):
-            inputs.append(padded[origin : origin + INPUT])  # values[origin - INPUT : origin]
+            inputs.append(padded[origin : origin + size])  # values[origin - size : origin]
             targets.append(values[origin : origin + horizon])
     if not inputs:
-        return np.empty((0, INPUT)), np.empty((0, horizon))
+        return np.empty((0, size)), np.empty((0, horizon))
     x, y = np.array(inputs), np.array(targets)
+    if recipe.seasonal:
+        y = y - seasonal_reference(x, horizon)
     scale = window_scale(x)
     keep = scale > 0
     return x[keep] / scale[keep, None], y[keep] / scale[keep, None]
 
 
-def fit_and_forecast(sets: dict[str, BenchSeries], max_horizon: int) -> dict[str, np.ndarray]:
+def fit_and_forecast(
+    sets: dict[str, BenchSeries], max_horizon: int, recipe: Recipe = Recipe()
+) -> dict[str, np.ndarray]:
     """One model per step on the pooled windows; each set's forecast ``(S, h)``."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    pooled = {name: training_windows(data.train, data.horizon) for name, data in sets.items()}
-    starts = {name: np.array([last_inputs(v) for v in data.train]) for name, data in sets.items()}
+    pooled = {
+        name: training_windows(data.train, data.horizon, recipe) for name, data in sets.items()
+    }
+    starts = {
+        name: np.array([last_inputs(v, recipe.inputs) for v in data.train])
+        for name, data in sets.items()
+    }
     scales = {name: window_scale(rows) for name, rows in starts.items()}
     out = {name: np.full((len(data.ids), data.horizon), np.nan) for name, data in sets.items()}
     for step in range(max_horizon):
@@ -95,24 +130,34 @@ def fit_and_forecast(sets: dict[str, BenchSeries], max_horizon: int) -> dict[str
                 ok = scales[name] > 0
                 rows = starts[name][ok] / scales[name][ok, None]
                 out[name][ok, step] = model.predict(rows) * scales[name][ok]
-    for name, data in sets.items():  # a series whose scale is 0 gets its last value
-        flat = ~(scales[name] > 0)
+    for name, data in sets.items():
+        if recipe.seasonal:  # the trees gave each step's departure from the reference
+            out[name] += seasonal_reference(starts[name], data.horizon)
+        flat = ~(scales[name] > 0)  # a series whose scale is 0 gets its last value
         out[name][flat] = np.array([v[-1] for v in data.train])[flat, None]
     return out
 
 
-def cached_trees(names: list[str], split: str, store: Path) -> dict[str, np.ndarray]:
+def cached_trees(
+    names: list[str], split: str, store: Path, recipe: str = "base"
+) -> dict[str, np.ndarray]:
     """The trees' forecasts per set ``(S, h)``, trained once on the pooled ``names``."""
     pool = "+".join(names)
-    paths = {name: store / "global_trees" / f"{pool}_{split}_{name}.npy" for name in names}
+    suffix = "" if recipe == "base" else f"_{recipe}"
+    paths = {name: store / "global_trees" / f"{pool}_{split}_{name}{suffix}.npy" for name in names}
     if not all(path.exists() for path in paths.values()):
         started = time.perf_counter()
         sets = {name: _split(name, split) for name in names}
-        forecasts = fit_and_forecast(sets, max(data.horizon for data in sets.values()))
+        forecasts = fit_and_forecast(
+            sets, max(data.horizon for data in sets.values()), RECIPES[recipe]
+        )
         for name, path in paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, forecasts[name])
-        print(f"  trees on {pool} {split}: {time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"  trees ({recipe}) on {pool} {split}: {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
     return {name: np.load(path) for name, path in paths.items()}
 
 
@@ -176,15 +221,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", type=Path, default=Path("/work/bench_store"))
     parser.add_argument("--datasets", default="m3,tourism,m1", help="comma list, pooled")
     parser.add_argument("--split", choices=("development", "official"), default="development")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="base")
     args = parser.parse_args(argv)
     names = args.datasets.split(",")
-    trees = cached_trees(names, args.split, args.store)
+    trees = cached_trees(names, args.split, args.store, args.recipe)
+    base = cached_trees(names, args.split, args.store) if args.recipe != "base" else trees
     for name in names:
         data = _split(name, args.split)
         forecasts = cached_forecasts(name, args.split, data, args.store, {"all"})
         forecasts.update(cached_aggregation(name, args.split, data, args.store))
         forecasts["trees"] = trees[name]
         score(name, args.split, data, forecasts)
+        if args.recipe != "base":
+            scale = np.array([naive_scale(values[None, :], SEASON)[0] for values in data.train])
+            mine, theirs = (_mase(f[name], data.test, scale) for f in (trees, base))
+            print(
+                f"trees ({args.recipe}) {np.nanmean(mine):.4f} vs trees (base) "
+                f"{np.nanmean(theirs):.4f}: {_versus(mine, theirs)}"
+            )
 
 
 if __name__ == "__main__":
