@@ -24,6 +24,7 @@ __all__ = [
     "TRAINED_EXPERTS",
     "build_expert",
     "resolve_experts",
+    "check_pool",
 ]
 
 _BUILDERS: dict[str, str] = {
@@ -123,7 +124,11 @@ def resolve_experts(
             return [build_expert(name, config) for name in OFFLINE_DEFAULT]
     chosen = FOUNDATION_EXPERTS if experts is None else experts
     built = [build_expert(item, config) if isinstance(item, str) else item for item in chosen]
-    names = [expert.name for expert in built]
-    if len(built) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"need at least two experts with distinct names, got {names}")
+    check_pool([expert.name for expert in built])
     return built
+
+
+def check_pool(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``names`` are at least two distinct expert names."""
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"need at least two experts with distinct names, got {list(names)}")

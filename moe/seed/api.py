@@ -57,8 +57,8 @@ from moe.data import (
     validation_windows,
 )
 from moe.experts.base import Expert, ExpertConfig
-from moe.experts.registry import TRAINED_EXPERTS, build_expert, resolve_experts
-from moe.experts.trained import GlobalExpertConfig, train_pool_experts, with_cross_fitted
+from moe.experts.registry import TRAINED_EXPERTS, build_expert, check_pool, resolve_experts
+from moe.experts.trained import GlobalExpertConfig, train_pool_experts
 from moe.intervals import floor_nonnegative
 from moe.model_file import build_artifact, load_router
 from moe.precompute import experts_for_season, forecast_all
@@ -182,25 +182,43 @@ def _commonest(seasons: np.ndarray) -> int:
     return int(values[np.argmax(counts)]) if values.size else 1
 
 
-def _to_train(
+def _trained_pool(
     experts: Literal["auto"] | Sequence[str | Expert] | None, expert_config: ExpertConfig
 ) -> list[str]:
-    """The trained experts (``global_mlp``, ``global_trees``) named in ``experts`` that this
-    run trains: all of them, unless ``expert_config.checkpoint`` names a saved one."""
+    """``experts`` as names when they name a trained expert (``global_mlp``,
+    ``global_trees``) that this run trains, else ``[]`` (``expert_config.checkpoint``
+    builds a saved one; a list that mixes objects and names is built as given)."""
     if experts is None or experts == "auto" or expert_config.checkpoint:
         return []
     names = [e for e in experts if isinstance(e, str)]
-    if len(names) != len(experts):  # objects and names mixed: built as given
+    if len(names) != len(experts) or not set(names) & set(TRAINED_EXPERTS):
         return []
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise ValueError(f"need at least two experts with distinct names, got {names}")
-    return [name for name in names if name in TRAINED_EXPERTS]
+    check_pool(names)
+    return names
 
 
-def _build_named(names: Sequence[str], device: str, expert_config: ExpertConfig) -> list[Expert]:
-    """The pretrained experts ``names`` (``resolve_experts`` would ask for two of them)."""
-    config = expert_config.model_copy(update={"device": str(device)})
-    return [build_expert(name, config) for name in names]
+def _pool_forecasts(
+    experts: Sequence[Expert],
+    out_of_fold: dict[str, np.ndarray],
+    context: torch.Tensor,
+    pred_length: int,
+    config: ExpertConfig,
+    device: str,
+    seasons: np.ndarray,
+) -> torch.Tensor:
+    """``(N, E, H)``: each trained expert's cross-fitted forecasts (every window here: the
+    seed path has no backtest windows, as in ``moe retrain`` the gate learns the trained
+    expert's out-of-sample error), every other expert run on the windows."""
+    others = [expert for expert in experts if expert.name not in out_of_fold]
+    run, _ = forecast_all(others, context, pred_length, config.batch_size, device, seasons)
+    columns = iter(run.unbind(dim=1))
+    return torch.stack(
+        [
+            torch.from_numpy(out_of_fold[e.name]) if e.name in out_of_fold else next(columns)
+            for e in experts
+        ],
+        dim=1,
+    )
 
 
 def train_and_save(
@@ -263,31 +281,31 @@ def train_and_save(
         update={"season_length": season_length or 1}
     )
     from_names = experts is None or experts == "auto" or all(isinstance(e, str) for e in experts)
-    to_train = _to_train(experts, expert_config)
+    names = _trained_pool(experts, expert_config)
     out_of_fold: dict[str, np.ndarray] = {}
-    if to_train:
-        names = [str(name) for name in experts or ()]
+    if names:
         trained = train_pool_experts(
             names,
-            _build_named([n for n in names if n not in to_train], device, expert_config),
+            [
+                build_expert(name, expert_config.model_copy(update={"device": str(device)}))
+                for name in names
+                if name not in TRAINED_EXPERTS
+            ],
             [np.asarray(seq, np.float32) for seq in sequences],
             cut,
             global_expert or GlobalExpertConfig(),
             config.seed,
             Path(save_path).parent / "experts",
-            expert_config.model_copy(update={"device": str(device), "season_length": 1}),
+            expert_config.model_copy(update={"device": str(device)}),
         )
         built, out_of_fold = trained.experts, trained.out_of_fold
     else:
         built = resolve_experts(experts, device, expert_config)
     context = torch.from_numpy(cut.context)
     target = torch.from_numpy(cut.target)
-    points, _ = forecast_all(
-        built, context, pred_length, expert_config.batch_size, device, cut.season_length
+    points = _pool_forecasts(
+        built, out_of_fold, context, pred_length, expert_config, device, cut.season_length
     )
-    # A trained expert forecasts each window by a model trained without that window's
-    # series (cross-fitted), as in moe retrain: the gate learns its out-of-sample error.
-    points = with_cross_fitted(points, built, out_of_fold)
     selection = None
     if fit_mode == "validated":
         from moe.selection import VALIDATION_FOLDS, fit_gate  # lazy: keeps the import light
