@@ -41,12 +41,70 @@ class MissingExpertError(ArtifactError):
 
 
 def _entry(expert: Expert, config: dict[str, object] | None) -> dict[str, object]:
-    """An expert's artifact entry; a trained expert's config points at its checkpoint, so
-    the artifact rebuilds that very model."""
+    """An expert's artifact entry; a trained expert's config points at its checkpoint, and
+    the entry records the checkpoint's SHA-256, so the artifact rebuilds that very model."""
     checkpoint = getattr(expert, "checkpoint", None)
+    entry: dict[str, object] = {"name": expert.name, "cache_key": expert.cache_key}
     if expert.name in TRAINED_EXPERTS and checkpoint:
         config = {**(config or {}), "checkpoint": checkpoint}
-    return {"name": expert.name, "cache_key": expert.cache_key, "config": config}
+        entry["checkpoint_sha256"] = getattr(expert, "checkpoint_sha256", None)
+    return {**entry, "config": config}
+
+
+def _checkpoint_candidates(
+    recorded: str, model_path: Path | None, checkpoint_dirs: Sequence[Path]
+) -> list[Path]:
+    """Where a trained expert's checkpoint is looked for, in order: by its file name in
+    ``checkpoint_dirs`` (a store's ``experts/``), where it was when the gate was trained,
+    then by file name in ``experts/`` beside the model file and beside its folder (the
+    seed's and the store's layouts), so a store or model folder moved as a whole works."""
+    name = Path(recorded).name
+    places = [Path(folder) / name for folder in checkpoint_dirs] + [Path(recorded)]
+    if model_path is not None:
+        beside = model_path.parent
+        places += [beside / "experts" / name, beside.parent / "experts" / name]
+    return list(dict.fromkeys(places))
+
+
+def _build_entry(
+    entry: dict[str, object],
+    device: str,
+    source: str,
+    model_path: Path | None,
+    checkpoint_dirs: Sequence[Path],
+) -> Expert:
+    """The expert of one artifact entry; a trained expert from its checkpoint, refused unless
+    its bytes have the SHA-256 the entry recorded (artifacts written before 2026-12-04 carry
+    none, and are matched by cache key only)."""
+    name = str(entry["name"])
+    stored = dict(entry.get("config") or {})  # type: ignore[call-overload]
+    recorded = stored.get("checkpoint")
+    if name in TRAINED_EXPERTS and isinstance(recorded, str):
+        places = _checkpoint_candidates(recorded, model_path, checkpoint_dirs)
+        found = next((place for place in places if place.is_file()), None)
+        if found is None:
+            raise MissingExpertError(
+                f"{source} needs expert {name!r} from its checkpoint {Path(recorded).name!r}, "
+                f"found in none of {[str(place) for place in places]}: copy the store's "
+                "experts/ folder with it, or retrain"
+            )
+        stored["checkpoint"] = str(found)
+    try:
+        expert = build_expert(name, ExpertConfig(**{**stored, "device": str(device)}))
+    except (ValueError, ExpertLoadError, MissingExtraError) as error:
+        raise MissingExpertError(
+            f"{source} needs expert {name!r} (cache key {entry.get('cache_key')!r}), which "
+            f"cannot be built here: {error}"
+        ) from error
+    expected = entry.get("checkpoint_sha256")
+    actual = getattr(expert, "checkpoint_sha256", None)
+    if name in TRAINED_EXPERTS and expected is not None and actual != expected:
+        raise MissingExpertError(
+            f"{source} needs expert {name!r} from a checkpoint with sha256 {expected}, but "
+            f"{stored.get('checkpoint')!r} has sha256 {actual}: it changed after the gate was "
+            "trained; restore it or retrain"
+        )
+    return expert
 
 
 def build_artifact(
@@ -101,15 +159,19 @@ def load_router(
     model: str | Path | GateArtifact,
     device: str = "cpu",
     experts: Sequence[Expert] | None = None,
+    checkpoint_dirs: Sequence[Path] = (),
 ) -> MoERouter:
     """A ready ``MoERouter`` from a model file (or loaded artifact), experts rebuilt.
 
     ``experts``: objects to use instead of building the artifact's experts; matched by name
-    and put in the artifact's order. Raises ``MissingExpertError`` naming an expert that is
-    absent or cannot be built, and warns when an expert's cache key differs from training.
+    and put in the artifact's order. ``checkpoint_dirs``: folders searched first, by file
+    name, for trained experts' checkpoints (see ``_checkpoint_candidates``). Raises
+    ``MissingExpertError`` naming an expert that is absent, cannot be built or whose
+    checkpoint changed, and warns when an expert's cache key differs from training.
     """
     artifact = model if isinstance(model, GateArtifact) else load_artifact(model)
     source = "model" if isinstance(model, GateArtifact) else f"model file {str(model)!r}"
+    model_path = None if isinstance(model, GateArtifact) else Path(model)
     if experts is not None:
         by_name = {expert.name: expert for expert in experts}
         missing = [key for key in artifact.expert_keys if key not in by_name]
@@ -120,17 +182,10 @@ def load_router(
             )
         built = [by_name[key] for key in artifact.expert_keys]
     else:
-        built = []
-        for entry in artifact.experts:
-            stored = entry.get("config") or {}
-            config = ExpertConfig(**{**stored, "device": str(device)})
-            try:
-                built.append(build_expert(entry["name"], config))
-            except (ValueError, ExpertLoadError, MissingExtraError) as error:
-                raise MissingExpertError(
-                    f"{source} needs expert {entry['name']!r} (cache key "
-                    f"{entry.get('cache_key')!r}), which cannot be built here: {error}"
-                ) from error
+        built = [
+            _build_entry(entry, device, source, model_path, checkpoint_dirs)
+            for entry in artifact.experts
+        ]
     for expert, entry in zip(built, artifact.experts, strict=True):
         known = (expert.cache_key, *legacy_cache_keys(expert))  # same model, older spelling
         if entry.get("cache_key") and entry["cache_key"] not in known:

@@ -27,11 +27,10 @@ from pandas.tseries.frequencies import to_offset
 
 from moe.experts.base import Expert
 from moe.intervals import IntervalModel, ResidualQuantileExpert, floor_nonnegative
-from moe.model_file import load_router
 from moe.precompute import experts_for_season, season_groups
 from moe.router import MoERouter
 from pipeline.config import ForecastConfig
-from pipeline.models import load_verified_artifact
+from pipeline.models import load_verified_artifact, registered_router
 from pipeline.seasons import series_season_lengths
 from storage.registry import ModelVersion, RegistryError, champion, get_model
 from storage.schemas import QUANTILE_COLUMNS
@@ -240,7 +239,7 @@ def load_model(
     artifact = load_verified_artifact(store, model)
     return LoadedModel(
         model=model,
-        router=load_router(artifact, device, experts=experts),
+        router=registered_router(store, artifact, device, experts=experts),
         per_series_season=artifact.season.get("mode") == "per_series",
         forced_season=artifact.season.get("forced"),
         intervals=IntervalModel.from_plain(artifact.intervals),

@@ -32,7 +32,7 @@ from pipeline.backtest import Scores, write_scores
 from pipeline.calibration import backtest_with_intervals
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import ForecastRun, batch_forecast
-from pipeline.models import load_verified_artifact
+from pipeline.models import load_verified_artifact, registered_router
 from pipeline.precompute import PrecomputeStats, load_cached, precompute_cache
 from pipeline.promotion import Verdict, judge
 from pipeline.training_data import (
@@ -210,7 +210,7 @@ def _champion_mase(
     }
     reusable = [by_key.get(str(entry.get("cache_key"))) for entry in artifact.experts]
     reuse = None if None in reusable else [e for e in reusable if e is not None]
-    router = load_router(artifact, config.device, experts=reuse)
+    router = registered_router(store, artifact, config.device, experts=reuse)
     holdout = data.windows.is_holdout
     context = data.windows.context[holdout]
     # A champion with a shorter context (e.g. trained before the default grew) reads the

@@ -8,9 +8,11 @@ on the training windows), and every expert's forecasts through the store's cache
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,17 +90,40 @@ def add_trained_experts(
     trained on every series' history before its backtest windows, saved under
     ``<store>/experts/`` and loaded back through the registry (the path a forecast job
     takes), with their cross-fitted forecasts of the gate's windows
-    (``moe.experts.trained.train_pool_experts``)."""
-    return train_pool_experts(
-        config.experts,
-        experts,
-        series.values,
-        windows,
-        config.global_expert,
-        config.train.seed,
-        store.root / "experts",
-        ExpertConfig(device=config.device, batch_size=config.expert_batch_size),
-    )
+    (``moe.experts.trained.train_pool_experts``). An ``s3://`` store gets each checkpoint
+    published whole under ``<prefix>/experts/`` (trained in a local scratch folder)."""
+    expert_config = ExpertConfig(device=config.device, batch_size=config.expert_batch_size)
+    if not store.remote:
+        return train_pool_experts(
+            config.experts,
+            experts,
+            series.values,
+            windows,
+            config.global_expert,
+            config.train.seed,
+            store.root / "experts",
+            expert_config,
+        )
+    with tempfile.TemporaryDirectory(prefix="moe-experts-", dir=store.scratch_dir()) as folder:
+        trained = train_pool_experts(
+            config.experts,
+            experts,
+            series.values,
+            windows,
+            config.global_expert,
+            config.train.seed,
+            Path(folder),
+            expert_config,
+        )
+        with store.writer():  # publishing needs the writer lease, as every store write
+            for expert in trained.experts:
+                local = getattr(expert, "checkpoint", None)
+                if expert.name in TRAINED_EXPERTS and local and Path(local).parent == Path(folder):
+                    # The model file records where the store keeps it (forecast jobs stage
+                    # it from there: pipeline.models.registered_router).
+                    location, _ = store.publish_copy(local, "experts", Path(local).name)
+                    expert.checkpoint = location  # type: ignore[attr-defined]
+    return trained
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from moe.experts.base import ExpertConfig, ExpertLoadError, MissingExtraError, t
 __all__ = [
     "CONTENT_PREFIX",
     "Source",
+    "TrainedCheckpoint",
     "WeightsSpec",
     "check_device",
     "check_inputs",
@@ -338,14 +340,24 @@ def _looks_like_path(checkpoint: str) -> bool:
     return checkpoint.startswith((".", "~", "/")) or "\\" in checkpoint or checkpoint.count("/") > 1
 
 
-def read_trained_checkpoint(
-    config: ExpertConfig, name: str, version: int
-) -> tuple[dict[str, Any], Path]:
-    """The checkpoint a retrain saved for trained expert ``name``: its payload and path.
+@dataclass(frozen=True)
+class TrainedCheckpoint:
+    """A trained expert's checkpoint as read: its payload, its path, and the SHA-256 of
+    exactly the bytes loaded (a model file records it, so the gate is only ever paired with
+    the expert it was trained with)."""
 
-    ``torch.load(weights_only=True)`` (tensors and plain data only); refuses, as
-    ``ExpertLoadError``, no checkpoint given, a missing or unreadable file, another expert's
-    file and another ``version`` (with the advice to retrain). The caller checks the rest.
+    payload: dict[str, Any]
+    path: Path
+    sha256: str
+
+
+def read_trained_checkpoint(config: ExpertConfig, name: str, version: int) -> TrainedCheckpoint:
+    """The checkpoint a retrain saved for trained expert ``name``.
+
+    Read once, hashed, then ``torch.load(weights_only=True)`` from those bytes (tensors and
+    plain data only); refuses, as ``ExpertLoadError``, no checkpoint given, a missing or
+    unreadable file, another expert's file and another ``version`` (with the advice to
+    retrain). The caller checks the rest.
     """
     if config.checkpoint is None:
         raise ExpertLoadError(
@@ -356,7 +368,8 @@ def read_trained_checkpoint(
     if not path.is_file():
         raise ExpertLoadError(f"expert {name!r}: checkpoint {str(path)!r} does not exist")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        content = path.read_bytes()
+        raw = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
         raise ExpertLoadError(f"expert {name!r}: cannot read {str(path)!r}: {error}") from error
     if not isinstance(raw, dict) or raw.get("name") != name:
@@ -366,7 +379,7 @@ def read_trained_checkpoint(
             f"expert {name!r}: {str(path)!r} is a version-{raw.get('version')} checkpoint; this "
             f"code reads version {version}: run a retrain to train it again"
         )
-    return raw, path
+    return TrainedCheckpoint(raw, path, hashlib.sha256(content).hexdigest())
 
 
 def write_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:

@@ -207,6 +207,7 @@ class GlobalMLPForecaster:
                 parameter.requires_grad_(False)
         self.fingerprint = _members_fingerprint(members)  # .to() moved these in place
         self.checkpoint: str | None = None  # the file it was loaded from, when it was
+        self.checkpoint_sha256: str | None = None  # ... and the SHA-256 of its bytes
         self.capabilities = ExpertCapabilities(
             max_context=self.input_length,
             min_context=1,
@@ -441,7 +442,8 @@ def save_global_mlp(expert: GlobalMLPForecaster, path: str | Path) -> Path:
 
 def build(config: ExpertConfig) -> GlobalMLPForecaster:
     """Load the trained expert from ``config.checkpoint`` (a ``.pt`` from ``save_global_mlp``)."""
-    raw, path = read_trained_checkpoint(config, NAME, VERSION)
+    checkpoint = read_trained_checkpoint(config, NAME, VERSION)
+    raw, path = checkpoint.payload, checkpoint.path
     try:
         shape = {k: int(raw[k]) for k in ("horizon", "width", "depth", "level_points")}
         # Checkpoints written before ensembles hold one network at the top level.
@@ -462,4 +464,5 @@ def build(config: ExpertConfig) -> GlobalMLPForecaster:
     if expert.fingerprint != raw.get("fingerprint"):
         raise ExpertLoadError(f"expert {NAME!r}: {str(path)!r} weights do not match fingerprint")
     expert.checkpoint = str(path)
+    expert.checkpoint_sha256 = checkpoint.sha256
     return expert

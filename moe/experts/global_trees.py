@@ -250,6 +250,7 @@ class GlobalTreesForecaster:
         self.level_points = level_points
         self.fingerprint = trees.fingerprint()
         self.checkpoint: str | None = None  # the file it was loaded from, when it was
+        self.checkpoint_sha256: str | None = None  # ... and the SHA-256 of its bytes
         self.capabilities = ExpertCapabilities(
             max_context=input_points,
             min_context=1,
@@ -367,7 +368,8 @@ def save_global_trees(expert: GlobalTreesForecaster, path: str | Path) -> Path:
 
 def build(config: ExpertConfig) -> GlobalTreesForecaster:
     """Load the trained expert from ``config.checkpoint`` (a ``.pt`` from ``save_global_trees``)."""
-    raw, path = read_trained_checkpoint(config, NAME, VERSION)
+    checkpoint = read_trained_checkpoint(config, NAME, VERSION)
+    raw, path = checkpoint.payload, checkpoint.path
     try:
         trees = TreeArrays(**{field: raw["trees"][field].numpy() for field in TreeArrays.FIELDS})
         expert = GlobalTreesForecaster(trees, int(raw["input_points"]), int(raw["level_points"]))
@@ -378,4 +380,5 @@ def build(config: ExpertConfig) -> GlobalTreesForecaster:
     if expert.fingerprint != raw.get("fingerprint"):
         raise ExpertLoadError(f"expert {NAME!r}: {str(path)!r} trees do not match fingerprint")
     expert.checkpoint = str(path)
+    expert.checkpoint_sha256 = checkpoint.sha256
     return expert

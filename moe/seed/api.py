@@ -379,7 +379,10 @@ def predict_from_model(
         raise ValueError(
             f"series has {values.shape[0]} points; the model needs at least {needs}={shortest}"
         )
-    router = load_router(artifact, device, experts)
+    # Trained experts' checkpoints: experts/ beside the model file (where train_and_save
+    # puts them), so a model folder moved as a whole keeps working.
+    beside = [Path(model_path).parent / "experts"]
+    router = load_router(artifact, device, experts, checkpoint_dirs=beside)
     if artifact.season.get("mode") == "per_series":
         season = season_length_of(freq, values.numpy(), artifact.season.get("forced"))
         router.experts = experts_for_season(router.experts, season)

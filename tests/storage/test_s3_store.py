@@ -434,6 +434,47 @@ def test_retrain_forecast_evaluate_jobs_on_s3(location: str, tmp_path: Path) -> 
     assert not any(f"run_id={result.forecast.run_id}" in key for key in _objects(location))
 
 
+def test_trained_expert_on_s3(location: str, tmp_path: Path) -> None:
+    """Guards trained experts on object storage: the retrain publishes the ``global_trees``
+    checkpoint under ``<prefix>/experts/`` (no local store folder needed), and a batch
+    forecast from a fresh ``Store`` builds it from there, checked against the model file's
+    SHA-256 (the model file names the object, not a local scratch path)."""
+    from pipeline.config import ForecastConfig, RetrainConfig
+    from pipeline.forecast import batch_forecast
+    from pipeline.models import load_verified_artifact
+    from pipeline.retrain import retrain
+
+    rng = np.random.default_rng(2)
+    path = tmp_path / "series.jsonl"
+    with open(path, "w") as handle:
+        for i in range(12):
+            values = (10 + np.sin(np.arange(48) / 2) + rng.random(48)).round(3).tolist()
+            handle.write(json.dumps({"series_id": f"s{i:02d}", "sequence": values}) + "\n")
+    config = RetrainConfig.model_validate(
+        {
+            "jsonl_paths": [str(path)],
+            "experts": ["seasonal_naive", "global_trees"],
+            "input_length": 24,
+            "pred_length": 6,
+            "season_length": 1,
+            "max_windows_per_series": 3,
+            "global_expert": {"tree_rounds": 5},
+            "forecast_after": False,
+        }
+    )
+    result = retrain(Store.open(location), config)
+    assert result.promoted, result.reason
+    (published,) = [key for key in _objects(location) if "/experts/global_trees-" in key]
+    store = Store.open(location)
+    model = champion(store)
+    assert model is not None
+    entry = load_verified_artifact(store, model).experts[1]
+    assert entry["config"]["checkpoint"] == f"s3://{published}"
+    assert entry["checkpoint_sha256"] is not None
+    run = batch_forecast(store, ForecastConfig())
+    assert (run.n_series, run.n_rows) == (12, 12 * 6)
+
+
 def test_appends_and_compaction_on_s3(location: str, tmp_path: Path) -> None:
     """Guards appends and `moe store compact` on object storage: a daily append stores one
     value per series, compaction publishes one part and deletes the old objects, and a
