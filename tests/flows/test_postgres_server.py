@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -57,17 +60,31 @@ class PostgresPrefect:
     url: str  # the database URL the server was given
 
 
+@contextmanager
+def _pg_folder() -> Iterator[Path]:
+    """A fresh folder for a data folder, outside pytest's base temp: as root the server runs
+    as another user, and a second pytest session started meanwhile resets that base to mode
+    700, which would lock the server's user out of its own folder (pg_ctl stop: Permission
+    denied)."""
+    folder = Path(tempfile.mkdtemp(prefix="moe-test-pg-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def postgres_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresPrefect]:
     """A throwaway PostgreSQL (unix socket only) and a Prefect server that stores in it."""
     tmp = tmp_path_factory.mktemp("prefect-pg")
-    pgdata = tmp / "pgdata"
-    url = start(pgdata)
-    try:
-        with running_server(tmp, {DATABASE_URL_ENV_VAR: url}) as (server, process):
-            yield PostgresPrefect(server, process, url)
-    finally:
-        stop(pgdata)
+    with _pg_folder() as folder:
+        pgdata = folder / "pgdata"
+        url = start(pgdata)
+        try:
+            with running_server(tmp, {DATABASE_URL_ENV_VAR: url}) as (server, process):
+                yield PostgresPrefect(server, process, url)
+        finally:
+            stop(pgdata)
 
 
 def test_server_uses_postgres(postgres_prefect: PostgresPrefect) -> None:
@@ -78,21 +95,22 @@ def test_server_uses_postgres(postgres_prefect: PostgresPrefect) -> None:
     assert not list(home.rglob("*.db")), "the server wrote a SQLite database"
 
 
-def test_local_postgres_restarts_on_its_folder(tmp_path: Path) -> None:
+def test_local_postgres_restarts_on_its_folder() -> None:
     """``start`` on a running folder returns its URL; ``stop`` then ``start`` (as after a
     reboot) brings the same data back; ``stop`` of a stopped folder reports False."""
-    pgdata = tmp_path / "pg"
-    url = start(pgdata)
-    try:
-        assert start(pgdata) == url
-        _postgres(url, "CREATE TABLE kept (x int)")
-        assert stop(pgdata) is True
+    with _pg_folder() as folder:
+        pgdata = folder / "pg"
+        url = start(pgdata)
+        try:
+            assert start(pgdata) == url
+            _postgres(url, "CREATE TABLE kept (x int)")
+            assert stop(pgdata) is True
+            assert stop(pgdata) is False
+            assert start(pgdata) == url
+            assert _postgres(url, "SELECT count(*) FROM kept") == [(0,)]
+        finally:
+            stop(pgdata)
         assert stop(pgdata) is False
-        assert start(pgdata) == url
-        assert _postgres(url, "SELECT count(*) FROM kept") == [(0,)]
-    finally:
-        stop(pgdata)
-    assert stop(pgdata) is False
 
 
 @dataclass
