@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -93,18 +94,12 @@ def add_trained_experts(
     (``moe.experts.trained.train_pool_experts``). An ``s3://`` store gets each checkpoint
     published whole under ``<prefix>/experts/`` (trained in a local scratch folder)."""
     expert_config = ExpertConfig(device=config.device, batch_size=config.expert_batch_size)
-    if not store.remote:
-        return train_pool_experts(
-            config.experts,
-            experts,
-            series.values,
-            windows,
-            config.global_expert,
-            config.train.seed,
-            store.root / "experts",
-            expert_config,
-        )
-    with tempfile.TemporaryDirectory(prefix="moe-experts-", dir=store.scratch_dir()) as folder:
+    folder: AbstractContextManager[str] = (
+        tempfile.TemporaryDirectory(prefix="moe-experts-", dir=store.scratch_dir())
+        if store.remote
+        else nullcontext(str(store.root / "experts"))
+    )
+    with folder as directory:
         trained = train_pool_experts(
             config.experts,
             experts,
@@ -112,18 +107,24 @@ def add_trained_experts(
             windows,
             config.global_expert,
             config.train.seed,
-            Path(folder),
+            Path(directory),
             expert_config,
         )
-        with store.writer():  # publishing needs the writer lease, as every store write
-            for expert in trained.experts:
-                local = getattr(expert, "checkpoint", None)
-                if expert.name in TRAINED_EXPERTS and local and Path(local).parent == Path(folder):
-                    # The model file records where the store keeps it (forecast jobs stage
-                    # it from there: pipeline.models.registered_router).
-                    location, _ = store.publish_copy(local, "experts", Path(local).name)
-                    expert.checkpoint = location  # type: ignore[attr-defined]
+        if store.remote:
+            _publish_checkpoints(store, trained.experts, Path(directory))
     return trained
+
+
+def _publish_checkpoints(store: Store, experts: list[Expert], folder: Path) -> None:
+    """Publish the checkpoints trained into local ``folder`` under the store's ``experts/``;
+    each expert then names its store location, which its model file records (forecast jobs
+    stage it from there: ``pipeline.models.registered_router``)."""
+    with store.writer():  # publishing needs the writer lease, as every store write
+        for expert in experts:
+            local = getattr(expert, "checkpoint", None)
+            if expert.name in TRAINED_EXPERTS and local and Path(local).parent == folder:
+                location, _ = store.publish_copy(local, "experts", Path(local).name)
+                expert.checkpoint = location  # type: ignore[attr-defined]
 
 
 def prepare_windows(store: Store, config: RetrainConfig) -> tuple[StoredSeries, Windows]:

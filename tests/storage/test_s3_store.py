@@ -119,6 +119,16 @@ def _jsonl(path: Path, n: int, bad_lines: int = 0, offset: float = 0.0) -> Path:
     return path
 
 
+def _wave_jsonl(path: Path, seed: int) -> Path:
+    """12 noisy sine series of 48 points, one JSON record per line."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as handle:
+        for i in range(12):
+            values = (10 + np.sin(np.arange(48) / 2) + rng.random(48)).round(3).tolist()
+            handle.write(json.dumps({"series_id": f"s{i:02d}", "sequence": values}) + "\n")
+    return path
+
+
 def _objects(location: str) -> list[str]:
     fs = objectstore.object_filesystem()
     return sorted(fs.find(location.removeprefix("s3://")))
@@ -399,12 +409,7 @@ def test_retrain_forecast_evaluate_jobs_on_s3(location: str, tmp_path: Path) -> 
     from pipeline.retrain import retrain
     from storage.retention import expire_forecast_runs
 
-    rng = np.random.default_rng(1)
-    path = tmp_path / "series.jsonl"
-    with open(path, "w") as handle:
-        for i in range(12):
-            values = (10 + np.sin(np.arange(48) / 2) + rng.random(48)).round(3).tolist()
-            handle.write(json.dumps({"series_id": f"s{i:02d}", "sequence": values}) + "\n")
+    path = _wave_jsonl(tmp_path / "series.jsonl", seed=1)
     store = Store.open(location)
     config = RetrainConfig.model_validate(
         {
@@ -444,12 +449,7 @@ def test_trained_expert_on_s3(location: str, tmp_path: Path) -> None:
     from pipeline.models import load_verified_artifact
     from pipeline.retrain import retrain
 
-    rng = np.random.default_rng(2)
-    path = tmp_path / "series.jsonl"
-    with open(path, "w") as handle:
-        for i in range(12):
-            values = (10 + np.sin(np.arange(48) / 2) + rng.random(48)).round(3).tolist()
-            handle.write(json.dumps({"series_id": f"s{i:02d}", "sequence": values}) + "\n")
+    path = _wave_jsonl(tmp_path / "series.jsonl", seed=2)
     config = RetrainConfig.model_validate(
         {
             "jsonl_paths": [str(path)],
