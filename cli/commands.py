@@ -374,7 +374,7 @@ def _add_dask_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 def _check_forecast(store: Store, config: ForecastConfig) -> None:
     from pipeline.forecast import choose_model
-    from pipeline.models import load_verified_artifact
+    from pipeline.models import check_registered_checkpoints, load_verified_artifact
     from storage.registry import champion
 
     if config.model_version is None and champion(store) is None:
@@ -383,7 +383,7 @@ def _check_forecast(store: Store, config: ForecastConfig) -> None:
             "(or pass --model-version VERSION)"
         )
     model = choose_model(store, config.model_version)
-    load_verified_artifact(store, model)
+    check_registered_checkpoints(store, load_verified_artifact(store, model))
     if config.series_ids:
         known = query(
             store,

@@ -8,6 +8,7 @@ training data fingerprint, library versions); ``load_router`` rebuilds a ready
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from moe.experts.registry import TRAINED_EXPERTS, build_expert
 from moe.router import MoERouter
 from moe.training import TrainResult
 
-__all__ = ["MissingExpertError", "build_artifact", "load_router"]
+__all__ = ["MissingExpertError", "build_artifact", "load_router", "verify_checkpoints"]
 
 
 class MissingExpertError(ArtifactError):
@@ -66,6 +67,37 @@ def _checkpoint_candidates(
     return list(dict.fromkeys(places))
 
 
+def _locate_checkpoint(
+    name: str,
+    recorded: str,
+    source: str,
+    model_path: Path | None,
+    checkpoint_dirs: Sequence[Path],
+) -> Path:
+    """The first of ``_checkpoint_candidates`` that is a file; ``MissingExpertError`` naming
+    every place looked in when none is."""
+    places = _checkpoint_candidates(recorded, model_path, checkpoint_dirs)
+    found = next((place for place in places if place.is_file()), None)
+    if found is None:
+        raise MissingExpertError(
+            f"{source} needs expert {name!r} from its checkpoint {Path(recorded).name!r}, "
+            f"found in none of {[str(place) for place in places]}: copy the store's "
+            "experts/ folder with it, or retrain"
+        )
+    return found
+
+
+def _check_digest(name: str, source: str, path: object, expected: object, actual: object) -> None:
+    """Refuse a checkpoint whose SHA-256 is not the one recorded at training (None recorded:
+    an artifact written before 2026-12-04, matched by cache key only)."""
+    if expected is not None and actual != expected:
+        raise MissingExpertError(
+            f"{source} needs expert {name!r} from a checkpoint with sha256 {expected}, but "
+            f"{str(path)!r} has sha256 {actual}: it changed after the gate was "
+            "trained; restore it or retrain"
+        )
+
+
 def _build_entry(
     entry: dict[str, object],
     device: str,
@@ -74,21 +106,14 @@ def _build_entry(
     checkpoint_dirs: Sequence[Path],
 ) -> Expert:
     """The expert of one artifact entry; a trained expert from its checkpoint, refused unless
-    its bytes have the SHA-256 the entry recorded (artifacts written before 2026-12-04 carry
-    none, and are matched by cache key only)."""
+    its bytes have the SHA-256 the entry recorded."""
     name = str(entry["name"])
     stored = dict(entry.get("config") or {})  # type: ignore[call-overload]
     recorded = stored.get("checkpoint")
     if name in TRAINED_EXPERTS and isinstance(recorded, str):
-        places = _checkpoint_candidates(recorded, model_path, checkpoint_dirs)
-        found = next((place for place in places if place.is_file()), None)
-        if found is None:
-            raise MissingExpertError(
-                f"{source} needs expert {name!r} from its checkpoint {Path(recorded).name!r}, "
-                f"found in none of {[str(place) for place in places]}: copy the store's "
-                "experts/ folder with it, or retrain"
-            )
-        stored["checkpoint"] = str(found)
+        stored["checkpoint"] = str(
+            _locate_checkpoint(name, recorded, source, model_path, checkpoint_dirs)
+        )
     try:
         expert = build_expert(name, ExpertConfig(**{**stored, "device": str(device)}))
     except (ValueError, ExpertLoadError, MissingExtraError) as error:
@@ -96,15 +121,35 @@ def _build_entry(
             f"{source} needs expert {name!r} (cache key {entry.get('cache_key')!r}), which "
             f"cannot be built here: {error}"
         ) from error
-    expected = entry.get("checkpoint_sha256")
-    actual = getattr(expert, "checkpoint_sha256", None)
-    if name in TRAINED_EXPERTS and expected is not None and actual != expected:
-        raise MissingExpertError(
-            f"{source} needs expert {name!r} from a checkpoint with sha256 {expected}, but "
-            f"{stored.get('checkpoint')!r} has sha256 {actual}: it changed after the gate was "
-            "trained; restore it or retrain"
+    if name in TRAINED_EXPERTS:
+        actual = getattr(expert, "checkpoint_sha256", None)
+        _check_digest(
+            name, source, stored.get("checkpoint"), entry.get("checkpoint_sha256"), actual
         )
     return expert
+
+
+def verify_checkpoints(
+    artifact: GateArtifact,
+    model_path: Path | None = None,
+    checkpoint_dirs: Sequence[Path] = (),
+) -> list[Path]:
+    """The trained experts' checkpoints the artifact needs, found where ``load_router`` would
+    look and hashed, without building any expert (a quick check before a forecast job
+    starts). Returns their paths; raises ``MissingExpertError`` as ``load_router`` would for
+    a missing or changed one."""
+    source = "model" if model_path is None else f"model file {str(model_path)!r}"
+    found = []
+    for entry in artifact.experts:
+        name = str(entry.get("name"))
+        recorded = (entry.get("config") or {}).get("checkpoint")
+        if name not in TRAINED_EXPERTS or not isinstance(recorded, str):
+            continue
+        path = _locate_checkpoint(name, recorded, source, model_path, checkpoint_dirs)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        _check_digest(name, source, path, entry.get("checkpoint_sha256"), digest)
+        found.append(path)
+    return found
 
 
 def build_artifact(

@@ -18,12 +18,12 @@ from pathlib import Path
 from moe.artifact import ArtifactError, GateArtifact, load_artifact
 from moe.experts.base import Expert
 from moe.experts.registry import TRAINED_EXPERTS
-from moe.model_file import load_router
+from moe.model_file import load_router, verify_checkpoints
 from moe.router import MoERouter
 from storage.registry import ModelVersion, read_verified_artifact
 from storage.store import Store
 
-__all__ = ["load_verified_artifact", "registered_router"]
+__all__ = ["check_registered_checkpoints", "load_verified_artifact", "registered_router"]
 
 #: A checkpoint file name the retrain writes: ``<expert>-<fingerprint>.pt``, no folders.
 _CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.pt")
@@ -106,3 +106,11 @@ def registered_router(
         return load_router(artifact, device, experts=experts)
     with _staged_checkpoints(store, artifact) as folders:
         return load_router(artifact, device, checkpoint_dirs=folders)
+
+
+def check_registered_checkpoints(store: Store, artifact: GateArtifact) -> None:
+    """Raise ``MissingExpertError`` (an ``ArtifactError``) when a trained expert's checkpoint
+    that ``registered_router`` would need is missing or changed since training; builds no
+    expert, so it is cheap enough to run before a forecast job starts."""
+    with _staged_checkpoints(store, artifact) as folders:
+        verify_checkpoints(artifact, checkpoint_dirs=folders)

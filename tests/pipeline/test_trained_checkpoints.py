@@ -17,15 +17,17 @@ import numpy as np
 import pytest
 import torch
 
+from cli.commands import main
 from moe.artifact import GateArtifact, load_artifact
 from moe.model_file import MissingExpertError, load_router
 from moe.seed.api import predict_from_model
 from moe.seed.cli import run
 from pipeline.config import ForecastConfig, RetrainConfig
 from pipeline.forecast import batch_forecast
-from pipeline.models import _checkpoint_names
+from pipeline.models import _checkpoint_names, check_registered_checkpoints, load_verified_artifact
 from pipeline.retrain import retrain
 from storage import Store
+from storage.registry import champion
 from storage.sql import query
 
 EXPERTS = ["seasonal_naive", "global_trees"]
@@ -164,6 +166,47 @@ def test_a_seed_model_folder_moved_with_its_experts_predicts_the_same(
     _tamper(next((moved / "experts").glob("global_trees-*.pt")))
     with pytest.raises(MissingExpertError, match="changed after the gate was trained"):
         predict_from_model(moved / "model.pt", series, 24)
+
+
+def _champion_artifact(store: Store) -> GateArtifact:
+    model = champion(store)
+    assert model is not None
+    return load_verified_artifact(store, model)
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_moe_forecast_checks_checkpoints_before_prefect_starts(
+    trained_store: tuple[Path, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    """Guards ``moe forecast``'s pre-check: a missing or changed checkpoint is one line,
+    exit 2, and no forecast run starts; an intact store passes the same check."""
+    original, _ = trained_store
+    copy = tmp_path / "store"
+    shutil.copytree(original, copy)
+    (checkpoint,) = (copy / "experts").glob("global_trees-*.pt")
+    store = Store.open(copy)
+    assert check_registered_checkpoints(store, _champion_artifact(store)) is None
+    runs_before = query(store, "SELECT count(DISTINCT run_id) FROM forecasts").column(0)[0]
+    hidden = original.with_name("hidden")
+    if damage == "missing":
+        checkpoint.unlink()
+        original.rename(hidden)  # nor at the recorded path
+    else:
+        _tamper(checkpoint)
+    try:
+        code = main(["--store", str(copy), "forecast"])
+    finally:
+        if hidden.exists():
+            hidden.rename(original)
+    err = capsys.readouterr().err
+    needle = "copy the store's experts/ folder" if damage == "missing" else "changed after the gate"
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert needle in err and checkpoint.name in err and "Traceback" not in err
+    runs_after = query(store, "SELECT count(DISTINCT run_id) FROM forecasts").column(0)[0]
+    assert runs_after == runs_before
 
 
 @pytest.mark.parametrize("recorded", ["/x/../..", "/x/evil.sh", "../.pt", "C:\\x\\..\\.."])
