@@ -110,6 +110,7 @@ def main() -> None:
         help="fewest points per window (None: RetrainConfig's default, the smaller of 36 and L)",
     )
     parser.add_argument("--stride", type=int, default=6, help="steps between window origins")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:n]' (experts, gate)")
     parser.add_argument("--windows", type=int, default=4, help="max windows per series")
     parser.add_argument(
         "--backtest-windows", type=int, default=1, help="newest windows per series held out"
@@ -182,6 +183,7 @@ def main() -> None:
             interval_calibration=args.calibration,
             **({"interval_calibration_windows": args.calibrate_on} if args.calibrate_on else {}),
             global_expert=GlobalExpertConfig.model_validate(global_settings),
+            device=args.device,
         )
         result = retrain(store, config)
         overall = result.scores.overall()
@@ -197,7 +199,7 @@ def main() -> None:
                 f"{model:<24}{row['mase']:>8.4f}{row['coverage_90']:>13.4f}{row['width_90']:>10.4f}"
             )
 
-        run = batch_forecast(store, ForecastConfig())
+        run = batch_forecast(store, ForecastConfig(device=args.device))
         ids = [f"{args.dataset}-{s.sn}" for s in chosen]
         stored = load_series(store, ids)
         order = {sid: i for i, sid in enumerate(stored.series_id)}
