@@ -87,7 +87,9 @@ def _locate_checkpoint(
     return found
 
 
-def _check_digest(name: str, source: str, path: object, expected: object, actual: object) -> None:
+def _check_digest(
+    name: str, source: str, path: object, expected: object, actual: str | None
+) -> None:
     """Refuse a checkpoint whose SHA-256 is not the one recorded at training (None recorded:
     an artifact written before 2026-12-04, matched by cache key only)."""
     if expected is not None and actual != expected:
@@ -133,13 +135,12 @@ def verify_checkpoints(
     artifact: GateArtifact,
     model_path: Path | None = None,
     checkpoint_dirs: Sequence[Path] = (),
-) -> list[Path]:
-    """The trained experts' checkpoints the artifact needs, found where ``load_router`` would
-    look and hashed, without building any expert (a quick check before a forecast job
-    starts). Returns their paths; raises ``MissingExpertError`` as ``load_router`` would for
-    a missing or changed one."""
+) -> None:
+    """Find and hash the trained experts' checkpoints the artifact needs, where
+    ``load_router`` would look, without building any expert (a quick check before a forecast
+    job starts); ``MissingExpertError`` as ``load_router`` would raise for a missing or
+    changed one."""
     source = "model" if model_path is None else f"model file {str(model_path)!r}"
-    found = []
     for entry in artifact.experts:
         name = str(entry.get("name"))
         recorded = (entry.get("config") or {}).get("checkpoint")
@@ -148,8 +149,6 @@ def verify_checkpoints(
         path = _locate_checkpoint(name, recorded, source, model_path, checkpoint_dirs)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         _check_digest(name, source, path, entry.get("checkpoint_sha256"), digest)
-        found.append(path)
-    return found
 
 
 def build_artifact(
